@@ -1,0 +1,266 @@
+"""All fork-awareness: pool children forward measurements to the worker's main process.
+
+Why: under the prefork pool, tasks run in forked children, but the meter provider that a
+scrape or an OTLP export reads lives in the main process. Left alone, children record
+into their private copies (``/metrics`` shows no task series) or each child exports on
+its own (new identity per child, a lost last interval on recycle, pre-fork values
+re-exported by every child).
+
+How: the first time a process forks (``os.register_at_fork(before=...)``), it creates a
+``SOCK_DGRAM`` socketpair and a drain thread. Every child inherits the sending end, and
+right after the fork (``after_in_child``) its :class:`SwitchableSink` is switched from
+recording to buffering. A child sends its buffer as one datagram after each task
+(``task_postrun``) and when it exits (``worker_process_shutdown``); the main process'
+drain thread decodes datagrams into :class:`~otel_celery_metrics._recorder.Recorder`.
+A socketpair keeps this private to the worker's process tree: there is no address
+another local process could write to.
+
+Guarantees and limits (``docs/prefork.md``):
+- sends never block a task (``MSG_DONTWAIT``); a full socket buffer keeps the batch
+  pending for the next flush; past ``max_pending`` measurements the oldest are dropped
+  and counted in ``otel_celery_metrics_dropped_total{reason="pool_buffer_full"}``;
+- a child killed with SIGKILL loses only what its running task had buffered (its queue
+  wait); Celery itself reports the task as failed (WorkerLostError) from the main
+  process, and that is counted there;
+- the children's copies of periodic OTLP readers are silenced, so only the main process
+  exports, under one identity.
+"""
+
+from __future__ import annotations
+
+import atexit
+import marshal
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._recorder import AttrValues, Measurement, Recorder
+from otel_celery_metrics._safety import FailureLog
+
+_DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
+# Measurements per datagram: keeps each datagram far below the socket's size limit.
+_CHUNK = 256
+_MAX_DATAGRAM = 1 << 20
+# marshal's format is stable per version; both ends are the same interpreter anyway.
+_MARSHAL_VERSION = 4
+
+
+def _noop() -> None:
+    return None
+
+
+class SwitchableSink:
+    """What receivers send to. Records directly until this process is a pool child."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.emit: Callable[[int, float, AttrValues], None] = recorder.emit
+        self.flush: Callable[[], None] = _noop
+
+
+class _ChildForwarder:
+    """A pool child's buffer of measurements and its end of the socketpair."""
+
+    def __init__(self, sock: socket.socket, failures: FailureLog, max_pending: int) -> None:
+        self._sock = sock
+        self._failures = failures
+        self._max_pending = max_pending
+        self._pending: list[Measurement] = []
+        self._dropped = 0
+        self.emit = self._emit
+
+    def _emit(self, metric: int, value: float, attrs: AttrValues) -> None:
+        self._pending.append((metric, value, attrs))
+
+    def flush(self, flags: int = socket.MSG_DONTWAIT) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        sent = 0
+        try:
+            while sent < len(pending):
+                chunk = pending[sent : sent + _CHUNK]
+                payload = marshal.dumps((self._dropped, chunk), _MARSHAL_VERSION)
+                self._sock.send(payload, flags)
+                self._dropped = 0
+                sent += len(chunk)
+        except (BlockingIOError, TimeoutError):
+            pass  # the main process is behind: keep the rest for the next flush
+        except OSError as exc:
+            self._failures.record("sending measurements to the worker's main process", exc)
+        rest = pending[sent:]
+        if len(rest) > self._max_pending:
+            overflow = len(rest) - self._max_pending
+            self._dropped += overflow
+            rest = rest[overflow:]
+        self._pending = rest
+
+    def final_flush(self, timeout: float = 2.0) -> None:
+        """Send what is left, waiting up to ``timeout`` for buffer space (child exit)."""
+        try:
+            self._sock.settimeout(timeout)
+            self.flush(flags=0)
+        except Exception as exc:  # noqa: BLE001
+            self._failures.record("final flush of a pool child", exc)
+
+
+class ForkBridge:
+    """Owns the socketpair, the drain thread and the per-process sink switch."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        sink: SwitchableSink,
+        failures: FailureLog,
+        max_pending: int = 50_000,
+        on_child_start: Callable[[], None] | None = None,
+    ) -> None:
+        self._recorder = recorder
+        self._sink = sink
+        self._failures = failures
+        self._max_pending = max_pending
+        self._on_child_start = on_child_start
+        self._active = False
+        self._lock = threading.Lock()
+        self._main_pid: int | None = None
+        self._receive_end: socket.socket | None = None
+        self._send_end: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._forwarder: _ChildForwarder | None = None
+        self._connected: list[tuple[Any, Callable[..., None]]] = []
+        self._fork_hooks_registered = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def install(self) -> None:
+        self._active = True
+        if not self._fork_hooks_registered:
+            # register_at_fork has no unregister; the hooks check _active instead.
+            os.register_at_fork(before=self._before_fork, after_in_child=self._after_in_child)
+            atexit.register(self.drain_now)
+            self._fork_hooks_registered = True
+        from celery import signals
+
+        for signal, receiver in (
+            (signals.worker_process_shutdown, self._on_child_shutdown),
+            (signals.worker_shutdown, self._on_worker_shutdown),
+        ):
+            signal.connect(receiver, weak=False, dispatch_uid=f"otel_celery_metrics.{id(self)}")
+            self._connected.append((signal, receiver))
+
+    def uninstall(self) -> None:
+        self._active = False
+        for signal, _receiver in self._connected:
+            signal.disconnect(dispatch_uid=f"otel_celery_metrics.{id(self)}")
+        self._connected.clear()
+        self.drain_now()
+        if self._receive_end is not None and self._main_pid == os.getpid():
+            # Wakes the drain thread (it exits on an empty datagram) and frees the fds.
+            try:
+                assert self._send_end is not None
+                self._send_end.send(b"", socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            if self._thread is not None:
+                self._thread.join(timeout=2)
+            self._receive_end.close()
+            self._send_end.close()
+            self._receive_end = self._send_end = self._thread = None
+        self._recorder_sink_restore()
+
+    def _recorder_sink_restore(self) -> None:
+        self._sink.emit = self._recorder.emit
+        self._sink.flush = _noop
+
+    @property
+    def forwarding(self) -> bool:
+        """True in a pool child whose measurements go to the main process."""
+        return self._forwarder is not None
+
+    # -- main process ------------------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        if not self._active or self._forwarder is not None:
+            # A child that forks again keeps forwarding to the same main process.
+            return
+        try:
+            self._ensure_started()
+        except Exception as exc:  # noqa: BLE001
+            self._failures.record("starting the prefork bridge", exc)
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._receive_end is not None and self._main_pid == os.getpid():
+                return
+            receive_end, send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            for sock in (receive_end, send_end):
+                sock.set_inheritable(False)  # children inherit by fork, not by exec
+            self._receive_end, self._send_end = receive_end, send_end
+            self._main_pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._drain_loop, name="otel-celery-metrics-drain", daemon=True
+            )
+            self._thread.start()
+
+    def _drain_loop(self) -> None:
+        sock = self._receive_end
+        assert sock is not None
+        while True:
+            try:
+                data = sock.recv(_MAX_DATAGRAM)
+            except OSError:
+                return  # closed by uninstall
+            if not data:
+                return
+            self._decode(data)
+
+    def drain_now(self) -> None:
+        """Record every datagram already queued (worker shutdown; before the final export)."""
+        sock = self._receive_end
+        if sock is None or self._main_pid != os.getpid():
+            return
+        while True:
+            try:
+                data = sock.recv(_MAX_DATAGRAM, socket.MSG_DONTWAIT)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self._decode(data)
+
+    def _decode(self, data: bytes) -> None:
+        try:
+            dropped, batch = marshal.loads(data)  # noqa: S302 - from our own children only
+            if dropped:
+                self._recorder.emit(_DROPPED, int(dropped), ("pool_buffer_full",))
+            for metric, value, attrs in batch:
+                self._recorder.emit(int(metric), value, tuple(attrs))
+        except Exception as exc:  # noqa: BLE001
+            self._recorder.emit(_DROPPED, 1, ("undecodable",))
+            self._failures.record("decoding measurements from a pool child", exc)
+
+    def _on_worker_shutdown(self, **_: Any) -> None:
+        self.drain_now()
+
+    # -- pool child --------------------------------------------------------------------------
+
+    def _after_in_child(self) -> None:
+        if not self._active or self._send_end is None:
+            return
+        try:
+            # A grandchild (a task that forks) starts from an empty buffer and forwards
+            # to the same main process. The drain thread did not survive the fork.
+            self._thread = None
+            self._forwarder = _ChildForwarder(self._send_end, self._failures, self._max_pending)
+            self._sink.emit = self._forwarder.emit
+            self._sink.flush = self._forwarder.flush
+            if self._on_child_start is not None:
+                self._on_child_start()
+        except Exception as exc:  # noqa: BLE001
+            self._failures.record("switching a pool child to forwarding", exc)
+
+    def _on_child_shutdown(self, **_: Any) -> None:
+        if self._forwarder is not None:
+            self._forwarder.final_flush()

@@ -1,0 +1,177 @@
+"""The only module that touches the OpenTelemetry SDK.
+
+Three jobs:
+- :func:`setup_metrics`: the short in-code setup for applications that configure
+  OpenTelemetry themselves instead of running ``opentelemetry-instrument``;
+- :func:`tune_prometheus_readers`: our deliberate choice for the Prometheus path under
+  ``opentelemetry-instrument`` (no ``otel_scope_*`` labels, see ``docs/configuration.md``);
+- :func:`silence_exporting_readers`: in a prefork pool child, stop the child's copy of a
+  periodic (OTLP/console) reader from exporting; the main process exports for everyone.
+
+The two functions that adjust existing readers reach into SDK internals (the SDK has no
+public way to change a reader after construction). They check what they touch and, when
+the SDK changed shape, log once and leave the reader as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from otel_celery_metrics.settings import Settings
+
+_logger = logging.getLogger("otel_celery_metrics")
+
+
+def _readers(provider: Any) -> Sequence[Any]:
+    readers = getattr(provider, "_metric_readers", None)
+    if readers is None:
+        sdk_config = getattr(provider, "_sdk_config", None)
+        readers = getattr(sdk_config, "metric_readers", ())
+    return tuple(readers or ())
+
+
+def tune_prometheus_readers(provider: Any, scope_labels: bool) -> int:
+    """Set whether ``provider``'s Prometheus readers add ``otel_scope_*`` labels.
+
+    Returns how many readers were adjusted.
+    """
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    except ImportError:
+        return 0
+    tuned = 0
+    for reader in _readers(provider):
+        if not isinstance(reader, PrometheusMetricReader):
+            continue
+        collector = getattr(reader, "_collector", None)
+        if collector is None or not hasattr(collector, "_scope_info_enabled"):
+            _logger.warning(
+                "otel-celery-metrics: cannot set scope labels on this "
+                "opentelemetry-exporter-prometheus version; leaving its default"
+            )
+            continue
+        collector._scope_info_enabled = scope_labels
+        tuned += 1
+    return tuned
+
+
+class _NullExporter:
+    """Stands in for a pool child's copy of a metric exporter: exports nothing."""
+
+    def export(self, *_args: Any, **_kwargs: Any) -> Any:
+        from opentelemetry.sdk.metrics.export import MetricExportResult
+
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, *_args: Any, **_kwargs: Any) -> bool:
+        return True
+
+    def shutdown(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+def silence_exporting_readers(provider: Any) -> int:
+    """In a forked pool child: make the inherited periodic readers export nothing.
+
+    The SDK restarts a periodic reader's thread in every child (``register_at_fork``), so
+    each child would export the main process' pre-fork values again, under the same
+    identity, and conflict with the main process' cumulative series.
+    """
+    try:
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    except ImportError:
+        return 0
+    silenced = 0
+    for reader in _readers(provider):
+        if isinstance(reader, PeriodicExportingMetricReader) and hasattr(reader, "_exporter"):
+            reader._exporter = _NullExporter()
+            silenced += 1
+    return silenced
+
+
+def _prometheus_reader(host: str, port: int, scope_labels: bool, registry: Any) -> Any:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    reader = PrometheusMetricReader(scope_info_enabled=scope_labels, registry=registry)
+    try:
+        start_http_server(port=port, addr=host, registry=registry)
+    except OSError as exc:
+        # Tasks must still run: report once, clearly, and carry on without an endpoint.
+        _logger.error(  # noqa: TRY400 - one line, no traceback, is the point
+            "otel-celery-metrics: cannot serve /metrics on %s:%s (%s); tasks keep running "
+            "but this worker's metrics are not served. Choose a free port.",
+            host, port, exc.strerror or exc,
+        )
+    return reader
+
+
+def setup_metrics(
+    exporter: str = "prometheus",
+    *,
+    service_name: str | None = None,
+    resource_attributes: Mapping[str, str] | None = None,
+    prometheus_host: str = "0.0.0.0",
+    prometheus_port: int = 9809,
+    otlp_endpoint: str | None = None,
+    export_interval_seconds: float = 60.0,
+    settings: Settings | None = None,
+    registry: Any = None,
+    set_global: bool = True,
+    instrument: bool = True,
+) -> Any:
+    """Configure a MeterProvider with one way out and instrument Celery with it.
+
+    Call it in the worker's main process before the pool starts, e.g. from a
+    ``celeryd_init`` or ``worker_init`` receiver. ``exporter`` is ``"prometheus"``
+    (serves ``/metrics`` on ``prometheus_host:prometheus_port``), ``"otlp"``
+    (http/protobuf to ``otlp_endpoint``, default ``http://localhost:4318``) or
+    ``"console"``. Returns the provider.
+    """
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.resources import Resource
+
+    settings = settings or Settings()
+    attrs: dict[str, str] = dict(resource_attributes or {})
+    if service_name:
+        attrs["service.name"] = service_name
+    resource = Resource.create(attrs)
+    interval_ms = export_interval_seconds * 1000
+    reader: Any
+    if exporter == "prometheus":
+        if registry is None:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry()
+        reader = _prometheus_reader(
+            prometheus_host, prometheus_port, settings.prometheus_scope_labels, registry
+        )
+    elif exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        endpoint = (otlp_endpoint or "http://localhost:4318").rstrip("/") + "/v1/metrics"
+        reader = PeriodicExportingMetricReader(
+            OTLPMetricExporter(endpoint=endpoint), export_interval_millis=interval_ms
+        )
+    elif exporter == "console":
+        reader = PeriodicExportingMetricReader(
+            ConsoleMetricExporter(), export_interval_millis=interval_ms
+        )
+    else:
+        msg = f'exporter must be "prometheus", "otlp" or "console": {exporter!r}'
+        raise ValueError(msg)
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    if set_global:
+        metrics.set_meter_provider(provider)
+    if instrument:
+        from otel_celery_metrics.instrumentor import CeleryMetricsInstrumentor
+
+        CeleryMetricsInstrumentor().instrument(meter_provider=provider, settings=settings)
+    return provider

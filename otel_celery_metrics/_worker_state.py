@@ -1,0 +1,33 @@
+"""Saturation read from Celery's own worker state at collection time.
+
+``celery.worker.state`` tracks, in the worker's main process, every request reserved
+(received, prefetched or waiting for an ETA) and every request accepted by a pool
+process. Reading it when a scrape or export collects costs nothing per task and is
+exact for every pool: under prefork the main process learns of acceptance from the
+children, so no measurement has to cross processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from otel_celery_metrics._recorder import AttrValues
+from otel_celery_metrics._receivers import queue_of
+
+
+def executing(default_queue: str) -> Iterator[tuple[float, AttrValues]]:
+    """One (1, (task name, queue)) per task executing now."""
+    from celery.worker import state
+
+    for request in list(state.active_requests):
+        yield 1.0, (str(request.name), queue_of(request.delivery_info, default_queue))
+
+
+def prefetched(default_queue: str) -> Iterator[tuple[float, AttrValues]]:
+    """One (1, (task name, queue)) per task reserved but not yet accepted by a pool process."""
+    from celery.worker import state
+
+    active = set(state.active_requests)
+    for request in list(state.reserved_requests):
+        if request not in active:
+            yield 1.0, (str(request.name), queue_of(request.delivery_info, default_queue))

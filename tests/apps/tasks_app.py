@@ -1,0 +1,60 @@
+"""The Celery application the integration tests run real workers on.
+
+The broker comes from TEST_BROKER_URL. Tasks cover every terminal state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from celery import Celery
+from celery.exceptions import Ignore, Reject
+
+app = Celery("tasks_app", broker=os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/15"))
+app.conf.update(
+    task_acks_late=False,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    task_default_queue=os.environ.get("TEST_QUEUE", "celery"),
+)
+
+
+@app.task(name="tests.ok")
+def ok(x: int = 0) -> int:
+    return x
+
+
+@app.task(name="tests.fail")
+def fail() -> None:
+    raise ValueError("boom: secret argument must not become a label")
+
+
+@app.task(name="tests.flaky", bind=True, max_retries=5)
+def flaky(self, retries_wanted: int = 1) -> str:  # type: ignore[no-untyped-def]
+    if self.request.retries < retries_wanted:
+        raise self.retry(countdown=0)
+    return "done"
+
+
+@app.task(name="tests.ignored")
+def ignored() -> None:
+    raise Ignore()
+
+
+@app.task(name="tests.rejected")
+def rejected() -> None:
+    raise Reject("not for us", requeue=False)
+
+
+@app.task(name="tests.sleep")
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@app.task(name="tests.die")
+def die() -> None:
+    """Kills its own pool process, as the OOM killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -29,6 +29,7 @@ Guarantees and limits (``docs/prefork.md``):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import marshal
 import os
 import socket
@@ -57,6 +58,9 @@ class SwitchableSink:
 
     def __init__(self, recorder: Recorder) -> None:
         self.emit: Callable[[int, float, AttrValues], None] = recorder.emit
+        self.emit_traced: Callable[[int, float, AttrValues, int, int], None] = (
+            recorder.emit_traced
+        )
         self.flush: Callable[[], None] = _noop
 
 
@@ -73,6 +77,11 @@ class _ChildForwarder:
 
     def _emit(self, metric: int, value: float, attrs: AttrValues) -> None:
         self._pending.append((metric, value, attrs))
+
+    def emit_traced(
+        self, metric: int, value: float, attrs: AttrValues, trace_id: int, span_id: int
+    ) -> None:
+        self._pending.append((metric, value, attrs, trace_id, span_id))
 
     def flush(self, flags: int = socket.MSG_DONTWAIT) -> None:
         pending = self._pending
@@ -158,20 +167,21 @@ class ForkBridge:
         self.drain_now()
         if self._receive_end is not None and self._main_pid == os.getpid():
             # Wakes the drain thread (it exits on an empty datagram) and frees the fds.
-            try:
-                assert self._send_end is not None
-                self._send_end.send(b"", socket.MSG_DONTWAIT)
-            except OSError:
-                pass
+            send_end = self._send_end
+            if send_end is not None:
+                with contextlib.suppress(OSError):
+                    send_end.send(b"", socket.MSG_DONTWAIT)
             if self._thread is not None:
                 self._thread.join(timeout=2)
             self._receive_end.close()
-            self._send_end.close()
+            if send_end is not None:
+                send_end.close()
             self._receive_end = self._send_end = self._thread = None
         self._recorder_sink_restore()
 
     def _recorder_sink_restore(self) -> None:
         self._sink.emit = self._recorder.emit
+        self._sink.emit_traced = self._recorder.emit_traced
         self._sink.flush = _noop
 
     @property
@@ -235,8 +245,7 @@ class ForkBridge:
             dropped, batch = marshal.loads(data)  # noqa: S302 - from our own children only
             if dropped:
                 self._recorder.emit(_DROPPED, int(dropped), ("pool_buffer_full",))
-            for metric, value, attrs in batch:
-                self._recorder.emit(int(metric), value, tuple(attrs))
+            self._recorder.emit_many(batch)
         except Exception as exc:  # noqa: BLE001
             self._recorder.emit(_DROPPED, 1, ("undecodable",))
             self._failures.record("decoding measurements from a pool child", exc)
@@ -255,6 +264,7 @@ class ForkBridge:
             self._thread = None
             self._forwarder = _ChildForwarder(self._send_end, self._failures, self._max_pending)
             self._sink.emit = self._forwarder.emit
+            self._sink.emit_traced = self._forwarder.emit_traced
             self._sink.flush = self._forwarder.flush
             if self._on_child_start is not None:
                 self._on_child_start()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from opentelemetry import trace
+
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._recorder import AttrValues
 from otel_celery_metrics._safety import FailureLog
@@ -25,6 +27,9 @@ PUBLISHED_AT_HEADER = "otel_celery_published_at"
 #: Request field the worker's main process sets when a message is received; it travels
 #: with the request into the pool child, so queue wait can fall back to it.
 RECEIVED_AT_FIELD = "otel_celery_received_at"
+#: Request field carrying the queue the main process received the message from: failures
+#: Celery reports from the main process (a lost pool child) carry no delivery_info.
+QUEUE_FIELD = "otel_celery_queue"
 
 # Bound on tasks started but not finished in one process. Postrun always follows prerun
 # in the same process, so this only protects against a signal sequence we did not foresee.
@@ -41,6 +46,10 @@ _QUEUE_WAIT = mt.METRIC_INDEX[mt.TASK_QUEUE_WAIT.name]
 class Sink(Protocol):
     def emit(self, metric: int, value: float, attrs: AttrValues) -> None: ...
 
+    def emit_traced(
+        self, metric: int, value: float, attrs: AttrValues, trace_id: int, span_id: int
+    ) -> None: ...
+
     def flush(self) -> None: ...
 
 
@@ -52,6 +61,23 @@ def queue_of(delivery_info: Any, default: str) -> str:
         if key:
             return str(key)
     return default
+
+
+def queue_of_request(request: Any, default: str) -> str:
+    """The queue of a task request: its delivery info, else what the main process noted."""
+    queue = queue_of(getattr(request, "delivery_info", None), "")
+    if queue:
+        return queue
+    noted = getattr(request, QUEUE_FIELD, None)
+    return str(noted) if noted else default
+
+
+def _sampled_span() -> tuple[int, int] | None:
+    """(trace id, span id) of the current span if it is sampled, for exemplars."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid and context.trace_flags.sampled:
+        return context.trace_id, context.span_id
+    return None
 
 
 def _eta_timestamp(eta: Any) -> float | None:
@@ -81,7 +107,10 @@ class TaskReceivers:
         self._default_queue = default_queue
         self._clock = clock
         self._wall_clock = wall_clock
-        self._started: dict[str, float] = {}
+        # task id -> (start, span sampled at prerun). The span is looked up at prerun and
+        # again at postrun: whichever of our receivers and the tracing instrumentation's
+        # runs first, one of the two lookups sees the task's span open.
+        self._started: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self._connected: list[tuple[Any, Callable[..., None]]] = []
 
     # -- wiring ----------------------------------------------------------------------------
@@ -142,10 +171,11 @@ class TaskReceivers:
 
     def on_received(self, request: Any = None, **_: Any) -> None:
         try:
+            queue = queue_of(getattr(request, "delivery_info", None), self._default_queue)
             request_dict = getattr(request, "request_dict", None)
             if isinstance(request_dict, dict):
                 request_dict[RECEIVED_AT_FIELD] = self._wall_clock()
-            queue = queue_of(getattr(request, "delivery_info", None), self._default_queue)
+                request_dict[QUEUE_FIELD] = queue
             self._sink.emit(_RECEIVED, 1, (str(request.name), queue))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_received receiver", exc)
@@ -180,7 +210,7 @@ class TaskReceivers:
             started = self._clock()
             if len(self._started) >= _MAX_IN_FLIGHT:
                 self._started.clear()
-            self._started[task_id] = started
+            self._started[task_id] = (started, _sampled_span())
             request = task.request
             now = self._wall_clock()
             reference, wait_from = self._wait_reference(request)
@@ -188,7 +218,7 @@ class TaskReceivers:
                 # Producer and worker clocks can disagree; a negative wait means skew,
                 # not time travel, so it is clamped at 0.
                 wait = max(0.0, now - reference)
-                queue = queue_of(request.delivery_info, self._default_queue)
+                queue = queue_of_request(request, self._default_queue)
                 self._sink.emit(_QUEUE_WAIT, wait, (task.name, queue, wait_from))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_prerun receiver", exc)
@@ -213,10 +243,15 @@ class TaskReceivers:
     ) -> None:
         try:
             started = self._started.pop(task_id, None)
-            queue = queue_of(task.request.delivery_info, self._default_queue)
+            queue = queue_of_request(task.request, self._default_queue)
             name = task.name
             if started is not None:
-                self._sink.emit(_RUNTIME, self._clock() - started, (name, queue))
+                runtime = self._clock() - started[0]
+                span = _sampled_span() or started[1]
+                if span is None:
+                    self._sink.emit(_RUNTIME, runtime, (name, queue))
+                else:
+                    self._sink.emit_traced(_RUNTIME, runtime, (name, queue), span[0], span[1])
             self._sink.emit(_TASKS, 1, (name, queue, str(state or "UNKNOWN")))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_postrun receiver", exc)
@@ -230,8 +265,7 @@ class TaskReceivers:
         self, sender: Any = None, task_id: Any = None, exception: Any = None, **_: Any
     ) -> None:
         try:
-            request = sender.request
-            queue = queue_of(getattr(request, "delivery_info", None), self._default_queue)
+            queue = queue_of_request(sender.request, self._default_queue)
             name = sender.name
             exc_type = type(exception).__name__
             self._sink.emit(_FAILURES, 1, (name, queue, exc_type))

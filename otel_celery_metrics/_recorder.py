@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 from opentelemetry.util.types import Attributes
 
 from otel_celery_metrics import metric_table as mt
@@ -22,7 +23,9 @@ from otel_celery_metrics._safety import FailureLog
 from otel_celery_metrics.settings import Settings
 
 AttrValues = tuple[str, ...]
-Measurement = tuple[int, float, AttrValues]
+#: (metric index, value, attribute values) or, with the sampled span current when it was
+#: measured, (metric index, value, attribute values, trace id, span id).
+Measurement = tuple[int, float, AttrValues] | tuple[int, float, AttrValues, int, int]
 
 
 class MetricSink(Protocol):
@@ -30,10 +33,15 @@ class MetricSink(Protocol):
 
     def emit(self, metric: int, value: float, attrs: AttrValues) -> None: ...
 
+    def emit_traced(
+        self, metric: int, value: float, attrs: AttrValues, trace_id: int, span_id: int
+    ) -> None: ...
+
 
 ObserveCallback = Callable[[], Iterable[tuple[float, AttrValues]]]
 
 _OVERFLOW_ATTRIBUTE = mt.METRIC_INDEX[mt.SELF_OVERFLOW.name]
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 class Recorder:
@@ -56,7 +64,7 @@ class Recorder:
         self._cache: list[dict[AttrValues, tuple[Attributes, str | None]]] = [
             {} for _ in mt.METRICS
         ]
-        self._record: list[Callable[[float, Attributes], None]] = []
+        self._record: list[Callable[..., None]] = []
         observers = observers or {}
         for spec in mt.METRICS:
             self._record.append(self._create(meter, spec, observers.get(spec.name)))
@@ -75,7 +83,7 @@ class Recorder:
 
     def _create(
         self, meter: Meter, spec: mt.MetricSpec, observe: ObserveCallback | None
-    ) -> Callable[[float, Attributes], None]:
+    ) -> Callable[..., None]:
         kind = spec.kind
         if kind is mt.InstrumentKind.COUNTER:
             return meter.create_counter(spec.name, unit=spec.unit, description=spec.description).add
@@ -136,9 +144,35 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - metrics never raise into tasks
             self._failures.record("recording a measurement", exc)
 
+    def emit_traced(
+        self, metric: int, value: float, attrs: AttrValues, trace_id: int, span_id: int
+    ) -> None:
+        """Record one measurement taken while a sampled span was current.
+
+        The span may have been current in another process (a pool child), so it is
+        rebuilt here as a non-recording span: the SDK's trace-based exemplar filter then
+        attaches its trace and span id to the point, linking a slow bucket to its trace.
+        """
+        try:
+            cached = self._cache[metric].get(attrs)
+            if cached is None:
+                cached = self._admit(metric, attrs)
+            span = NonRecordingSpan(
+                SpanContext(trace_id, span_id, is_remote=True, trace_flags=_SAMPLED)
+            )
+            context = set_span_in_context(span)
+            self._record[metric](value, cached[0], context=context)
+            if cached[1] is not None:
+                self._record[_OVERFLOW_ATTRIBUTE](1, {mt.ATTRIBUTE: cached[1]})
+        except Exception as exc:  # noqa: BLE001 - metrics never raise into tasks
+            self._failures.record("recording a traced measurement", exc)
+
     def emit_many(self, measurements: Iterable[Measurement]) -> None:
-        for metric, value, attrs in measurements:
-            self.emit(metric, value, attrs)
+        for measurement in measurements:
+            if len(measurement) == 5:
+                self.emit_traced(*measurement)
+            else:
+                self.emit(*measurement[:3])
 
     def _admit(self, metric: int, raw: AttrValues) -> tuple[Attributes, str | None]:
         """Apply the attribute set, the name/queue caps and the series cap to ``raw``."""
@@ -187,5 +221,5 @@ def _capped(value: str, seen: set[str], cap: int) -> tuple[str, bool]:
     return value, False
 
 
-def _no_sync_record(_value: float, _attrs: Attributes) -> None:
+def _no_sync_record(_value: float, _attrs: Attributes, **_kwargs: object) -> None:
     """Observable instruments are read by callbacks; nothing records into them."""

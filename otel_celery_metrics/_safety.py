@@ -8,6 +8,7 @@ task therefore costs one log line, not one per task.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -41,7 +42,6 @@ class FailureLog:
             )
         hook = self.on_failure
         if hook is not None:
-            try:
+            # The hook is itself metrics code; its failure must not escape either.
+            with contextlib.suppress(Exception):
                 hook(1)
-            except Exception:  # noqa: BLE001 - the hook is itself metrics code
-                pass

@@ -86,7 +86,7 @@ def silence_exporting_readers(provider: Any) -> int:
     silenced = 0
     for reader in _readers(provider):
         if isinstance(reader, PeriodicExportingMetricReader) and hasattr(reader, "_exporter"):
-            reader._exporter = _NullExporter()
+            reader._exporter = _NullExporter()  # type: ignore[assignment]
             silenced += 1
     return silenced
 
@@ -100,7 +100,7 @@ def _prometheus_reader(host: str, port: int, scope_labels: bool, registry: Any) 
         start_http_server(port=port, addr=host, registry=registry)
     except OSError as exc:
         # Tasks must still run: report once, clearly, and carry on without an endpoint.
-        _logger.error(  # noqa: TRY400 - one line, no traceback, is the point
+        _logger.error(  # one line, no traceback: a busy port is not a bug
             "otel-celery-metrics: cannot serve /metrics on %s:%s (%s); tasks keep running "
             "but this worker's metrics are not served. Choose a free port.",
             host, port, exc.strerror or exc,

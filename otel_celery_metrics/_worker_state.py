@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from otel_celery_metrics._recorder import AttrValues
 from otel_celery_metrics._receivers import queue_of
+from otel_celery_metrics._recorder import AttrValues
 
 
 def executing(default_queue: str) -> Iterator[tuple[float, AttrValues]]:

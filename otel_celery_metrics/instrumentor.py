@@ -20,8 +20,8 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.metrics import MeterProvider, get_meter, get_meter_provider
 
-from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics import _worker_state
+from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._prefork import ForkBridge, SwitchableSink
 from otel_celery_metrics._receivers import TaskReceivers
 from otel_celery_metrics._recorder import Recorder

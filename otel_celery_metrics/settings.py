@@ -147,7 +147,7 @@ def documented_variables() -> list[tuple[str, str]]:
     """(variable, default) of every setting, for docs and the docs test."""
     out = []
     for f in fields(Settings):
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        default = f.default_factory() if callable(f.default_factory) else f.default
         if isinstance(default, tuple):
             shown = ",".join(f"{v:g}" for v in default)
         elif isinstance(default, frozenset):

@@ -41,7 +41,9 @@ class SignalRecipe:
     def on_prerun(self, task_id: Any = None, task: Any = None, **_: Any) -> None:
         self._started[task_id] = time.perf_counter()
 
-    def on_postrun(self, task_id: Any = None, task: Any = None, state: Any = None, **_: Any) -> None:
+    def on_postrun(
+        self, task_id: Any = None, task: Any = None, state: Any = None, **_: Any
+    ) -> None:
         started = self._started.pop(task_id, None)
         delivery_info = getattr(task.request, "delivery_info", None) or {}
         queue = delivery_info.get("routing_key", "default")
@@ -91,7 +93,9 @@ class OtelPort(SignalRecipe):
             "port.tasks", unit="{task}", description="Tasks by terminal state"
         )
 
-    def on_postrun(self, task_id: Any = None, task: Any = None, state: Any = None, **_: Any) -> None:
+    def on_postrun(
+        self, task_id: Any = None, task: Any = None, state: Any = None, **_: Any
+    ) -> None:
         started = self._started.pop(task_id, None)
         delivery_info = getattr(task.request, "delivery_info", None) or {}
         queue = delivery_info.get("routing_key", "default")
@@ -99,7 +103,8 @@ class OtelPort(SignalRecipe):
             self.otel_runtime.record(
                 time.perf_counter() - started, {"task_name": task.name, "queue": queue}
             )
-        self.otel_total.add(1, {"task_name": task.name, "queue": queue, "state": state or "UNKNOWN"})
+        attributes = {"task_name": task.name, "queue": queue, "state": state or "UNKNOWN"}
+        self.otel_total.add(1, attributes)
 
     def on_failure(self, task_id: Any = None, sender: Any = None, **_: Any) -> None:
         delivery_info = getattr(sender.request, "delivery_info", None) or {}

@@ -79,9 +79,10 @@ def _base_request() -> dict[str, Any]:
         "reply_to": "c0ffee00-reply", "hostname": "celery@bench",
         "delivery_info": delivery_info, "args": [], "kwargs": {}, "is_eager": False,
         "callbacks": None, "errbacks": None, "chain": None, "chord": None,
-        # Set by our task_received receiver in the main process; the request carries it
-        # into the child (present for every mode; only ours reads it).
+        # Set by our task_received receiver in the main process; the request carries
+        # them into the child (present for every mode; only ours reads them).
         "otel_celery_received_at": time.time(),
+        "otel_celery_queue": QUEUE,
     }
 
 
@@ -151,6 +152,41 @@ def _cpu(who: int = resource.RUSAGE_SELF) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _child(mode: str, task: Any, tasks: int, warmup: int, failure_every: int) -> dict[str, Any]:
+    """The pool child's part: set up the mode's receivers, run, time, count."""
+    counted: Any = None
+    if mode == "recipe":
+        from _recipe import SignalRecipe
+
+        recipe = SignalRecipe()
+        recipe.connect()
+        counted = recipe.count
+    elif mode == "otel_port":
+        from _recipe import OtelPort
+
+        provider, registry = _sdk_provider()
+        OtelPort(provider.get_meter("port")).connect()
+        counted = lambda: _sample_sum(registry, "port_tasks_total")  # noqa: E731
+    elif mode == "ours_direct":
+        provider, registry = _sdk_provider()
+        _instrument_ours(provider)
+        counted = lambda: _sample_sum(registry, "celery_tasks_total")  # noqa: E731
+    _run_tasks(task, warmup, failure_every)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    _run_tasks(task, tasks, failure_every)
+    wall1, cpu1 = time.perf_counter(), time.process_time()
+    if mode == "ours_child":
+        from celery import signals
+
+        # What a pool child does on exit: the bridge sends anything still pending.
+        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+    return {
+        "child_wall_us": (wall1 - wall0) / tasks * 1e6,
+        "child_cpu_us": (cpu1 - cpu0) / tasks * 1e6,
+        "counted": counted() if counted else None,
+    }
+
+
 def run_one(mode: str, tasks: int, warmup: int, failure_every: int) -> dict[str, Any]:
     """Fork a pool child that runs the tasks; the parent plays the worker's main process."""
     task = _make_task()
@@ -163,39 +199,8 @@ def run_one(mode: str, tasks: int, warmup: int, failure_every: int) -> dict[str,
     pid = os.fork()  # ours_child: our before-fork hook starts the socketpair + drain thread
     if pid == 0:  # --- the pool child
         os.close(read_fd)
-        result: dict[str, Any] = {}
         try:
-            counted: Any = None
-            if mode == "recipe":
-                from _recipe import SignalRecipe
-
-                recipe = SignalRecipe()
-                recipe.connect()
-                counted = lambda: recipe.count()  # noqa: E731
-            elif mode == "otel_port":
-                from _recipe import OtelPort
-
-                provider, registry = _sdk_provider()
-                OtelPort(provider.get_meter("port")).connect()
-                counted = lambda: _sample_sum(registry, "port_tasks_total")  # noqa: E731
-            elif mode == "ours_direct":
-                provider, registry = _sdk_provider()
-                _instrument_ours(provider)
-                counted = lambda: _sample_sum(registry, "celery_tasks_total")  # noqa: E731
-            _run_tasks(task, warmup, failure_every)
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            _run_tasks(task, tasks, failure_every)
-            wall1, cpu1 = time.perf_counter(), time.process_time()
-            if mode == "ours_child":
-                from celery import signals
-
-                # What a pool child does on exit: the bridge sends anything still pending.
-                signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
-            result = {
-                "child_wall_us": (wall1 - wall0) / tasks * 1e6,
-                "child_cpu_us": (cpu1 - cpu0) / tasks * 1e6,
-                "counted": counted() if counted else None,
-            }
+            result: dict[str, Any] = _child(mode, task, tasks, warmup, failure_every)
         except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
             result = {"error": repr(exc)}
         os.write(write_fd, json.dumps(result).encode())
@@ -233,7 +238,8 @@ def _spawn(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         "--tasks", str(args.tasks), "--warmup", str(args.warmup),
         "--failure-every", str(args.failure_every),
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     # Keep opentelemetry-instrument style configuration out of the runs.
     for key in [k for k in env if k.startswith(("OTEL_", "CELERY_"))]:
         del env[key]

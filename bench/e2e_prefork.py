@@ -1,0 +1,190 @@
+"""End-to-end throughput of ``celery worker -P prefork -c 2`` on Redis: bare, recipe, ours.
+
+Per (round, mode): flush Redis db 14 (only that db), pre-fill the queue with N no-op tasks
+(``_bench_app.py``), start a worker, and poll the Redis counter the tasks INCR until it
+reaches N (with a deadline). Throughput is measured from the first finished task to the
+last, so worker start-up (which differs: ``opentelemetry-instrument`` imports more) is
+reported apart. Modes:
+
+- bare: ``celery -A _bench_app worker`` (no opentelemetry-instrument);
+- recipe: the same with ``BENCH_RECIPE=1`` (prometheus_client in signals, a port per child);
+- ours: ``opentelemetry-instrument celery ...`` with ``OTEL_METRICS_EXPORTER=prometheus``
+  on a free port, tracing off (``OTEL_TRACES_EXPORTER=none`` and the tracing
+  instrumentation disabled, so only our instrumentor is active). After the run its
+  ``/metrics`` is scraped and ``celery_tasks_total`` must equal N.
+
+    /work/venv/bin/python bench/e2e_prefork.py [--tasks 5000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+MODES = ("bare", "recipe", "ours")
+BROKER_URL = "redis://127.0.0.1:6379/14"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _worker_command(mode: str, concurrency: int) -> tuple[list[str], dict[str, str], int | None]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BENCH_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    env["BENCH_BROKER_URL"] = BROKER_URL
+    celery = [
+        str(VENV_BIN / "celery"), "-A", "_bench_app", "worker", "-P", "prefork",
+        "-c", str(concurrency), "-Q", "bench", "-l", "WARNING",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]
+    port = None
+    if mode == "recipe":
+        env["BENCH_RECIPE"] = "1"
+    elif mode == "ours":
+        port = _free_port()
+        env.update({
+            "OTEL_METRICS_EXPORTER": "prometheus",
+            "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+            "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+            # opentelemetry-instrumentation-celery (tracing) is installed too: off, so
+            # the figure is ours alone.
+            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "celery",
+        })
+        celery = [str(VENV_BIN / "opentelemetry-instrument"), *celery]
+    return celery, env, port
+
+
+def _prefill(client: Any, tasks: int) -> None:
+    sys.path.insert(0, str(HERE))
+    os.environ["BENCH_BROKER_URL"] = BROKER_URL
+    from _bench_app import app, noop
+
+    client.flushdb()  # db 14 only: the bench's own broker db
+    with app.producer_or_acquire() as producer:
+        for _ in range(tasks):
+            noop.apply_async(producer=producer)
+
+
+def _scrape_total(port: int) -> float:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    pattern = re.compile(r"^celery_tasks_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> tuple[float, int]:
+    """Warm shutdown; returns (CPU seconds of the whole worker tree, exit status)."""
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = status
+            return usage.ru_utime + usage.ru_stime, status
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the group of the worker we started
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = status
+    return usage.ru_utime + usage.ru_stime, status
+
+
+def run_one(mode: str, tasks: int, concurrency: int, timeout: float) -> dict[str, float]:
+    import redis
+
+    client = redis.Redis.from_url(BROKER_URL)
+    _prefill(client, tasks)
+    cmd, env, port = _worker_command(mode, concurrency)
+    log_path = Path(tempfile.gettempdir()) / f"otel-celery-bench-e2e-{mode}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    first_at = first_count = done_at = None
+    try:
+        deadline = started + timeout
+        while time.perf_counter() < deadline:
+            done = int(client.get("bench:done") or 0)
+            now = time.perf_counter()
+            if first_at is None and done:
+                first_at, first_count = now, done
+            if done >= tasks:
+                done_at = now
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        counted = _scrape_total(port) if port and done_at else None
+    finally:
+        cpu, status = _stop(proc)
+        log.close()
+    if done_at is None or first_at is None or first_count is None:
+        done_count = client.get("bench:done")
+        msg = f"{mode}: {done_count} of {tasks} tasks done in {timeout}s; see {log_path}"
+        raise SystemExit(msg)
+    if counted is not None and counted != tasks:
+        raise SystemExit(f"{mode}: /metrics counted {counted} tasks, expected {tasks}")
+    return {
+        "tasks_per_s": (tasks - first_count) / (done_at - first_at),
+        "startup_s": first_at - started,
+        "total_s": done_at - started,
+        "worker_cpu_s": cpu,
+        "exit_status": status,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=180.0, help="per run, seconds")
+    parser.add_argument("--modes", default=",".join(MODES))
+    args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    print(f"N={args.tasks} rounds={args.rounds} -P prefork -c {args.concurrency} "
+          f"broker={BROKER_URL} cpus={os.cpu_count()}", flush=True)
+    runs: list[dict[str, dict[str, float]]] = []
+    for r in range(args.rounds):
+        order = modes[r % len(modes):] + modes[: r % len(modes)]
+        this_round = {}
+        for mode in order:
+            f = this_round[mode] = run_one(mode, args.tasks, args.concurrency, args.timeout)
+            print(f"round {r + 1} {mode:7s} {f['tasks_per_s']:7.0f} tasks/s  "
+                  f"start-up {f['startup_s']:5.2f} s  total {f['total_s']:5.2f} s  "
+                  f"worker cpu {f['worker_cpu_s']:5.2f} s", flush=True)
+        runs.append(this_round)
+    print("\nmedians over rounds (rounds on this shared 2-core machine swing about +-25%)")
+    base = statistics.median(r["bare"]["tasks_per_s"] for r in runs) if "bare" in modes else None
+    for mode in modes:
+        rate = statistics.median(r[mode]["tasks_per_s"] for r in runs)
+        paired = [r[mode]["tasks_per_s"] / r["bare"]["tasks_per_s"] for r in runs] if base else []
+        cpu = statistics.median(r[mode]["worker_cpu_s"] for r in runs)
+        start = statistics.median(r[mode]["startup_s"] for r in runs)
+        ratio = (f"  vs bare {rate / base:5.2f} (median per-round {statistics.median(paired):5.2f})"
+                 if base else "")
+        print(f"{mode:7s} {rate:7.0f} tasks/s  start-up {start:5.2f} s  "
+              f"worker cpu {cpu:5.2f} s{ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

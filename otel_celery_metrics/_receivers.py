@@ -180,10 +180,12 @@ class TaskReceivers:
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_received receiver", exc)
 
-    def on_revoked(self, request: Any = None, **_: Any) -> None:
+    def on_revoked(self, sender: Any = None, request: Any = None, **_: Any) -> None:
         try:
-            queue = queue_of(getattr(request, "delivery_info", None), self._default_queue)
-            self._sink.emit(_TASKS, 1, (str(request.name), queue, "REVOKED"))
+            # ``request`` is the task's Context here, ``sender`` the task.
+            name = getattr(sender, "name", None) or getattr(request, "task", None)
+            queue = queue_of_request(request, self._default_queue)
+            self._sink.emit(_TASKS, 1, (str(name), queue, "REVOKED"))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_revoked receiver", exc)
 

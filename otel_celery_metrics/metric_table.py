@@ -222,6 +222,7 @@ def render_reference() -> str:
             f"| `{spec.prometheus_name}` | `{spec.name}` | {spec.kind.value} | "
             f"`{spec.unit}` | {attrs} | {spec.description} |"
         )
+    lines += _render_exporter_section()
     lines += ["", "## Default histogram buckets", ""]
     for spec in METRICS:
         if spec.buckets:
@@ -238,6 +239,208 @@ def render_reference() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Standalone exporter (``otel-celery-exporter``) -- exporter-only metrics.
+#
+# The exporter also publishes the METRICS above where the event stream carries them; the
+# entries below exist only in the exporter (broker backlog, worker liveness read from
+# heartbeats, the exporter's own health). The in-process Recorder never creates them.
+# ---------------------------------------------------------------------------------------
+
+HOSTNAME = "hostname"
+EVENT_TYPE = "type"
+PROBE = "probe"
+
+_EXPORTER = "exporter"
+
+
+def _task_counter(event: str, description: str) -> MetricSpec:
+    return MetricSpec(
+        name=f"celery.task.{event}",
+        kind=InstrumentKind.COUNTER,
+        unit="",
+        description=description,
+        attributes=(TASK_NAME, QUEUE),
+        recorded_in=_EXPORTER,
+    )
+
+
+# The seed guide's per-event counters (``celery_task_<event>_total``). Unit "" keeps the
+# series names exactly as the seed and dashboards built on it spell them.
+TASK_SENT = _task_counter("sent", "task-sent events: task messages published by producers.")
+TASK_RECEIVED = _task_counter("received", "task-received events: messages a worker received.")
+TASK_STARTED = _task_counter("started", "task-started events: executions that began.")
+TASK_SUCCEEDED = _task_counter("succeeded", "task-succeeded events: executions that succeeded.")
+TASK_FAILED = _task_counter("failed", "task-failed events: executions that raised.")
+TASK_RETRIED = _task_counter("retried", "task-retried events: executions that asked a retry.")
+TASK_REJECTED = _task_counter("rejected", "task-rejected events: messages a worker rejected.")
+TASK_REVOKED = _task_counter("revoked", "task-revoked events: tasks revoked before or while running.")
+WORKER_UP = MetricSpec(
+    name="celery.worker.up",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="",
+    description="1 while the worker's heartbeats arrive within the timeout, 0 once they stop "
+    "(until the worker is forgotten). hostname is the full node name (celery@host).",
+    attributes=(HOSTNAME,),
+    recorded_in=_EXPORTER,
+)
+WORKER_TASKS_ACTIVE = MetricSpec(
+    name="celery.worker.tasks.active",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{task}",
+    description="Tasks executing on the worker, as its last heartbeat reported.",
+    attributes=(HOSTNAME,),
+    recorded_in=_EXPORTER,
+)
+WORKER_PROCESSES = MetricSpec(
+    name="celery.worker.processes",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{process}",
+    description="Pool processes of the worker (from the last inspect stats reply).",
+    attributes=(HOSTNAME,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_MESSAGES = MetricSpec(
+    name="celery.queue.messages",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{message}",
+    description="Messages waiting in the broker queue (Redis: all priority lists summed; "
+    "RabbitMQ: ready messages from a passive declare).",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_CONSUMERS = MetricSpec(
+    name="celery.queue.consumers",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{consumer}",
+    description="Consumers attached to the queue (RabbitMQ only).",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_WORKERS = MetricSpec(
+    name="celery.queue.workers",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{worker}",
+    description="Live workers consuming from the queue (from inspect active_queues).",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_PROCESSES = MetricSpec(
+    name="celery.queue.processes",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{process}",
+    description="Pool processes of the live workers consuming from the queue.",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+EXPORTER_BROKER_CONNECTED = MetricSpec(
+    name="celery_exporter.broker.connected",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="",
+    description="1 while the event receiver is connected to the broker, else 0.",
+    attributes=(),
+    recorded_in=_EXPORTER,
+)
+EXPORTER_RECONNECTS = MetricSpec(
+    name="celery_exporter.broker.reconnects",
+    kind=InstrumentKind.COUNTER,
+    unit="",
+    description="Times the event receiver lost the broker and connected again.",
+    attributes=(),
+    recorded_in=_EXPORTER,
+)
+EXPORTER_EVENTS_RECEIVED = MetricSpec(
+    name="celery_exporter.events.received",
+    kind=InstrumentKind.COUNTER,
+    unit="",
+    description="Events decoded from the broker, by event type.",
+    attributes=(EVENT_TYPE,),
+    recorded_in=_EXPORTER,
+)
+EXPORTER_EVENTS_DROPPED = MetricSpec(
+    name="celery_exporter.events.dropped",
+    kind=InstrumentKind.COUNTER,
+    unit="",
+    description="Events not counted, by event type and reason (undecodable, invalid_field, "
+    "filtered, unknown_type, backlog_full, internal_error).",
+    attributes=(EVENT_TYPE, REASON),
+    recorded_in=_EXPORTER,
+)
+EXPORTER_LAST_EVENT_AGE = MetricSpec(
+    name="celery_exporter.last_event.age",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="s",
+    description="Seconds since the last event arrived (-1 before the first).",
+    attributes=(),
+    recorded_in=_EXPORTER,
+)
+EXPORTER_PROBE_AGE = MetricSpec(
+    name="celery_exporter.probe.age",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="s",
+    description="Age of the values a background probe last produced (probe: queues, "
+    "inspect); -1 before its first success. Scrapes never wait on the broker.",
+    attributes=(PROBE,),
+    recorded_in=_EXPORTER,
+)
+EXPORTER_WORKERS_WITHOUT_TASK_EVENTS = MetricSpec(
+    name="celery_exporter.workers_without_task_events",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{worker}",
+    description="Live workers that process tasks (heartbeats) but send no task events: "
+    "task events are disabled there (start them with -E or use --enable-events).",
+    attributes=(),
+    recorded_in=_EXPORTER,
+)
+
+#: Metrics only the standalone exporter publishes, in the order they are documented.
+EXPORTER_METRICS: tuple[MetricSpec, ...] = (
+    TASK_SENT,
+    TASK_RECEIVED,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+    TASK_FAILED,
+    TASK_RETRIED,
+    TASK_REJECTED,
+    TASK_REVOKED,
+    WORKER_UP,
+    WORKER_TASKS_ACTIVE,
+    WORKER_PROCESSES,
+    QUEUE_MESSAGES,
+    QUEUE_CONSUMERS,
+    QUEUE_WORKERS,
+    QUEUE_PROCESSES,
+    EXPORTER_BROKER_CONNECTED,
+    EXPORTER_RECONNECTS,
+    EXPORTER_EVENTS_RECEIVED,
+    EXPORTER_EVENTS_DROPPED,
+    EXPORTER_LAST_EVENT_AGE,
+    EXPORTER_PROBE_AGE,
+    EXPORTER_WORKERS_WITHOUT_TASK_EVENTS,
+)
+
+
+def _render_exporter_section() -> list[str]:
+    lines = [
+        "",
+        "## Standalone exporter only",
+        "",
+        "`otel-celery-exporter` publishes these in addition to the metrics above that the "
+        "event stream carries (see `docs/exporter.md`).",
+        "",
+        "| Prometheus series | OpenTelemetry name | Instrument | Unit | Attributes | Description |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for spec in EXPORTER_METRICS:
+        attrs = ", ".join(f"`{a}`" for a in spec.attributes) or "-"
+        unit = f"`{spec.unit}`" if spec.unit else "-"
+        lines.append(
+            f"| `{spec.prometheus_name}` | `{spec.name}` | {spec.kind.value} | "
+            f"{unit} | {attrs} | {spec.description} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

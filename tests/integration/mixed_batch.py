@@ -1,0 +1,47 @@
+"""A mixed batch of tasks with a known outcome per state, and the counts it must produce."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+EXPECTED_STATES = {
+    ("tests.ok", "SUCCESS"): 6,
+    ("tests.ok", "REVOKED"): 2,
+    ("tests.fail", "FAILURE"): 3,
+    ("tests.flaky", "RETRY"): 2,
+    ("tests.flaky", "SUCCESS"): 2,
+    ("tests.ignored", "IGNORED"): 1,
+    ("tests.rejected", "REJECTED"): 2,
+}
+#: Executions that ran from task_prerun to task_postrun.
+EXECUTED = 6 + 3 + 4 + 1 + 2
+#: Messages that reached execution (revoked ones are discarded on arrival).
+RECEIVED = EXECUTED
+TOTAL_TERMINAL = sum(EXPECTED_STATES.values())
+
+
+def send_mixed_batch(app: Any, queue: str) -> None:
+    def send(name: str, *args: Any, **opts: Any) -> None:
+        app.send_task(name, args=args, queue=queue, routing_key=queue, **opts)
+
+    for i in range(6):
+        send("tests.ok", i)
+    for _ in range(3):
+        send("tests.fail")
+    for _ in range(2):
+        send("tests.flaky", 1)
+    send("tests.ignored")
+    for _ in range(2):
+        send("tests.rejected")
+    # Revoke two ids first (and wait for the worker to confirm), then publish them: the
+    # worker discards them on arrival with task_revoked, deterministically on any broker.
+    # (Expired messages are not deterministic: RabbitMQ drops them itself.)
+    revoked_ids = [str(uuid.uuid4()) for _ in range(2)]
+    for task_id in revoked_ids:
+        replies = app.control.broadcast(
+            "revoke", arguments={"task_id": task_id}, reply=True, timeout=10, limit=1
+        )
+        assert replies, "the worker did not confirm the revoke"
+    for i, task_id in enumerate(revoked_ids):
+        send("tests.ok", 100 + i, task_id=task_id)

@@ -44,8 +44,10 @@ def assert_mixed_batch_exact(samples: Samples, queue: str) -> None:
         ("threads", 4, ()),
         ("prefork", 2, ()),
         ("prefork", 4, ("--max-tasks-per-child", "3")),
+        ("prefork", 1, ()),
+        ("prefork", 1, ("--autoscale", "4,1")),
     ],
-    ids=["solo", "threads", "prefork-c2", "prefork-c4-recycle3"],
+    ids=["solo", "threads", "prefork-c2", "prefork-c4-recycle3", "prefork-c1", "prefork-autoscale"],
 )
 def test_mixed_batch_counts_exactly_per_state(
     broker_url: str, queue: str, pool: str, concurrency: int, extra: tuple[str, ...]

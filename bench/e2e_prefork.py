@@ -11,7 +11,12 @@ reported apart. Modes:
 - ours: ``opentelemetry-instrument celery ...`` with ``OTEL_METRICS_EXPORTER=prometheus``
   on a free port, tracing off (``OTEL_TRACES_EXPORTER=none`` and the tracing
   instrumentation disabled, so only our instrumentor is active). After the run its
-  ``/metrics`` is scraped and ``celery_tasks_total`` must equal N.
+  ``/metrics`` is scraped and ``celery_tasks_total`` must equal N;
+- otel_off: as ours, with ours disabled too (``celery,celery_metrics``): the cost of
+  ``opentelemetry-instrument`` and the SDK alone, to tell apart from ours.
+
+CPU per task of the main process and of the pool children (from ``/proc``, first to
+last task) says which side pays.
 
     /work/venv/bin/python bench/e2e_prefork.py [--tasks 5000] [--rounds 3]
 """
@@ -34,7 +39,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
-MODES = ("bare", "recipe", "ours")
+MODES = ("bare", "recipe", "ours", "otel_off")
+_TICK = os.sysconf("SC_CLK_TCK")
 BROKER_URL = "redis://127.0.0.1:6379/14"
 
 
@@ -56,7 +62,7 @@ def _worker_command(mode: str, concurrency: int) -> tuple[list[str], dict[str, s
     port = None
     if mode == "recipe":
         env["BENCH_RECIPE"] = "1"
-    elif mode == "ours":
+    elif mode in ("ours", "otel_off"):
         port = _free_port()
         env.update({
             "OTEL_METRICS_EXPORTER": "prometheus",
@@ -68,6 +74,11 @@ def _worker_command(mode: str, concurrency: int) -> tuple[list[str], dict[str, s
             # the figure is ours alone.
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "celery",
         })
+        if mode == "otel_off":
+            # The SDK and opentelemetry-instrument alone, ours disabled: what is left of
+            # ours' cost once this is subtracted is ours.
+            env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "celery,celery_metrics"
+            port = None
         celery = [str(VENV_BIN / "opentelemetry-instrument"), *celery]
     return celery, env, port
 
@@ -89,6 +100,23 @@ def _scrape_total(port: int) -> float:
         text = response.read().decode()
     pattern = re.compile(r"^celery_tasks_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
     return sum(float(v) for v in pattern.findall(text))
+
+
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of the worker's main process and of its live pool children."""
+
+    def own(p: int | str) -> float:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own(pid), sum(own(c) for c in children)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> tuple[float, int]:
@@ -119,6 +147,7 @@ def run_one(mode: str, tasks: int, concurrency: int, timeout: float) -> dict[str
     proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     first_at = first_count = done_at = None
+    cpu_first = cpu_done = (0.0, 0.0)
     try:
         deadline = started + timeout
         while time.perf_counter() < deadline:
@@ -126,8 +155,10 @@ def run_one(mode: str, tasks: int, concurrency: int, timeout: float) -> dict[str
             now = time.perf_counter()
             if first_at is None and done:
                 first_at, first_count = now, done
+                cpu_first = _cpu_split(proc.pid)
             if done >= tasks:
                 done_at = now
+                cpu_done = _cpu_split(proc.pid)
                 break
             if proc.poll() is not None:
                 break
@@ -147,6 +178,10 @@ def run_one(mode: str, tasks: int, concurrency: int, timeout: float) -> dict[str
         "startup_s": first_at - started,
         "total_s": done_at - started,
         "worker_cpu_s": cpu,
+        # Steady state (first to last task): CPU per task of the main process and of
+        # the pool children (clock ticks of 10 ms: rough, hence over N tasks).
+        "main_cpu_us": (cpu_done[0] - cpu_first[0]) / (tasks - first_count) * 1e6,
+        "pool_cpu_us": (cpu_done[1] - cpu_first[1]) / (tasks - first_count) * 1e6,
         "exit_status": status,
     }
 
@@ -168,9 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         this_round = {}
         for mode in order:
             f = this_round[mode] = run_one(mode, args.tasks, args.concurrency, args.timeout)
-            print(f"round {r + 1} {mode:7s} {f['tasks_per_s']:7.0f} tasks/s  "
+            print(f"round {r + 1} {mode:8s} {f['tasks_per_s']:7.0f} tasks/s  "
                   f"start-up {f['startup_s']:5.2f} s  total {f['total_s']:5.2f} s  "
-                  f"worker cpu {f['worker_cpu_s']:5.2f} s", flush=True)
+                  f"worker cpu {f['worker_cpu_s']:5.2f} s  per task: main "
+                  f"{f['main_cpu_us']:4.0f} us, pool {f['pool_cpu_us']:4.0f} us", flush=True)
         runs.append(this_round)
     print("\nmedians over rounds (rounds on this shared 2-core machine swing about +-25%)")
     base = statistics.median(r["bare"]["tasks_per_s"] for r in runs) if "bare" in modes else None
@@ -179,10 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         paired = [r[mode]["tasks_per_s"] / r["bare"]["tasks_per_s"] for r in runs] if base else []
         cpu = statistics.median(r[mode]["worker_cpu_s"] for r in runs)
         start = statistics.median(r[mode]["startup_s"] for r in runs)
+        main_us = statistics.median(r[mode]["main_cpu_us"] for r in runs)
+        pool_us = statistics.median(r[mode]["pool_cpu_us"] for r in runs)
         ratio = (f"  vs bare {rate / base:5.2f} (median per-round {statistics.median(paired):5.2f})"
                  if base else "")
-        print(f"{mode:7s} {rate:7.0f} tasks/s  start-up {start:5.2f} s  "
-              f"worker cpu {cpu:5.2f} s{ratio}")
+        print(f"{mode:8s} {rate:6.0f} tasks/s  start-up {start:4.2f} s  worker cpu {cpu:5.2f} s  "
+              f"cpu/task main {main_us:4.0f} us pool {pool_us:4.0f} us{ratio}")
     return 0
 
 

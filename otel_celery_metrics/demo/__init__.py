@@ -1,0 +1,1 @@
+"""A self-contained demo: an instrumented prefork worker on a broker that needs no server."""

@@ -15,10 +15,15 @@ the measurements out of the child:
   main process pays to record the child's measurements (0 for the other modes);
 - extra = mode - bare in the same round, for child, drain and their sum.
 
-Modes: bare (no receivers), recipe (prometheus_client in signals, ``_recipe.py``),
-otel_port (the recipe ported to an SDK MeterProvider + Prometheus reader, recorded in
-the receivers), ours_direct (our instrumentor owning the provider: solo/threads pool),
-ours_child (our instrumentor in prefork pool-child mode, drained by the parent).
+Modes:
+- bare: no receivers;
+- noop_receivers: a do-nothing receiver on task_prerun and task_postrun (the floor any
+  signal-based design pays for Celery's dispatch);
+- recipe: prometheus_client in signals (``_recipe.py``);
+- otel_port: the recipe ported to an SDK MeterProvider + Prometheus reader, recorded in
+  the receivers;
+- ours_direct: our instrumentor owning the provider (solo/threads pool);
+- ours_child: our instrumentor in prefork pool-child mode, drained by the parent.
 
 Rounds alternate the order of modes; medians over rounds are printed with ratios of our
 extra cost to the recipe's. Every run checks that the counted tasks equal N + warm-up.
@@ -39,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = ("bare", "recipe", "otel_port", "ours_direct", "ours_child")
+MODES = ("bare", "noop_receivers", "recipe", "otel_port", "ours_direct", "ours_child")
 HERE = Path(__file__).resolve().parent
 TASK_NAME = "bench.noop"
 QUEUE = "celery"
@@ -155,7 +160,15 @@ def _cpu(who: int = resource.RUSAGE_SELF) -> float:
 def _child(mode: str, task: Any, tasks: int, warmup: int, failure_every: int) -> dict[str, Any]:
     """The pool child's part: set up the mode's receivers, run, time, count."""
     counted: Any = None
-    if mode == "recipe":
+    if mode == "noop_receivers":
+        from celery import signals
+
+        def nothing(**_: Any) -> None:
+            return None
+
+        signals.task_prerun.connect(nothing, weak=False)
+        signals.task_postrun.connect(nothing, weak=False)
+    elif mode == "recipe":
         from _recipe import SignalRecipe
 
         recipe = SignalRecipe()
@@ -224,7 +237,7 @@ def run_one(mode: str, tasks: int, warmup: int, failure_every: int) -> dict[str,
     if parent_registry is not None:
         result["counted"] = _sample_sum(parent_registry, "celery_tasks_total")
     expected = tasks + warmup
-    if mode != "bare" and result["counted"] != expected:
+    if mode not in ("bare", "noop_receivers") and result["counted"] != expected:
         raise SystemExit(f"{mode}: counted {result['counted']} tasks, expected {expected}")
     return result
 
@@ -279,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in order:
             this_round[mode] = _spawn(mode, args)
             f = this_round[mode]
-            print(f"round {r + 1} {mode:12s} child cpu {f['child_cpu_us']:6.2f} "
+            print(f"round {r + 1} {mode:14s} child cpu {f['child_cpu_us']:6.2f} "
                   f"wall {f['child_wall_us']:6.2f}  drain cpu {f['drain_cpu_us']:6.2f} us/task",
                   flush=True)
         runs.append(this_round)
@@ -295,7 +308,7 @@ def _report(modes: list[str], runs: list[dict[str, dict[str, Any]]]) -> None:
         return [r[mode][key] - r["bare"][key] for r in runs]
 
     print("\nmedians over rounds, us per task (extra = mode - bare in the same round)")
-    print(f"{'mode':12s} {'child cpu':>9s} {'wall':>7s} {'drain':>7s} | "
+    print(f"{'mode':14s} {'child cpu':>9s} {'wall':>7s} {'drain':>7s} | "
           f"{'+child':>7s} {'+wall':>7s} {'+drain':>7s} {'+total':>7s}")
     totals: dict[str, list[float]] = {}
     for mode in modes:
@@ -305,7 +318,7 @@ def _report(modes: list[str], runs: list[dict[str, dict[str, Any]]]) -> None:
         e_child, e_wall, e_drain = (extra(mode, k) for k in
                                     ("child_cpu_us", "child_wall_us", "drain_cpu_us"))
         totals[mode] = [c + d for c, d in zip(e_child, e_drain, strict=True)]
-        print(f"{mode:12s} {_median(child):9.2f} {_median(wall):7.2f} {_median(drain):7.2f} | "
+        print(f"{mode:14s} {_median(child):9.2f} {_median(wall):7.2f} {_median(drain):7.2f} | "
               f"{_median(e_child):+7.2f} {_median(e_wall):+7.2f} {_median(e_drain):+7.2f} "
               f"{_median(totals[mode]):+7.2f}")
     if "recipe" not in modes:
@@ -313,13 +326,13 @@ def _report(modes: list[str], runs: list[dict[str, dict[str, Any]]]) -> None:
     recipe_child = extra("recipe", "child_cpu_us")
     print("\nratios to the recipe's extra cost (median of per-round ratios; target <= 0.50)")
     for mode in modes:
-        if mode in ("bare", "recipe"):
+        if mode in ("bare", "noop_receivers", "recipe"):
             continue
         child = extra(mode, "child_cpu_us")
         child_ratio = _median([c / rc for c, rc in zip(child, recipe_child, strict=True)])
         total_ratio = _median([t / rc for t, rc in zip(totals[mode], recipe_child, strict=True)])
         verdict = "met" if total_ratio <= 0.5 else "MISSED"
-        print(f"{mode:12s} child-side {child_ratio:5.2f}   child+drain {total_ratio:5.2f}  "
+        print(f"{mode:14s} child-side {child_ratio:5.2f}   child+drain {total_ratio:5.2f}  "
               f"(target on child+drain: {verdict})")
 
 

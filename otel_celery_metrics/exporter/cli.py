@@ -1,0 +1,231 @@
+"""``otel-celery-exporter``: the command line. Every flag also reads an environment variable.
+
+The only place that reads the environment, configures logging and installs signal
+handlers; it builds an :class:`~.config.ExporterConfig` and runs the
+:class:`~.service.Exporter` until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
+from types import FrameType
+from typing import Any
+
+from otel_celery_metrics.exporter.config import ExporterConfig
+
+ENV_PREFIX = "OTEL_CELERY_EXPORTER_"
+_DEFAULTS = ExporterConfig()
+
+
+def _buckets(raw: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(p) for p in raw.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated seconds, e.g. 0.1,1,10: {raw!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite boundaries >= 0: {raw!r}")
+    if list(values) != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"boundaries must be strictly increasing: {raw!r}")
+    return values
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _steps(raw: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(p) for p in raw.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {raw!r}") from None
+    if not steps or list(steps) != sorted(set(steps)):
+        raise argparse.ArgumentTypeError(f"expected increasing priority steps: {raw!r}")
+    return steps
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds: {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0: {raw!r}")
+    return value
+
+
+def _count(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number: {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1: {raw!r}")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = _count(raw) if raw != "0" else 0
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535: {raw!r}")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false: {raw!r}")
+
+
+def _separator(raw: str) -> str:
+    # Given as text with escapes (kombu's default is "\x06\x16").
+    return codecs.decode(raw, "unicode_escape")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}: {raw!r}")
+        return raw
+
+    return parse
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "(none)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value.encode("unicode_escape").decode() if value else "(none)"
+    return str(value)
+
+
+# field -> (parser, help). Flags are the field names with dashes; booleans are switches.
+OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "broker_url": (str, "Broker the workers use (redis://, amqp://, ...). Logged masked."),
+    "host": (str, "Address /metrics and /health listen on."),
+    "port": (_port, "Port /metrics and /health listen on (0 picks a free one)."),
+    "buckets": (_buckets, "Runtime histogram boundaries in seconds, comma-separated."),
+    "queue_wait_buckets": (_buckets, "Queue-wait histogram boundaries in seconds."),
+    "queues": (_names, "Queues to probe for depth, besides those workers report."),
+    "receiver": (_choice("auto", "redis", "kombu"),
+                 "How to read events: redis (raw pub/sub, fastest), kombu (any transport), "
+                 "auto (redis for redis:// URLs)."),
+    "worker_timeout": (_seconds, "Seconds without a heartbeat before celery_worker_up is 0."),
+    "worker_forget_after": (_seconds,
+                            "Seconds without a heartbeat before a worker's series are removed."),
+    "queue_poll_interval": (_seconds, "Seconds between queue depth probes."),
+    "inspect_interval": (_seconds, "Seconds between inspect probes (queues and pools)."),
+    "probe_timeout": (_seconds, "Bound on each broker round trip of a probe or connect."),
+    "enable_events": (_bool, "Periodically ask all workers to send task events."),
+    "enable_events_interval": (_seconds, "Seconds between enable_events broadcasts."),
+    "events_missing_after": (_seconds,
+                             "Seconds a worker may process tasks without task events before "
+                             "it is reported as having events disabled."),
+    "max_task_names": (_count, "Distinct task names before new ones become __overflow__."),
+    "max_queues": (_count, "Distinct queues before new ones become __overflow__."),
+    "max_workers": (_count, "Distinct workers tracked before new ones are counted as overflow."),
+    "task_allow": (_names, "Only these task names (comma-separated fnmatch patterns)."),
+    "task_deny": (_names, "Never these task names (patterns; deny wins)."),
+    "queue_allow": (_names, "Only these queues (patterns)."),
+    "queue_deny": (_names, "Never these queues (patterns; deny wins)."),
+    "task_hostname_label": (_bool, "Add the worker hostname label to the per-event task "
+                                   "counters (multiplies series)."),
+    "danihodovic_names": (_bool, "Publish danihodovic/celery-exporter's metric and label "
+                                 "names for the task counters, runtime and queue gauges."),
+    "default_queue": (str, "Queue label when the events do not tell (no task-sent event)."),
+    "priority_steps": (_steps, "Redis priority steps the app configures (priority_steps)."),
+    "priority_separator": (_separator, "Redis priority separator (sep), with escapes."),
+    "redis_key_prefix": (str, "kombu's global_keyprefix transport option, if the app sets it."),
+    "max_tracked_tasks": (_count, "Task ids remembered between their events."),
+    "max_backlog_bytes": (_count, "Raw event bytes buffered before reading pauses."),
+    "stuck_after": (_seconds, "Seconds a receive loop may stand still before /health fails."),
+    "reconnect_initial": (_seconds, "First reconnect delay; doubles per failure."),
+    "reconnect_max": (_seconds, "Longest reconnect delay."),
+    "log_level": (_choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level."),
+}
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otel-celery-exporter",
+        description="Read the Celery event bus and serve Prometheus metrics: task counts, "
+        "runtimes, queue wait, broker backlog and worker liveness, with no application "
+        "change. Workers must send task events (celery worker -E, or --enable-events). "
+        "Every flag also reads the environment variable shown; a flag wins over it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for name, (parse, text) in OPTIONS.items():
+        variable = env_name(name)
+        default = getattr(_DEFAULTS, name)
+        raw = environ.get(variable)
+        if raw not in (None, ""):
+            try:
+                default = parse(raw)
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                parser.error(f"{variable}: {exc}")
+        help_text = f"{text} [env {variable}; default {_show(getattr(_DEFAULTS, name))}]"
+        flag = "--" + name.replace("_", "-")
+        if isinstance(getattr(_DEFAULTS, name), bool):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=default, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=parse, default=default,
+                                metavar=name.upper(), help=help_text)
+    parser.formatter_class = argparse.HelpFormatter  # defaults are in each help text
+    return parser
+
+
+def config_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterConfig:
+    args = build_parser(environ).parse_args(list(argv))
+    known = {f.name for f in fields(ExporterConfig)}
+    return ExporterConfig(**{k: v for k, v in vars(args).items() if k in known})
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    config = config_from_args(sys.argv[1:] if argv is None else argv,
+                              os.environ if environ is None else environ)
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from otel_celery_metrics.exporter.service import Exporter
+
+    exporter = Exporter(config)
+    try:
+        exporter.start()
+    except OSError as exc:
+        logging.getLogger(__name__).error(
+            "cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)
+        return 1
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        exporter._stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    exporter.wait()
+    exporter.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

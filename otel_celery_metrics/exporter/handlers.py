@@ -1,0 +1,356 @@
+"""Celery events -> counters and histograms, dispatched by a table of event types.
+
+Every event goes through :meth:`EventHandlers.handle`, which never raises: an event with
+a missing field, a wrong type, or a name that is huge, not valid UTF-8, or holds control
+characters (newlines) is counted in ``celery_exporter_events_dropped_total`` with a reason
+and otherwise ignored, so the exposition stays valid whatever arrives on the bus.
+Quotes and backslashes are fine in names: the exposition escapes them.
+
+Task events after task-sent/task-received carry only the task id; names and queues come
+from :class:`~.tracker.TaskTracker`. A task whose earlier events we never saw (exporter
+started mid-stream) is counted under the task name ``unknown``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
+from otel_celery_metrics.exporter.liveness import Liveness
+from otel_celery_metrics.exporter.store import Caps, CounterStore, Key
+from otel_celery_metrics.exporter.tracker import TaskInfo, TaskTracker
+
+_logger = logging.getLogger(__name__)
+
+MAX_NAME_LENGTH = 256
+UNKNOWN = "unknown"
+# Control characters (newlines, NUL, escapes) and lone surrogates (what JSON's \udcxx or
+# a non-UTF-8 decode leaves behind): neither belongs in a label value.
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)\s*\(")
+
+TASK_EVENTS = (
+    "task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
+    "task-retried", "task-rejected", "task-revoked",
+)
+WORKER_EVENTS = ("worker-online", "worker-heartbeat", "worker-offline")
+#: Types known to Celery that carry nothing we measure; counted as received only.
+IGNORED_EVENTS = ("task-cancelled",)
+KNOWN_TYPES = frozenset(TASK_EVENTS + WORKER_EVENTS + IGNORED_EVENTS)
+OTHER_TYPE = "other"
+
+
+class InvalidEvent(ValueError):
+    """An event field is missing or unusable; the event is dropped."""
+
+
+class HistogramSink(Protocol):
+    def runtime(self, name: str, queue: str, hostname: str, seconds: float) -> None: ...
+
+    def queue_wait(self, name: str, queue: str, wait_from: str, seconds: float) -> None: ...
+
+
+def label(event: Mapping[str, Any], key: str) -> str:
+    """A string field fit to be a label value, or :class:`InvalidEvent`."""
+    value = event.get(key)
+    if not isinstance(value, str):
+        raise InvalidEvent(key)
+    if not value or len(value) > MAX_NAME_LENGTH or _BAD_CHARS.search(value):
+        raise InvalidEvent(key)
+    return value
+
+
+def number(event: Mapping[str, Any], key: str) -> float | None:
+    """A numeric field, None when absent, :class:`InvalidEvent` when not a number."""
+    value = event.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent(key)
+    return float(value)
+
+
+def exception_class(text: object) -> str:
+    """``"ValueError('boom')"`` -> ``"ValueError"``; never the message (unbounded)."""
+    if isinstance(text, str):
+        match = _EXCEPTION_CLASS.match(text)
+        if match and len(match.group(1)) <= MAX_NAME_LENGTH:
+            return match.group(1).rsplit(".", 1)[-1]
+    return UNKNOWN
+
+
+def _eta(value: object) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+class EventHandlers:
+    """Turns one event dict at a time into measurements."""
+
+    def __init__(
+        self,
+        config: ExporterConfig,
+        *,
+        counters: CounterStore,
+        caps: Caps,
+        tracker: TaskTracker,
+        liveness: Liveness,
+        histograms: HistogramSink,
+        clock: Callable[[], float],
+        failures: FailureLog | None = None,
+    ) -> None:
+        self._config = config
+        self._caps = caps
+        self._tracker = tracker
+        self._liveness = liveness
+        self._hist = histograms
+        self._clock = clock
+        self._failures = failures or FailureLog(_logger)
+        self._task_filter = NameFilter(config.task_allow, config.task_deny)
+        self._queue_filter = NameFilter(config.queue_allow, config.queue_deny)
+        self._per_host = config.task_hostname_label or config.danihodovic_names
+        self._compat = config.danihodovic_names
+        self._received = counters.counter(mt.EXPORTER_EVENTS_RECEIVED.name)
+        self._dropped = counters.counter(mt.EXPORTER_EVENTS_DROPPED.name)
+        self._per_event = {
+            "task-sent": counters.counter(mt.TASK_SENT.name),
+            "task-received": counters.counter(mt.TASK_RECEIVED.name),
+            "task-started": counters.counter(mt.TASK_STARTED.name),
+            "task-succeeded": counters.counter(mt.TASK_SUCCEEDED.name),
+            "task-failed": counters.counter(mt.TASK_FAILED.name),
+            "task-retried": counters.counter(mt.TASK_RETRIED.name),
+            "task-rejected": counters.counter(mt.TASK_REJECTED.name),
+            "task-revoked": counters.counter(mt.TASK_REVOKED.name),
+        }
+        self._tasks = counters.counter(mt.TASKS.name)
+        self._failures_by_class = counters.counter(mt.TASK_FAILURES.name)
+        self._published = counters.counter(mt.TASKS_PUBLISHED.name)
+        self._worker_received = counters.counter(mt.TASKS_RECEIVED.name)
+        #: (task name, queue) -> tasks executing now (started, not yet finished).
+        self.executing: dict[Key, int] = {}
+        #: Wall-clock time of the last event handled (None before the first).
+        self.last_event_at: float | None = None
+        self._table: dict[str, Callable[[Mapping[str, Any]], None]] = {
+            "task-sent": self._sent,
+            "task-received": self._task_received,
+            "task-started": self._started,
+            "task-succeeded": self._succeeded,
+            "task-failed": self._failed,
+            "task-retried": self._finished_as("RETRY"),
+            "task-rejected": self._finished_as("REJECTED"),
+            "task-revoked": self._finished_as("REVOKED"),
+            "worker-online": self._heartbeat,
+            "worker-heartbeat": self._heartbeat,
+            "worker-offline": self._offline,
+            "task-cancelled": _ignore,
+        }
+
+    # -- entry points ----------------------------------------------------------------------
+
+    def handle(self, event: object) -> None:
+        """Handle one decoded event. Never raises."""
+        self.last_event_at = self._clock()
+        if not isinstance(event, dict):
+            self.drop(OTHER_TYPE, "invalid_field")
+            return
+        kind = event.get("type")
+        handler = self._table.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            self.drop(OTHER_TYPE, "unknown_type")
+            return
+        assert isinstance(kind, str)
+        self._received.add((kind,))
+        try:
+            handler(event)
+        except InvalidEvent:
+            self.drop(kind, "invalid_field")
+        except _Filtered:
+            self.drop(kind, "filtered")
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
+            self.drop(kind, "internal_error")
+            self._failures.record(f"handling a {kind} event", exc)
+
+    def drop(self, kind: str, reason: str, amount: int = 1) -> None:
+        self._dropped.add((kind if kind in KNOWN_TYPES else OTHER_TYPE, reason), amount)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _names(self, info: TaskInfo) -> tuple[str, str]:
+        """(task name, queue) after filters and caps; raises :class:`_Filtered`."""
+        if not self._task_filter(info.name):
+            raise _Filtered
+        queue = info.queue or self._config.default_queue
+        if not self._queue_filter(queue):
+            raise _Filtered
+        return self._caps.admit("task_name", info.name), self._caps.admit("queue", queue)
+
+    def _key(self, name: str, queue: str, hostname: str) -> Key:
+        if self._per_host:
+            return (name, queue, self._caps.admit("worker", hostname))
+        return (name, queue)
+
+    def _info(self, event: Mapping[str, Any]) -> tuple[str, TaskInfo]:
+        task_id = label(event, "uuid")
+        info = self._tracker.get(task_id)
+        if info is None:
+            info = self._tracker.remember(task_id, TaskInfo(UNKNOWN, None))
+        return task_id, info
+
+    def _worker_host(self, event: Mapping[str, Any]) -> str:
+        hostname = label(event, "hostname")
+        self._liveness.task_event(hostname)
+        return hostname
+
+    # -- task events -----------------------------------------------------------------------
+
+    def _sent(self, event: Mapping[str, Any]) -> None:
+        task_id = label(event, "uuid")
+        name = label(event, "name")
+        queue: str | None = None
+        if event.get("queue"):
+            queue = label(event, "queue")
+        elif event.get("routing_key"):
+            queue = label(event, "routing_key")
+        hostname = label(event, "hostname") if self._per_host else ""
+        info = self._tracker.get(task_id)
+        if info is None:
+            info = self._tracker.remember(task_id, TaskInfo(name, queue))
+        else:
+            # A retry publishes the same id again; keep what its first run started.
+            info.name, info.queue = name, queue
+        info.sent = number(event, "timestamp")
+        info.eta = _eta(event.get("eta"))
+        name, queue = self._names(info)
+        self._per_event["task-sent"].add(self._key(name, queue, hostname))
+        self._published.add((name, queue))
+
+    def _task_received(self, event: Mapping[str, Any]) -> None:
+        task_id = label(event, "uuid")
+        hostname = self._worker_host(event)
+        info = self._tracker.get(task_id)
+        name = label(event, "name")
+        if info is None or info.name != name:
+            queue = info.queue if info is not None else None
+            info = self._tracker.remember(task_id, TaskInfo(name, queue))
+        if info.queue is None:
+            info.queue = self._liveness.sole_queue(hostname)
+        info.received = number(event, "timestamp")
+        eta = _eta(event.get("eta"))
+        if eta is not None:
+            info.eta = eta
+        info.hostname = hostname
+        name, queue = self._names(info)
+        self._per_event["task-received"].add(self._key(name, queue, hostname))
+        self._worker_received.add((name, queue))
+
+    def _started(self, event: Mapping[str, Any]) -> None:
+        _, info = self._info(event)
+        hostname = self._worker_host(event)
+        started = number(event, "timestamp")
+        name, queue = self._names(info)
+        self._per_event["task-started"].add(self._key(name, queue, hostname))
+        if info.started is None:
+            key = (name, queue)
+            self.executing[key] = self.executing.get(key, 0) + 1
+        info.started = started if started is not None else self._clock()
+        if started is None:
+            return
+        # Publish (or the ETA, when it is later) to start; else receipt to start.
+        # Clamped at 0: producer and worker clocks disagree by small amounts.
+        if info.sent is not None:
+            if info.eta is not None and info.eta > info.sent:
+                self._hist.queue_wait(name, queue, "eta", max(0.0, started - info.eta))
+            else:
+                self._hist.queue_wait(name, queue, "publish", max(0.0, started - info.sent))
+        elif info.received is not None:
+            self._hist.queue_wait(name, queue, "received", max(0.0, started - info.received))
+
+    def _end(self, info: TaskInfo, name: str, queue: str) -> None:
+        if info.started is not None:
+            key = (name, queue)
+            left = self.executing.get(key, 0) - 1
+            if left > 0:
+                self.executing[key] = left
+            else:
+                # Keep the series (reads 0) rather than let it vanish mid-dashboard.
+                self.executing[key] = 0
+            info.started = None
+
+    def _succeeded(self, event: Mapping[str, Any]) -> None:
+        task_id, info = self._info(event)
+        hostname = self._worker_host(event)
+        runtime = number(event, "runtime")
+        name, queue = self._names(info)
+        self._end(info, name, queue)
+        self._tracker.forget(task_id)
+        self._per_event["task-succeeded"].add(self._key(name, queue, hostname))
+        self._tasks.add((name, queue, "SUCCESS"))
+        if runtime is not None and runtime >= 0:
+            self._hist.runtime(name, queue, hostname, runtime)
+
+    def _failed(self, event: Mapping[str, Any]) -> None:
+        task_id, info = self._info(event)
+        hostname = self._worker_host(event)
+        finished = number(event, "timestamp")
+        exc = exception_class(event.get("exception"))
+        name, queue = self._names(info)
+        started = info.started
+        self._end(info, name, queue)
+        self._tracker.forget(task_id)
+        key = self._key(name, queue, hostname)
+        self._per_event["task-failed"].add((*key, exc) if self._compat else key)
+        self._tasks.add((name, queue, "FAILURE"))
+        self._failures_by_class.add((name, queue, exc))
+        if started is not None and finished is not None and finished >= started:
+            self._hist.runtime(name, queue, hostname, finished - started)
+
+    def _finished_as(self, state: str) -> Callable[[Mapping[str, Any]], None]:
+        kind = {"RETRY": "task-retried", "REJECTED": "task-rejected", "REVOKED": "task-revoked"}
+        counter = self._per_event[kind[state]]
+
+        def handler(event: Mapping[str, Any]) -> None:
+            task_id, info = self._info(event)
+            # Revocations broadcast by a client carry no worker hostname.
+            raw_host = event.get("hostname")
+            hostname = self._worker_host(event) if raw_host is not None else ""
+            name, queue = self._names(info)
+            self._end(info, name, queue)
+            if state != "RETRY":  # a retried task comes back under the same id
+                self._tracker.forget(task_id)
+            counter.add(self._key(name, queue, hostname))
+            self._tasks.add((name, queue, state))
+
+        return handler
+
+    # -- worker events ---------------------------------------------------------------------
+
+    def _heartbeat(self, event: Mapping[str, Any]) -> None:
+        hostname = label(event, "hostname")
+        active = number(event, "active")
+        processed = number(event, "processed")
+        self._liveness.heartbeat(
+            hostname,
+            int(active) if active is not None else None,
+            int(processed) if processed is not None else None,
+        )
+
+    def _offline(self, event: Mapping[str, Any]) -> None:
+        self._liveness.offline(label(event, "hostname"))
+
+
+class _Filtered(Exception):
+    """The task name or queue is excluded by an allow/deny list."""
+
+
+def _ignore(_event: Mapping[str, Any]) -> None:
+    return None

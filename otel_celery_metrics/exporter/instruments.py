@@ -1,0 +1,268 @@
+"""The exporter's state as OpenTelemetry instruments behind a Prometheus reader.
+
+Two meter providers share one ``prometheus_client`` registry:
+
+- the *histogram* provider holds the synchronous histograms (runtime, queue wait); their
+  buckets accumulate in the SDK and live as long as the exporter;
+- the *observable* provider holds every counter and gauge as an observable instrument
+  reading the store, liveness and probes at scrape time. The SDK keeps one aggregation
+  per attribute set an observable instrument ever reported (and folds everything past
+  2000 into an overflow series), so with churning worker hostnames that memory would
+  only grow. :meth:`Instruments.rebuild_observables` therefore replaces this provider
+  when many workers have been forgotten; nothing is lost, the values live in our store.
+
+The names, units, descriptions and buckets come from the metric table.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+
+from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.exporter import compat
+from otel_celery_metrics.exporter.config import ExporterConfig
+from otel_celery_metrics.exporter.handlers import EventHandlers
+from otel_celery_metrics.exporter.liveness import Liveness
+from otel_celery_metrics.exporter.probes import ProbeResult
+from otel_celery_metrics.exporter.receiver import ReceiverStatus
+from otel_celery_metrics.exporter.store import Caps, Counters, CounterStore, Key
+
+METER_NAME = "otel_celery_metrics.exporter"
+Callback = Callable[[CallbackOptions], Iterable[Observation]]
+_CACHE_LIMIT = 4000
+
+
+class Histograms:
+    """The handlers' :class:`~.handlers.HistogramSink`, with attribute dicts cached."""
+
+    def __init__(self, provider: MeterProvider, config: ExporterConfig) -> None:
+        meter = provider.get_meter(METER_NAME)
+        self._runtime = meter.create_histogram(
+            mt.TASK_RUNTIME.name, unit=mt.TASK_RUNTIME.unit,
+            description=mt.TASK_RUNTIME.description,
+            explicit_bucket_boundaries_advisory=config.buckets,
+        )
+        self._wait = meter.create_histogram(
+            mt.TASK_QUEUE_WAIT.name, unit=mt.TASK_QUEUE_WAIT.unit,
+            description=mt.TASK_QUEUE_WAIT.description,
+            explicit_bucket_boundaries_advisory=config.queue_wait_buckets,
+        )
+        self._compat = None
+        if config.danihodovic_names:
+            self._compat = meter.create_histogram(
+                compat.RUNTIME_HISTOGRAM, unit="",
+                description="Histogram of task runtime measurements.",
+                explicit_bucket_boundaries_advisory=config.buckets,
+            )
+        self._attrs: dict[Key, dict[str, str]] = {}
+
+    def _cached(self, key: Key, names: tuple[str, ...]) -> dict[str, str]:
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = dict(zip(names, key[1:], strict=True))
+            if len(self._attrs) < _CACHE_LIMIT:
+                self._attrs[key] = attrs
+        return attrs
+
+    def runtime(self, name: str, queue: str, hostname: str, seconds: float) -> None:
+        self._runtime.record(seconds, self._cached(("r", name, queue), (mt.TASK_NAME, mt.QUEUE)))
+        if self._compat is not None:
+            self._compat.record(
+                seconds, self._cached(("c", name, queue, hostname), compat.TASK_LABELS)
+            )
+
+    def queue_wait(self, name: str, queue: str, wait_from: str, seconds: float) -> None:
+        attrs = self._cached(("w", name, queue, wait_from), (mt.TASK_NAME, mt.QUEUE, mt.WAIT_FROM))
+        self._wait.record(seconds, attrs)
+
+
+def _from_counters(counters: Counters, names: tuple[str, ...]) -> Callback:
+    def callback(_options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(v, dict(zip(names, k, strict=False)))
+            for k, v in counters.snapshot().items()
+        ]
+
+    return callback
+
+
+def _from_mapping(read: Callable[[], Mapping[str, float]], label: str) -> Callback:
+    def callback(_options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(v, {label: k}) for k, v in read().items()]
+
+    return callback
+
+
+def _single(read: Callable[[], float]) -> Callback:
+    def callback(_options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(read())]
+
+    return callback
+
+
+class Sources:
+    """Everything the observable instruments read at scrape time."""
+
+    def __init__(
+        self,
+        *,
+        counters: CounterStore,
+        caps: Caps,
+        handlers: EventHandlers,
+        liveness: Liveness,
+        receiver: ReceiverStatus,
+        queue_probe: Callable[[], ProbeResult],
+        inspect_probe: Callable[[], ProbeResult],
+        clock: Callable[[], float],
+    ) -> None:
+        self.counters = counters
+        self.caps = caps
+        self.handlers = handlers
+        self.liveness = liveness
+        self.receiver = receiver
+        self.queue_probe = queue_probe
+        self.inspect_probe = inspect_probe
+        self.clock = clock
+
+
+class Instruments:
+    def __init__(self, config: ExporterConfig, registry: Any, sources: Sources) -> None:
+        self._config = config
+        self._registry = registry
+        self._sources = sources
+        #: Held while a scrape collects and while the observable provider is replaced,
+        #: so no scrape sees both or neither.
+        self.collect_lock = threading.Lock()
+        resource = Resource.create({"service.name": "otel-celery-exporter"})
+        self._resource = resource
+        reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
+        self.histogram_provider = MeterProvider(resource=resource, metric_readers=[reader])
+        self._observable_provider = self._build_observables()
+        self.rebuilds = 0
+
+    def rebuild_observables(self) -> None:
+        with self.collect_lock:
+            old = self._observable_provider
+            old.shutdown()  # unregisters its collector from the registry
+            self._observable_provider = self._build_observables()
+            self.rebuilds += 1
+
+    def shutdown(self) -> None:
+        with self.collect_lock:
+            self._observable_provider.shutdown()
+            self.histogram_provider.shutdown()
+
+    # -- the observable side ---------------------------------------------------------------
+
+    def _build_observables(self) -> MeterProvider:
+        # target_info comes from the histogram provider's reader; twice would be invalid.
+        reader = PrometheusMetricReader(
+            disable_target_info=True, scope_info_enabled=False, registry=self._registry
+        )
+        provider = MeterProvider(resource=self._resource, metric_readers=[reader])
+        meter = provider.get_meter(METER_NAME)
+        for name, unit, description, callback, kind in self._observables():
+            create = {
+                "counter": meter.create_observable_counter,
+                "updown": meter.create_observable_up_down_counter,
+                "gauge": meter.create_observable_gauge,
+            }[kind]
+            create(name, callbacks=[callback], unit=unit, description=description)
+        return provider
+
+    def _observables(self) -> list[tuple[str, str, str, Callback, str]]:
+        cfg, src = self._config, self._sources
+        out: list[tuple[str, str, str, Callback, str]] = []
+
+        def add(spec: mt.MetricSpec, callback: Callback) -> None:
+            kind = {
+                mt.InstrumentKind.COUNTER: "counter",
+                mt.InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER: "updown",
+            }.get(spec.kind, "gauge")
+            out.append((spec.name, spec.unit, spec.description, callback, kind))
+
+        task_labels = (mt.TASK_NAME, mt.QUEUE, mt.HOSTNAME)
+        for spec in mt.EXPORTER_METRICS[:8]:  # the per-event task counters
+            counters = src.counters.counter(spec.name)
+            if cfg.danihodovic_names:
+                labels = compat.FAILED_LABELS if spec is mt.TASK_FAILED else compat.TASK_LABELS
+                out.append((compat.COUNTER_NAMES[spec.name], "", spec.description,
+                            _from_counters(counters, labels), "counter"))
+            else:
+                add(spec, _from_counters(counters, task_labels))
+        for spec in (mt.TASKS, mt.TASK_FAILURES, mt.TASKS_PUBLISHED, mt.TASKS_RECEIVED):
+            add(spec, _from_counters(src.counters.counter(spec.name), spec.attributes))
+        add(mt.TASKS_EXECUTING, _from_counters(_Live(lambda: src.handlers.executing),
+                                           (mt.TASK_NAME, mt.QUEUE)))
+        add(mt.SELF_OVERFLOW, _from_counters(_Live(lambda: src.caps.overflow), (mt.ATTRIBUTE,)))
+        add(mt.WORKER_UP, _from_mapping(src.liveness.up, mt.HOSTNAME))
+        add(mt.WORKER_TASKS_ACTIVE, _from_mapping(src.liveness.active, mt.HOSTNAME))
+        add(mt.WORKER_PROCESSES, _from_mapping(src.liveness.processes, mt.HOSTNAME))
+        add(mt.QUEUE_MESSAGES, _from_mapping(self._queue_messages, mt.QUEUE))
+        add(mt.QUEUE_CONSUMERS, _from_mapping(self._queue_consumers, mt.QUEUE))
+        add(mt.QUEUE_WORKERS, _from_mapping(lambda: self._per_queue(0), mt.QUEUE))
+        add(mt.QUEUE_PROCESSES, _from_mapping(lambda: self._per_queue(1), mt.QUEUE))
+        if cfg.danihodovic_names:
+            label = compat.QUEUE_LABEL
+            for name, read in (
+                (compat.QUEUE_LENGTH, self._queue_messages),
+                (compat.ACTIVE_CONSUMERS, self._queue_consumers),
+                (compat.ACTIVE_WORKERS, lambda: self._per_queue(0)),
+                (compat.ACTIVE_PROCESSES, lambda: self._per_queue(1)),
+            ):
+                out.append((name, "", name.replace("_", " "), _from_mapping(read, label), "gauge"))
+        add(mt.EXPORTER_BROKER_CONNECTED, _single(lambda: int(src.receiver.connected)))
+        add(mt.EXPORTER_RECONNECTS, _single(lambda: src.receiver.reconnects))
+        add(mt.EXPORTER_EVENTS_RECEIVED, _from_counters(
+            src.counters.counter(mt.EXPORTER_EVENTS_RECEIVED.name), (mt.EVENT_TYPE,)))
+        add(mt.EXPORTER_EVENTS_DROPPED, _from_counters(
+            src.counters.counter(mt.EXPORTER_EVENTS_DROPPED.name), (mt.EVENT_TYPE, mt.REASON)))
+        add(mt.EXPORTER_LAST_EVENT_AGE, _single(self._last_event_age))
+        add(mt.EXPORTER_PROBE_AGE, _from_mapping(self._probe_ages, mt.PROBE))
+        add(mt.EXPORTER_WORKERS_WITHOUT_TASK_EVENTS,
+            _single(lambda: len(src.liveness.without_task_events())))
+        return out
+
+    def _queue_messages(self) -> dict[str, float]:
+        return {q: m for q, (m, _) in self._sources.queue_probe().values.items()}
+
+    def _queue_consumers(self) -> dict[str, float]:
+        return {q: c for q, (_, c) in self._sources.queue_probe().values.items() if c is not None}
+
+    def _per_queue(self, index: int) -> dict[str, float]:
+        per_queue = self._sources.liveness.per_queue()
+        out: dict[str, float] = dict.fromkeys(self._sources.queue_probe().values, 0)
+        for queue, pair in per_queue.items():
+            out[queue] = pair[index]
+        return out
+
+    def _last_event_age(self) -> float:
+        last = self._sources.handlers.last_event_at
+        return -1.0 if last is None else max(0.0, self._sources.clock() - last)
+
+    def _probe_ages(self) -> dict[str, float]:
+        now = self._sources.clock()
+        out = {}
+        for name, read in (("queues", self._sources.queue_probe),
+                           ("inspect", self._sources.inspect_probe)):
+            taken = read().taken_at
+            out[name] = -1.0 if taken is None else max(0.0, now - taken)
+        return out
+
+
+class _Live(Counters):
+    """Adapts a plain dict the handlers own to the :class:`Counters` snapshot interface."""
+
+    def __init__(self, read: Callable[[], dict[Key, Any]]) -> None:
+        super().__init__("live")
+        self._read = read
+
+    def snapshot(self) -> dict[Key, float]:
+        return dict(self._read())

@@ -1,0 +1,200 @@
+"""Background probes: queue depth from the broker, workers' queues and pools from inspect.
+
+Scrapes never wait on these. Each probe runs on its own thread every interval with every
+broker round trip bounded by ``probe_timeout``, publishes a complete new result at once
+(a dict swapped in, never mutated), and records when it last succeeded; the scrape
+serves the latest result and its age (``celery_exporter_probe_age_seconds``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
+from otel_celery_metrics.exporter.liveness import Liveness
+
+_logger = logging.getLogger(__name__)
+
+
+class ProbeResult:
+    """The latest values of one probe and when they were taken (monotonic)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, tuple[int, int | None]] = {}
+        self.taken_at: float | None = None
+        self.last_error: str | None = None
+
+
+def redis_queue_keys(
+    queue: str, separator: str, steps: tuple[int, ...], prefix: str = ""
+) -> list[str]:
+    """Every Redis list kombu keeps for ``queue``: one per priority step (0 is the bare name)."""
+    return [prefix + (f"{queue}{separator}{step}" if step else queue) for step in steps]
+
+
+class QueueDepthProbe:
+    """Messages (and, on RabbitMQ, consumers) per queue."""
+
+    def __init__(
+        self,
+        config: ExporterConfig,
+        app: Any,
+        queues: Callable[[], set[str]],
+        clock: Callable[[], float],
+    ) -> None:
+        self._config = config
+        self._app = app
+        self._queues = queues
+        self._clock = clock
+        self._filter = NameFilter(config.queue_allow, config.queue_deny)
+        self.result = ProbeResult()
+        scheme = config.broker_url.split(":", 1)[0].lower()
+        self._redis = scheme in ("redis", "rediss")
+        self._client: Any = None
+
+    def queue_names(self) -> list[str]:
+        names = set(self._config.queues) | self._queues()
+        return sorted(q for q in names if self._filter(q))[: self._config.max_queues]
+
+    def poll(self) -> None:
+        names = self.queue_names()
+        try:
+            values = self._redis_depths(names) if self._redis else self._amqp_depths(names)
+        except Exception as exc:  # noqa: BLE001 - the probe retries next interval
+            self.result.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            self._client = None
+            _logger.warning(
+                "queue depth probe failed on %s: %s", self._config.masked_broker_url,
+                self.result.last_error,
+            )
+            return
+        result = ProbeResult()
+        result.values = values
+        result.taken_at = self._clock()
+        self.result = result
+
+    def _redis_depths(self, names: list[str]) -> dict[str, tuple[int, int | None]]:
+        if self._client is None:
+            import redis
+
+            timeout = self._config.probe_timeout
+            self._client = redis.Redis.from_url(
+                self._config.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        cfg = self._config
+        pipe = self._client.pipeline(transaction=False)
+        spans = []
+        for name in names:
+            keys = redis_queue_keys(name, cfg.priority_separator, cfg.priority_steps,
+                                    cfg.redis_key_prefix)
+            for key in keys:
+                pipe.llen(key)
+            spans.append((name, len(keys)))
+        replies = pipe.execute()
+        out: dict[str, tuple[int, int | None]] = {}
+        pos = 0
+        for name, count in spans:
+            out[name] = (sum(int(v) for v in replies[pos : pos + count]), None)
+            pos += count
+        return out
+
+    def _amqp_depths(self, names: list[str]) -> dict[str, tuple[int, int | None]]:
+        out: dict[str, tuple[int, int | None]] = {}
+        with self._app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=self._config.probe_timeout)
+            channel = conn.channel()
+            try:
+                for name in names:
+                    try:
+                        _, messages, consumers = channel.queue_declare(queue=name, passive=True)
+                    except conn.channel_errors:
+                        # 404: the queue does not exist (yet); the error closed the channel.
+                        channel = conn.channel()
+                        continue
+                    out[name] = (int(messages), int(consumers))
+            finally:
+                channel.close()
+        return out
+
+
+class InspectProbe:
+    """Which queues each worker consumes and how many pool processes it has.
+
+    Broadcast ``inspect`` waits ``probe_timeout`` for replies; that wait happens here, on
+    the probe thread, never in a scrape. With ``--enable-events`` it also asks every
+    worker to turn task events on, on its own interval.
+    """
+
+    def __init__(
+        self,
+        config: ExporterConfig,
+        app: Any,
+        liveness: Liveness,
+        clock: Callable[[], float],
+    ) -> None:
+        self._config = config
+        self._app = app
+        self._liveness = liveness
+        self._clock = clock
+        self.result = ProbeResult()
+        self._last_enable: float | None = None
+
+    def poll(self) -> None:
+        try:
+            inspect = self._app.control.inspect(timeout=self._config.probe_timeout)
+            queues_reply = inspect.active_queues() or {}
+            stats_reply = inspect.stats() or {}
+        except Exception as exc:  # noqa: BLE001 - the probe retries next interval
+            self.result.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            _logger.warning("inspect probe failed: %s", self.result.last_error)
+            return
+        queues: dict[str, tuple[str, ...]] = {}
+        for hostname, infos in queues_reply.items():
+            if isinstance(infos, list):
+                queues[str(hostname)] = tuple(
+                    str(i["name"]) for i in infos if isinstance(i, dict) and "name" in i
+                )
+        processes: dict[str, int] = {}
+        for hostname, stats in stats_reply.items():
+            pool = stats.get("pool") if isinstance(stats, dict) else None
+            if isinstance(pool, dict):
+                procs = pool.get("processes")
+                if isinstance(procs, list):
+                    processes[str(hostname)] = len(procs)
+                elif isinstance(pool.get("max-concurrency"), int):
+                    processes[str(hostname)] = int(pool["max-concurrency"])
+        self._liveness.update_from_inspect(processes, queues)
+        result = ProbeResult()
+        result.values = {h: (n, None) for h, n in processes.items()}
+        result.taken_at = self._clock()
+        self.result = result
+
+    def maybe_enable_events(self) -> None:
+        if not self._config.enable_events:
+            return
+        now = self._clock()
+        if self._last_enable is not None and now - self._last_enable < (
+            self._config.enable_events_interval
+        ):
+            return
+        self._last_enable = now
+        try:
+            self._app.control.enable_events()
+            _logger.debug("broadcast enable_events to all workers")
+        except Exception as exc:  # noqa: BLE001 - tried again next interval
+            _logger.warning("could not broadcast enable_events: %s", exc)
+
+
+def run_every(
+    interval: float, stop: threading.Event, work: Callable[[], None], name: str
+) -> None:
+    """Call ``work`` now and then every ``interval`` seconds until ``stop``; never raises."""
+    while not stop.is_set():
+        try:
+            work()
+        except Exception:
+            _logger.exception("%s failed; it runs again in %.0fs", name, interval)
+        stop.wait(interval)

@@ -1,0 +1,328 @@
+"""The broker connection and receive loop: connect, read events, reconnect forever.
+
+Two receivers share one contract (:class:`ReceiverStatus`, ``run(stop)`` that returns
+only when ``stop`` is set):
+
+- :class:`RedisPubSubReceiver` -- for ``redis://``: subscribes to the event topics
+  itself and splits the work in two threads. One only reads the socket, in large
+  chunks, so Redis never holds a backlog for us (a stock Redis drops a subscriber whose
+  output buffer passes 32 MB, losing every event in it); the other parses, decodes and
+  hands events to the handlers. A burst is buffered on our side, bounded by
+  ``max_backlog_bytes``.
+- :class:`KombuReceiver` -- any other transport (RabbitMQ, ``rediss://``, sentinel):
+  Celery's own event receiver over kombu; the broker queues events for us.
+
+A lost broker never ends the loop: it reconnects with capped exponential backoff and
+logs the masked URL (never a password).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from otel_celery_metrics.exporter._wire import (
+    ProtocolError,
+    PubSubParser,
+    UndecodableEvent,
+    decode_envelope,
+)
+from otel_celery_metrics.exporter.config import ExporterConfig
+
+_logger = logging.getLogger(__name__)
+
+EventSink = Callable[[object], None]
+DropSink = Callable[[str, str, int], None]
+_READ_SIZE = 1 << 20
+_PING_EVERY = 5.0
+_RESET = b""  # queued on reconnect: the parser starts over on a new stream
+
+
+class ReceiverStatus:
+    """What health checks and self-metrics read; written only by the receiver."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.connected = False
+        self.reconnects = 0
+        self.last_error: str | None = None
+        #: Monotonic time each loop last turned; health fails when one stops turning.
+        self.turns: dict[str, float] = {}
+        self.backlog_bytes = 0
+
+    def turn(self, loop: str) -> None:
+        self.turns[loop] = self._clock()
+
+    def stuck_for(self) -> float:
+        if not self.turns:
+            return 0.0
+        return self._clock() - min(self.turns.values())
+
+
+class Backoff:
+    """Capped exponential delays: initial, 2x, 4x ... up to ``maximum``."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._initial = initial
+        self._maximum = maximum
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        delay = min(self._maximum, self._initial * float(2 ** min(self.attempts, 30)))
+        self.attempts += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class _BaseReceiver:
+    def __init__(self, config: ExporterConfig, clock: Callable[[], float]) -> None:
+        self._config = config
+        self.status = ReceiverStatus(clock)
+        self._backoff = Backoff(config.reconnect_initial, config.reconnect_max)
+        self._ever_connected = False
+
+    def _on_connected(self) -> None:
+        if self._ever_connected:
+            self.status.reconnects += 1
+            _logger.info(
+                "reconnected to the broker %s after %d failed attempt(s)",
+                self._config.masked_broker_url, self._backoff.attempts,
+            )
+        else:
+            _logger.info("connected to the broker %s", self._config.masked_broker_url)
+        self._ever_connected = True
+        self.status.connected = True
+        self.status.last_error = None
+        self._backoff.reset()
+
+    def _on_lost(self, exc: BaseException, stop: threading.Event) -> None:
+        was_connected = self.status.connected
+        self.status.connected = False
+        self.status.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        delay = self._backoff.next_delay()
+        _logger.warning(
+            "%s the broker %s (%s); retrying in %.1fs",
+            "lost" if was_connected else "cannot reach",
+            self._config.masked_broker_url, self.status.last_error, delay,
+        )
+        stop.wait(delay)
+
+
+class RedisPubSubReceiver(_BaseReceiver):
+    def __init__(
+        self,
+        config: ExporterConfig,
+        handle: EventSink,
+        drop: DropSink,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(config, clock)
+        self._handle = handle
+        self._drop = drop
+        self._chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._in_bytes = 0
+        self._out_bytes = 0
+        self._resync = threading.Event()
+        parts = urlsplit(config.broker_url)
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or 6379
+        self._username = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password else None
+        db = (parts.path or "/0").strip("/") or "0"
+        # kombu publishes events to "/{db}.celeryev/<routing key>" (fanout_prefix and
+        # fanout_patterns, both on by default).
+        self.pattern = f"/{db}.celeryev/*"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        processor = threading.Thread(
+            target=self._process_loop, args=(stop,), name="otel-celery-exporter-decode",
+            daemon=True,
+        )
+        processor.start()
+        try:
+            while not stop.is_set():
+                try:
+                    sock = self._connect()
+                except OSError as exc:
+                    self._on_lost(exc, stop)
+                    continue
+                try:
+                    self._on_connected()
+                    self._read_loop(sock, stop)
+                except (OSError, ProtocolError, ValueError) as exc:
+                    if not stop.is_set():
+                        self._on_lost(exc, stop)
+                finally:
+                    self.status.connected = False
+                    sock.close()
+                    self._chunks.put(_RESET)
+        finally:
+            processor.join(timeout=5)
+
+    def _command(self, *args: str) -> bytes:
+        out = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            raw = arg.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+        return b"".join(out)
+
+    def _connect(self) -> socket.socket:
+        timeout = self._config.probe_timeout
+        sock = socket.create_connection((self._host, self._port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            if self._password is not None:
+                auth = ("AUTH", self._username, self._password) if self._username else (
+                    "AUTH", self._password)
+                sock.sendall(self._command(*auth))
+                reply = _read_line(sock)
+                if not reply.startswith(b"+"):
+                    msg = "authentication failed: " + reply[:100].decode("utf-8", "replace")
+                    raise ConnectionRefusedError(msg)
+            sock.sendall(self._command("PSUBSCRIBE", self.pattern))
+            sock.settimeout(_PING_EVERY)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _read_loop(self, sock: socket.socket, stop: threading.Event) -> None:
+        unanswered = 0
+        limit = self._config.max_backlog_bytes
+        self._resync.clear()
+        while not stop.is_set():
+            self.status.turn("read")
+            if self._resync.is_set():
+                raise ProtocolError("undecodable stream; resubscribing")
+            backlog = self._in_bytes - self._out_bytes
+            self.status.backlog_bytes = backlog
+            if backlog > limit:
+                # Bounded memory: stop reading and let Redis hold the rest. If it holds
+                # too much it drops us, and the reconnect is counted and logged.
+                stop.wait(0.01)
+                continue
+            try:
+                data = sock.recv(_READ_SIZE)
+            except TimeoutError:
+                unanswered += 1
+                if unanswered > 2:
+                    raise ConnectionError("the broker answers no PING") from None
+                sock.sendall(self._command("PING"))
+                continue
+            if not data:
+                raise ConnectionError("connection closed by the broker")
+            unanswered = 0
+            self._in_bytes += len(data)
+            self._chunks.put(data)
+
+    # -- decoding --------------------------------------------------------------------------
+
+    def _process_loop(self, stop: threading.Event) -> None:
+        parser = PubSubParser()
+        chunks = self._chunks
+        handle = self._handle
+        while True:
+            self.status.turn("decode")
+            try:
+                chunk = chunks.get(timeout=0.5)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
+            if not chunk:  # _RESET
+                if parser.pending:
+                    self._drop("other", "undecodable", 1)
+                parser.reset()
+                continue
+            self._out_bytes += len(chunk)
+            try:
+                payloads = parser.feed(chunk)
+            except (ProtocolError, ValueError):
+                parser.reset()
+                self._drop("other", "undecodable", 1)
+                self._resync.set()
+                continue
+            for payload in payloads:
+                try:
+                    events = decode_envelope(payload)
+                except UndecodableEvent:
+                    self._drop("other", "undecodable", 1)
+                    continue
+                for event in events:
+                    handle(event)
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        part = sock.recv(1)
+        if not part:
+            raise ConnectionError("connection closed during the handshake")
+        data += part
+        if len(data) > 4096:
+            raise ProtocolError("reply too long")
+    return data
+
+
+class KombuReceiver(_BaseReceiver):
+    """Celery's event receiver over kombu, for every transport but plain Redis."""
+
+    def __init__(
+        self,
+        config: ExporterConfig,
+        app: Any,
+        handle: EventSink,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(config, clock)
+        self._app = app
+        self._handle = handle
+        self._current: Any = None
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self._consume(stop)
+            except Exception as exc:  # noqa: BLE001 - any failure means reconnect
+                if not stop.is_set():
+                    self._on_lost(exc, stop)
+            finally:
+                self.status.connected = False
+
+    def stop(self) -> None:
+        current = self._current
+        if current is not None:
+            current.should_stop = True
+
+    def _consume(self, stop: threading.Event) -> None:
+        status = self.status
+        handle = self._handle
+
+        base = self._app.events.Receiver
+
+        class _Receiver(base):  # type: ignore[misc, valid-type]
+            def on_iteration(self) -> None:
+                status.turn("read")
+                if stop.is_set():
+                    self.should_stop = True
+
+        with self._app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=self._config.probe_timeout)
+            receiver = _Receiver(conn, handlers={"*": handle}, app=self._app)
+            receiver.connect_max_retries = 1
+            self._current = receiver
+            self._on_connected()
+            status.turn("read")
+            for _ in receiver.consume(limit=None, timeout=None, safety_interval=1):
+                status.turn("read")

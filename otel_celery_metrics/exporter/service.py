@@ -1,0 +1,207 @@
+"""The exporter as one object: builds the parts, runs their threads, answers health.
+
+Nothing happens at construction beyond building objects; :meth:`Exporter.start` starts
+the threads and binds the port, :meth:`Exporter.stop` ends them. Registry, clock and
+Celery app are injectable for tests and embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from otel_celery_metrics.exporter.config import ExporterConfig
+from otel_celery_metrics.exporter.handlers import EventHandlers
+from otel_celery_metrics.exporter.http import make_server
+from otel_celery_metrics.exporter.instruments import Histograms, Instruments, Sources
+from otel_celery_metrics.exporter.liveness import Liveness
+from otel_celery_metrics.exporter.probes import InspectProbe, QueueDepthProbe, run_every
+from otel_celery_metrics.exporter.receiver import KombuReceiver, RedisPubSubReceiver
+from otel_celery_metrics.exporter.store import Caps, CounterStore
+from otel_celery_metrics.exporter.tracker import TaskTracker
+
+_logger = logging.getLogger(__name__)
+
+#: Forgotten workers after which the observable instruments are rebuilt (see
+#: :mod:`.instruments`); well below the SDK's 2000 attribute sets per instrument.
+REBUILD_AFTER_FORGOTTEN = 500
+
+
+def make_app(config: ExporterConfig) -> Any:
+    from celery import Celery
+
+    app = Celery("otel-celery-exporter", broker=config.broker_url, set_as_current=False)
+    app.conf.update(
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=config.probe_timeout,
+        event_queue_expires=60.0,
+        event_queue_ttl=5.0,
+        # The probes must not hang on a dead broker: bounded connect and socket waits.
+        broker_transport_options={
+            "socket_timeout": config.probe_timeout,
+            "socket_connect_timeout": config.probe_timeout,
+            "max_retries": 1,
+        },
+    )
+    return app
+
+
+class Exporter:
+    def __init__(
+        self,
+        config: ExporterConfig,
+        *,
+        registry: Any = None,
+        app: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider  # noqa: F401 - fail early
+        from prometheus_client import CollectorRegistry
+
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.app = app if app is not None else make_app(config)
+        self._clock = clock
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: Any = None
+        self._forgotten_at_build = 0
+
+        self.caps = Caps(config.max_task_names, config.max_queues, config.max_workers)
+        self.counters = CounterStore()
+        self.tracker = TaskTracker(config.max_tracked_tasks)
+        self.liveness = Liveness(
+            timeout=config.worker_timeout,
+            forget_after=config.worker_forget_after,
+            events_missing_after=config.events_missing_after,
+            caps=self.caps,
+            clock=clock,
+        )
+        # The histogram provider must exist before the handlers that record into it.
+        self._histograms_holder: list[Histograms] = []
+        self.handlers: EventHandlers
+        self.receiver: RedisPubSubReceiver | KombuReceiver
+        self.queue_probe = QueueDepthProbe(config, self.app, self.liveness.queues, clock)
+        self.inspect_probe = InspectProbe(config, self.app, self.liveness, clock)
+        self._build(clock)
+
+    def _build(self, clock: Callable[[], float]) -> None:
+        config = self.config
+        receiver_kind = config.receiver
+        if receiver_kind == "auto":
+            receiver_kind = "redis" if config.broker_url.startswith("redis://") else "kombu"
+        sink = _LateSink()
+        if receiver_kind == "redis":
+            self.receiver = RedisPubSubReceiver(config, sink.handle, sink.drop, clock)
+        else:
+            self.receiver = KombuReceiver(config, self.app, sink.handle, clock)
+        sources = Sources(
+            counters=self.counters, caps=self.caps, handlers=None,  # type: ignore[arg-type]
+            liveness=self.liveness, receiver=self.receiver.status,
+            queue_probe=lambda: self.queue_probe.result,
+            inspect_probe=lambda: self.inspect_probe.result, clock=clock,
+        )
+        self.instruments = Instruments(config, self.registry, sources)
+        histograms = Histograms(self.instruments.histogram_provider, config)
+        self.handlers = EventHandlers(
+            config, counters=self.counters, caps=self.caps, tracker=self.tracker,
+            liveness=self.liveness, histograms=histograms, clock=clock,
+        )
+        sources.handlers = self.handlers
+        sink.target = self.handlers
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self._server = make_server(
+            cfg.host, cfg.port, self.registry, self.instruments.collect_lock, self.health
+        )
+        self._spawn("http", self._server.serve_forever)
+        self._spawn("receiver", lambda: self.receiver.run(self._stop))
+        self._spawn("queues", lambda: run_every(
+            cfg.queue_poll_interval, self._stop, self.queue_probe.poll, "queue depth probe"))
+        self._spawn("inspect", lambda: run_every(
+            cfg.inspect_interval, self._stop, self._inspect, "inspect probe"))
+        self._spawn("maintenance", lambda: run_every(
+            1.0, self._stop, self.maintain, "maintenance"))
+        _logger.info(
+            "otel-celery-exporter serving http://%s:%s/metrics for broker %s (receiver: %s)",
+            cfg.host, self.port, cfg.masked_broker_url, type(self.receiver).__name__,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1]) if self._server else self.config.port
+
+    def _inspect(self) -> None:
+        self.inspect_probe.maybe_enable_events()
+        self.inspect_probe.poll()
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=f"otel-celery-exporter-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if isinstance(self.receiver, KombuReceiver):
+            self.receiver.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.instruments.shutdown()
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` (from a signal handler or another thread)."""
+        while not self._stop.wait(1.0):
+            pass
+
+    # -- periodic upkeep and health --------------------------------------------------------
+
+    def maintain(self) -> None:
+        gone = self.liveness.expire()
+        for hostname in gone:
+            for counters in self.counters:
+                if len(next(iter(counters.values), ())) >= 3:
+                    counters.forget_where(2, hostname)
+        forgotten = self.liveness.forgotten_total
+        if forgotten - self._forgotten_at_build >= REBUILD_AFTER_FORGOTTEN:
+            self._forgotten_at_build = forgotten
+            self.instruments.rebuild_observables()
+            _logger.debug("rebuilt observable instruments after %d forgotten workers", forgotten)
+        self.liveness.without_task_events()  # logs newly detected workers
+
+    def health(self) -> tuple[bool, list[str]]:
+        problems = []
+        status = self.receiver.status
+        if not status.connected:
+            problems.append(
+                f"broker {self.config.masked_broker_url} unreachable: {status.last_error}"
+            )
+        stuck = status.stuck_for()
+        if stuck > self.config.stuck_after:
+            problems.append(f"event receiver stuck for {stuck:.0f}s")
+        return not problems, problems
+
+
+class _LateSink:
+    """Lets the receiver be built before the handlers it feeds."""
+
+    target: EventHandlers | None = None
+
+    def handle(self, event: object) -> None:
+        target = self.target
+        if target is not None:
+            target.handle(event)
+
+    def drop(self, kind: str, reason: str, amount: int) -> None:
+        target = self.target
+        if target is not None:
+            target.drop(kind, reason, amount)

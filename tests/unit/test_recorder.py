@@ -1,0 +1,197 @@
+"""Recorder: metric table -> SDK points, with the caps and the attribute set applied."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._recorder import Recorder
+from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.settings import Settings
+
+TASKS = mt.METRIC_INDEX[mt.TASKS.name]
+RUNTIME = mt.METRIC_INDEX[mt.TASK_RUNTIME.name]
+EXECUTING = mt.METRIC_INDEX[mt.TASKS_EXECUTING.name]
+OVERFLOW = mt.OVERFLOW_VALUE
+
+Points = dict[frozenset[tuple[str, str]], object]
+
+
+class Harness:
+    def __init__(self, settings: Settings, **kwargs: object) -> None:
+        self.reader = InMemoryMetricReader()
+        self.provider = MeterProvider(metric_readers=[self.reader])
+        self.failures = FailureLog()
+        self.recorder = Recorder(
+            self.provider.get_meter("test"), settings, self.failures, **kwargs  # type: ignore[arg-type]
+        )
+
+    def points(self, spec: mt.MetricSpec) -> Points:
+        """Attribute set -> value (counters) or point (histograms) of ``spec``."""
+        data = self.reader.get_metrics_data()
+        out: Points = {}
+        for resource_metrics in data.resource_metrics if data else ():
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name != spec.name:
+                        continue
+                    for point in metric.data.data_points:
+                        key = frozenset((point.attributes or {}).items())
+                        out[key] = getattr(point, "value", point)
+        return out
+
+    def overflow_count(self, attribute: str) -> object:
+        return self.points(mt.SELF_OVERFLOW).get(frozenset({("attribute", attribute)}), 0)
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    h = Harness(Settings())
+    yield h
+    h.provider.shutdown()
+
+
+def attrs(**kv: str) -> frozenset[tuple[str, str]]:
+    return frozenset(kv.items())
+
+
+def test_a_measurement_becomes_a_point_with_the_table_attributes(harness: Harness) -> None:
+    harness.recorder.emit(TASKS, 1, ("app.add", "celery", "SUCCESS"))
+    harness.recorder.emit(TASKS, 1, ("app.add", "celery", "SUCCESS"))
+    assert harness.points(mt.TASKS) == {
+        attrs(task_name="app.add", queue="celery", state="SUCCESS"): 2
+    }
+    assert harness.points(mt.SELF_OVERFLOW) == {}
+
+
+def test_histograms_use_the_configured_buckets() -> None:
+    h = Harness(Settings(runtime_buckets=(0.25, 4.0)))
+    h.recorder.emit(RUNTIME, 1.0, ("app.add", "celery"))
+    (point,) = h.points(mt.TASK_RUNTIME).values()
+    assert tuple(point.explicit_bounds) == (0.25, 4.0)  # type: ignore[attr-defined]
+    assert list(point.bucket_counts) == [0, 1, 0]  # type: ignore[attr-defined]
+
+
+def test_task_names_past_the_cap_become_overflow_and_are_counted() -> None:
+    h = Harness(Settings(max_task_names=2))
+    for name in ("a", "b", "c", "d", "c", "a"):
+        h.recorder.emit(TASKS, 1, (name, "q", "SUCCESS"))
+    assert h.points(mt.TASKS) == {
+        attrs(task_name="a", queue="q", state="SUCCESS"): 2,
+        attrs(task_name="b", queue="q", state="SUCCESS"): 1,
+        attrs(task_name=OVERFLOW, queue="q", state="SUCCESS"): 3,
+    }
+    # Every measurement that lost its task name counts, not every distinct name.
+    assert h.overflow_count("task_name") == 3
+
+
+def test_queues_past_the_cap_become_overflow_and_are_counted() -> None:
+    h = Harness(Settings(max_queues=1))
+    h.recorder.emit(TASKS, 1, ("t", "q1", "SUCCESS"))
+    h.recorder.emit(TASKS, 1, ("t", "q2", "SUCCESS"))
+    h.recorder.emit(RUNTIME, 0.1, ("t", "q3"))
+    assert set(h.points(mt.TASKS)) == {
+        attrs(task_name="t", queue="q1", state="SUCCESS"),
+        attrs(task_name="t", queue=OVERFLOW, state="SUCCESS"),
+    }
+    # The queue budget is shared by all metrics of a worker.
+    assert set(h.points(mt.TASK_RUNTIME)) == {attrs(task_name="t", queue=OVERFLOW)}
+    assert h.overflow_count("queue") == 2
+
+
+def test_series_past_the_cap_fold_into_one_all_overflow_series() -> None:
+    h = Harness(Settings(max_series_per_metric=3))
+    states = ("SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED")
+    for state in states:
+        h.recorder.emit(TASKS, 1, ("t", "q", state))
+    points = h.points(mt.TASKS)
+    # Three real series, then everything else in one: the overflow series takes the
+    # place of the third new one, so the total stays at the cap plus one at most.
+    assert points == {
+        attrs(task_name="t", queue="q", state="SUCCESS"): 1,
+        attrs(task_name="t", queue="q", state="FAILURE"): 1,
+        attrs(task_name="t", queue="q", state="RETRY"): 1,
+        attrs(task_name=OVERFLOW, queue=OVERFLOW, state=OVERFLOW): 2,
+    }
+    assert h.overflow_count("series") == 2
+    # Series already admitted keep recording normally.
+    h.recorder.emit(TASKS, 1, ("t", "q", "SUCCESS"))
+    assert h.points(mt.TASKS)[attrs(task_name="t", queue="q", state="SUCCESS")] == 2
+    assert h.overflow_count("series") == 2
+
+
+def test_the_default_series_cap_stays_below_the_sdk_limit() -> None:
+    h = Harness(Settings(max_task_names=100_000))
+    for i in range(2100):
+        h.recorder.emit(TASKS, 1, (f"t{i}", "q", "SUCCESS"))
+    points = h.points(mt.TASKS)
+    cap = Settings().max_series_per_metric
+    assert len(points) == cap + 1
+    assert points[attrs(task_name=OVERFLOW, queue=OVERFLOW, state=OVERFLOW)] == 2100 - cap
+    # The SDK's own silent fold never happened.
+    assert not any(("otel.metric.overflow", True) in key for key in points)
+    assert h.overflow_count("series") == 2100 - cap
+
+
+def test_narrowed_attributes_are_dropped_from_every_measurement() -> None:
+    h = Harness(Settings(attributes=frozenset({"task_name", "state"})))
+    h.recorder.emit(TASKS, 1, ("t", "q1", "SUCCESS"))
+    h.recorder.emit(TASKS, 1, ("t", "q2", "SUCCESS"))
+    h.recorder.emit(RUNTIME, 0.5, ("t", "q1"))
+    assert h.points(mt.TASKS) == {attrs(task_name="t", state="SUCCESS"): 2}
+    assert set(h.points(mt.TASK_RUNTIME)) == {attrs(task_name="t")}
+
+
+def test_self_metrics_keep_their_attribute_when_users_narrow() -> None:
+    h = Harness(Settings(attributes=frozenset({"state"}), max_task_names=1))
+    h.recorder.emit(TASKS, 1, ("a", "q", "SUCCESS"))
+    h.recorder.emit(TASKS, 1, ("b", "q", "SUCCESS"))
+    # task_name is not recorded at all, so its cap never replaces anything.
+    assert h.points(mt.TASKS) == {attrs(state="SUCCESS"): 2}
+    assert h.points(mt.SELF_OVERFLOW) == {}
+
+
+def test_a_bad_measurement_never_raises_and_is_logged_once_and_counted(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="otel_celery_metrics"):
+        harness.recorder.emit(TASKS, 1, ("only-one-value",))
+        harness.recorder.emit(TASKS, 1, ("only-one-value",))
+    assert harness.failures.count == 2
+    assert len(caplog.records) == 1
+    assert "celery.tasks takes 3 attribute values, got 1" in caplog.text
+    dropped = harness.points(mt.SELF_DROPPED)
+    assert dropped == {attrs(reason="internal_error"): 2}
+
+
+def test_observable_metrics_read_their_callback_and_keep_reporting_zero() -> None:
+    current: list[tuple[float, tuple[str, ...]]] = [(1.0, ("t", "q")), (1.0, ("t", "q"))]
+    h = Harness(Settings(), observers={mt.TASKS_EXECUTING.name: lambda: list(current)})
+    assert h.points(mt.TASKS_EXECUTING) == {attrs(task_name="t", queue="q"): 2}
+    current.clear()
+    # A gauge that drops to zero reads 0 rather than going stale.
+    assert h.points(mt.TASKS_EXECUTING) == {attrs(task_name="t", queue="q"): 0}
+    # Recording into an observable instrument directly is a harmless no-op.
+    h.recorder.emit(EXECUTING, 5, ("t", "q"))
+    assert h.failures.count == 0
+
+
+def test_a_failing_observer_does_not_break_collection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> list[tuple[float, tuple[str, ...]]]:
+        raise RuntimeError("celery state unavailable")
+
+    h = Harness(Settings(), observers={mt.TASKS_EXECUTING.name: broken})
+    h.recorder.emit(TASKS, 1, ("t", "q", "SUCCESS"))
+    with caplog.at_level(logging.ERROR, logger="otel_celery_metrics"):
+        assert h.points(mt.TASKS_EXECUTING) == {}
+        assert h.points(mt.TASKS) == {attrs(task_name="t", queue="q", state="SUCCESS"): 1}
+    # Two collections, two failures counted, one log line.
+    assert h.failures.count == 2
+    assert len(caplog.records) == 1

@@ -39,6 +39,13 @@ def noop() -> None:
     _client.incr(DONE_KEY)
 
 
+if os.environ.get("BENCH_EXTRA_IMPORT"):
+    # A module to import into the worker, e.g. a monkeypatch to try a change to the
+    # package without editing it (the profiling notes in README.md used this).
+    import importlib
+
+    importlib.import_module(os.environ["BENCH_EXTRA_IMPORT"])
+
 if os.environ.get("BENCH_RECIPE") == "1":
     from _recipe import SignalRecipe
 

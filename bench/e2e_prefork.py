@@ -51,7 +51,11 @@ def _free_port() -> int:
 
 
 def _worker_command(mode: str, concurrency: int) -> tuple[list[str], dict[str, str], int | None]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BENCH_"))}
+    keep = ("BENCH_EXTRA_IMPORT",)
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("OTEL_", "BENCH_")) or k in keep
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     env["BENCH_BROKER_URL"] = BROKER_URL
     celery = [

@@ -91,8 +91,11 @@ def _base_request() -> dict[str, Any]:
     }
 
 
-def _run_tasks(task: Any, count: int, failure_every: int) -> None:
-    """``count`` executions' worth of what Celery's tracer does around a task."""
+def _run_tasks(task: Any, count: int, failure_every: int, work_us: float = 0.0) -> None:
+    """``count`` executions' worth of what Celery's tracer does around a task.
+
+    ``work_us``: CPU the task body burns (a busy loop), so that a drain can keep up.
+    """
     from celery import signals
     from celery.app.task import Context
 
@@ -113,6 +116,10 @@ def _run_tasks(task: Any, count: int, failure_every: int) -> None:
         push(Context(request))
         send_prerun(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
         retval = task.run()
+        if work_us:
+            until = time.perf_counter() + work_us / 1e6
+            while time.perf_counter() < until:
+                pass
         if failure_every and i % failure_every == 0:
             state = "FAILURE"
             send_failure(
@@ -157,7 +164,7 @@ def _cpu(who: int = resource.RUSAGE_SELF) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _child(mode: str, task: Any, tasks: int, warmup: int, failure_every: int) -> dict[str, Any]:
+def _child(mode: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The pool child's part: set up the mode's receivers, run, time, count."""
     counted: Any = None
     if mode == "noop_receivers":
@@ -184,9 +191,10 @@ def _child(mode: str, task: Any, tasks: int, warmup: int, failure_every: int) ->
         provider, registry = _sdk_provider()
         _instrument_ours(provider)
         counted = lambda: _sample_sum(registry, "celery_tasks_total")  # noqa: E731
-    _run_tasks(task, warmup, failure_every)
+    tasks = args.tasks
+    _run_tasks(task, args.warmup, args.failure_every, args.task_work_us)
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    _run_tasks(task, tasks, failure_every)
+    _run_tasks(task, tasks, args.failure_every, args.task_work_us)
     wall1, cpu1 = time.perf_counter(), time.process_time()
     if mode == "ours_child":
         from celery import signals
@@ -200,8 +208,14 @@ def _child(mode: str, task: Any, tasks: int, warmup: int, failure_every: int) ->
     }
 
 
-def run_one(mode: str, tasks: int, warmup: int, failure_every: int) -> dict[str, Any]:
+def run_one(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """Fork a pool child that runs the tasks; the parent plays the worker's main process."""
+    if os.environ.get("BENCH_EXTRA_IMPORT"):
+        # A module to import first, e.g. a monkeypatch to try a change to the package
+        # without editing it (the profiling notes in README.md used this).
+        import importlib
+
+        importlib.import_module(os.environ["BENCH_EXTRA_IMPORT"])
     task = _make_task()
     parent_registry = None
     if mode == "ours_child":
@@ -213,7 +227,7 @@ def run_one(mode: str, tasks: int, warmup: int, failure_every: int) -> dict[str,
     if pid == 0:  # --- the pool child
         os.close(read_fd)
         try:
-            result: dict[str, Any] = _child(mode, task, tasks, warmup, failure_every)
+            result: dict[str, Any] = _child(mode, task, args)
         except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
             result = {"error": repr(exc)}
         os.write(write_fd, json.dumps(result).encode())
@@ -233,6 +247,7 @@ def run_one(mode: str, tasks: int, warmup: int, failure_every: int) -> dict[str,
         # Records what is still queued and stops the drain thread (after the last datagram).
         CeleryMetricsInstrumentor().uninstrument()
     drain_cpu = _cpu() - parent_cpu_before
+    tasks, warmup = args.tasks, args.warmup
     result["drain_cpu_us"] = drain_cpu / (tasks + warmup) * 1e6
     if parent_registry is not None:
         result["counted"] = _sample_sum(parent_registry, "celery_tasks_total")
@@ -249,7 +264,7 @@ def _spawn(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--one", mode,
         "--tasks", str(args.tasks), "--warmup", str(args.warmup),
-        "--failure-every", str(args.failure_every),
+        "--failure-every", str(args.failure_every), "--task-work-us", str(args.task_work_us),
     ]
     path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
@@ -271,19 +286,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--failure-every", type=int, default=0,
                         help="every Kth task fails (0: all succeed)")
+    parser.add_argument("--task-work-us", type=float, default=0.0,
+                        help="CPU each task body burns (0: a no-op task)")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one, args.tasks, args.warmup, args.failure_every)))
+        print(json.dumps(run_one(args.one, args)))
         return 0
     modes = [m for m in args.modes.split(",") if m]
     if "bare" not in modes:
         modes.insert(0, "bare")
     runs: list[dict[str, dict[str, Any]]] = []
     print(f"N={args.tasks} warmup={args.warmup} rounds={args.rounds} "
-          f"failure_every={args.failure_every} cpus={os.cpu_count()}", flush=True)
+          f"failure_every={args.failure_every} task_work_us={args.task_work_us} "
+          f"cpus={os.cpu_count()}", flush=True)
     for r in range(args.rounds):
         order = modes[r % len(modes):] + modes[: r % len(modes)]
         if r % 2:

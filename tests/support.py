@@ -6,6 +6,7 @@ hopes: :func:`wait_for` polls a condition until a deadline and fails with what i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -57,7 +58,7 @@ def wait_for(
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> str:
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
         return str(resp.read().decode())
 
 
@@ -90,6 +91,7 @@ class Worker:
         self,
         broker_url: str,
         queue: str,
+        *,
         pool: str = "prefork",
         concurrency: int = 2,
         extra_args: tuple[str, ...] = (),
@@ -173,6 +175,7 @@ class Worker:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self._log.close()  # log_text() reads by name; an unclosed file is a ResourceWarning
         return int(self.proc.returncode)
 
 
@@ -188,8 +191,19 @@ def running_worker(broker_url: str, queue: str, **kwargs: Any) -> Iterator[Worke
             print(worker.log_text())
 
 
+_PRODUCERS: list[Any] = []
+
+
 def producer(broker_url: str) -> Any:
     """A plain (uninstrumented) Celery app that sends tasks by name."""
     from celery import Celery
 
-    return Celery("producer", broker=broker_url)
+    app = Celery("producer", broker=broker_url)
+    _PRODUCERS.append(app)
+    return app
+
+
+def close_producers() -> None:
+    """Close the producers' broker connections (called after each test)."""
+    while _PRODUCERS:
+        _PRODUCERS.pop().close()

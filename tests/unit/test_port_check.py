@@ -1,0 +1,110 @@
+"""The busy-port preflight: one error line naming the port, and Prometheus taken out."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from otel_celery_metrics import _port_check
+from otel_celery_metrics._port_check import (
+    check_prometheus_port,
+    pre_sdk_init,
+    prometheus_address,
+)
+from tests.support import free_port
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def env_for(port: int, exporters: str = "prometheus") -> dict[str, str]:
+    return {
+        "OTEL_METRICS_EXPORTER": exporters,
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
+    }
+
+
+def test_the_address_follows_the_exporter_variables_and_their_defaults() -> None:
+    assert prometheus_address({}) is None
+    assert prometheus_address({"OTEL_METRICS_EXPORTER": "otlp"}) is None
+    assert prometheus_address({"OTEL_METRICS_EXPORTER": "otlp, Prometheus"}) == (
+        "localhost", "9464",
+    )
+    assert prometheus_address(env_for(9809)) == ("127.0.0.1", "9809")
+
+
+def test_a_free_port_changes_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    environ = env_for(free_port())
+    before = dict(environ)
+    with caplog.at_level(logging.WARNING):
+        assert check_prometheus_port(environ) is None
+    assert environ == before
+    assert caplog.records == []
+
+
+def test_a_busy_port_logs_one_line_naming_it_and_drops_prometheus(
+    busy_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    environ = env_for(busy_port)
+    with caplog.at_level(logging.WARNING):
+        message = check_prometheus_port(environ)
+    assert message is not None
+    assert [r.getMessage() for r in caplog.records] == [message]
+    assert caplog.records[0].levelno == logging.ERROR
+    assert f"127.0.0.1:{busy_port}" in message
+    assert f"OTEL_EXPORTER_PROMETHEUS_PORT={busy_port}" in message
+    assert "\n" not in message
+    # The SDK then configures without the Prometheus reader instead of aborting.
+    assert environ["OTEL_METRICS_EXPORTER"] == "none"
+
+
+def test_other_exporters_are_kept(busy_port: int) -> None:
+    environ = env_for(busy_port, "otlp,prometheus,console")
+    assert check_prometheus_port(environ) is not None
+    assert environ["OTEL_METRICS_EXPORTER"] == "otlp,console"
+
+
+def test_a_port_that_is_not_a_number_is_reported_too() -> None:
+    environ = env_for(0)
+    environ["OTEL_EXPORTER_PROMETHEUS_PORT"] = "nine"
+    message = check_prometheus_port(environ)
+    assert message is not None
+    assert "127.0.0.1:nine" in message
+    assert "not a port number" in message
+
+
+def test_the_check_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(dict):  # type: ignore[type-arg]
+        def get(self, *_: object) -> str:
+            raise RuntimeError("environment unavailable")
+
+    with caplog.at_level(logging.WARNING):
+        assert check_prometheus_port(Broken()) is None
+    assert "could not check the Prometheus port" in caplog.text
+
+
+def test_the_hook_checks_os_environ_and_calls_other_registered_hooks(
+    monkeypatch: pytest.MonkeyPatch, busy_port: int
+) -> None:
+    for key, val in env_for(busy_port).items():
+        monkeypatch.setenv(key, val)
+    called: list[Any] = []
+    ours = SimpleNamespace(value=f"{_port_check.__name__}:pre_sdk_init", load=lambda: 1 / 0)
+    theirs = SimpleNamespace(value="opamp_client:init", load=lambda: called.append)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [ours, theirs])
+    pre_sdk_init("resource")
+    assert called == ["resource"]
+    assert os.environ["OTEL_METRICS_EXPORTER"] == "none"

@@ -12,6 +12,7 @@ fail, retry or slow down a user's task.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
@@ -111,6 +112,10 @@ class TaskReceivers:
         # again at postrun: whichever of our receivers and the tracing instrumentation's
         # runs first, one of the two lookups sees the task's span open.
         self._started: dict[str, tuple[float, tuple[int, int] | None]] = {}
+        # Ids of tasks whose failure was reported without a prerun in this process (the
+        # main process reporting for a pool child). Celery 5.7 sends task_failure twice
+        # for a hard time limit (from on_failure and from on_timeout); count it once.
+        self._reported_from_main: OrderedDict[str, None] = OrderedDict()
         self._connected: list[tuple[Any, Callable[..., None]]] = []
 
     # -- wiring ----------------------------------------------------------------------------
@@ -245,6 +250,10 @@ class TaskReceivers:
     ) -> None:
         try:
             started = self._started.pop(task_id, None)
+            if state is None:
+                # The execution was interrupted (the pool child is being terminated at a
+                # hard time limit); the main process reports the task's outcome.
+                return
             queue = queue_of_request(task.request, self._default_queue)
             name = task.name
             if started is not None:
@@ -254,7 +263,7 @@ class TaskReceivers:
                     self._sink.emit(_RUNTIME, runtime, (name, queue))
                 else:
                     self._sink.emit_traced(_RUNTIME, runtime, (name, queue), span[0], span[1])
-            self._sink.emit(_TASKS, 1, (name, queue, str(state or "UNKNOWN")))
+            self._sink.emit(_TASKS, 1, (name, queue, str(state)))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_postrun receiver", exc)
         finally:
@@ -267,11 +276,18 @@ class TaskReceivers:
         self, sender: Any = None, task_id: Any = None, exception: Any = None, **_: Any
     ) -> None:
         try:
+            from_main = task_id not in self._started
+            if from_main:
+                if task_id in self._reported_from_main:
+                    return
+                self._reported_from_main[task_id] = None
+                if len(self._reported_from_main) > _MAX_IN_FLIGHT:
+                    self._reported_from_main.popitem(last=False)
             queue = queue_of_request(sender.request, self._default_queue)
             name = sender.name
             exc_type = type(exception).__name__
             self._sink.emit(_FAILURES, 1, (name, queue, exc_type))
-            if task_id not in self._started and exc_type != "Reject":
+            if from_main and exc_type != "Reject":
                 # The task never reached task_postrun in this process: its pool child was
                 # lost (WorkerLostError) or killed at the hard time limit, and Celery
                 # reports it from the main process. Count its terminal state here.

@@ -171,10 +171,8 @@ class Worker:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         # Leftover pool children of a killed main process.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._log.close()  # log_text() reads by name; an unclosed file is a ResourceWarning
         return int(self.proc.returncode)
 

@@ -18,13 +18,14 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 EXPECTED = {"SUCCESS": 0, "FAILURE": 0, "RETRY": 0}
 
 
 def _scrape(port: int) -> str:
     url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - fixed local URL
+    with urllib.request.urlopen(url, timeout=5) as resp:
         return str(resp.read().decode())
 
 
@@ -60,15 +61,7 @@ def _publish(folder: str, tasks: int) -> dict[str, int]:
     return expected
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="otel-celery-metrics-demo", description=__doc__)
-    parser.add_argument("--port", type=int, default=9809, help="metrics port (default 9809)")
-    parser.add_argument("--tasks", type=int, default=30, help="tasks to publish (default 30)")
-    parser.add_argument("--keep-running", action="store_true",
-                        help="keep the worker and /metrics up until Ctrl-C")
-    args = parser.parse_args(argv)
-
-    folder = tempfile.mkdtemp(prefix="otel-celery-demo-")
+def _start_worker(port: int, folder: str, log: IO[str]) -> subprocess.Popen[bytes]:
     bindir = Path(sys.executable).parent
     env = dict(os.environ)
     env.update({
@@ -78,64 +71,97 @@ def main(argv: list[str] | None = None) -> int:
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",
         "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
-        "OTEL_EXPORTER_PROMETHEUS_PORT": str(args.port),
+        "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
     })
     cmd = [
         str(bindir / "opentelemetry-instrument"), str(bindir / "celery"),
         "-A", "otel_celery_metrics.demo.app", "worker", "-P", "prefork", "-c", "2",
         "--loglevel=WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]
-    log_path = Path(folder) / "worker.log"
     print(f"$ opentelemetry-instrument celery {' '.join(cmd[2:])}", flush=True)
-    print(f"  (worker output: {log_path})", flush=True)
-    log = log_path.open("w")
-    worker = subprocess.Popen(
+    print(f"  (worker output: {log.name})", flush=True)
+    return subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _scrape(args.port)
-                break
-            except OSError:
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    print(log_path.read_text()[-3000:], file=sys.stderr)
-                    print("the worker did not start (its output is above)", file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
-        expected = _publish(folder, args.tasks)
-        print(f"published {args.tasks} tasks; expecting {expected}", flush=True)
-        deadline = time.monotonic() + 120
-        text = _scrape(args.port)
-        while any(_total(text, s) < n for s, n in expected.items()):
-            if time.monotonic() > deadline or worker.poll() is not None:
+
+
+def _wait_for_endpoint(worker: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _scrape(port)
+            return True
+        except OSError:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+
+def _wait_for_tasks(
+    worker: subprocess.Popen[bytes], port: int, expected: dict[str, int], timeout: float
+) -> str | None:
+    deadline = time.monotonic() + timeout
+    text = _scrape(port)
+    while any(_total(text, s) < n for s, n in expected.items()):
+        if time.monotonic() > deadline or worker.poll() is not None:
+            return None
+        time.sleep(0.2)
+        text = _scrape(port)
+    return text
+
+
+def _show(text: str, port: int) -> None:
+    print(f"\n$ curl -s localhost:{port}/metrics | grep -E '^celery_(tasks|task_)'")
+    for line in text.splitlines():
+        if line.startswith(("celery_tasks_total", "celery_task_failures_total",
+                            "celery_task_runtime_seconds_count",
+                            "celery_task_queue_wait_seconds_count")):
+            print(line)
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="otel-celery-metrics-demo", description=__doc__)
+    parser.add_argument("--port", type=int, default=9809, help="metrics port (default 9809)")
+    parser.add_argument("--tasks", type=int, default=30, help="tasks to publish (default 30)")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="keep the worker and /metrics up until Ctrl-C")
+    args = parser.parse_args(argv)
+
+    folder = tempfile.mkdtemp(prefix="otel-celery-demo-")
+    log_path = Path(folder) / "worker.log"
+    with log_path.open("w") as log:
+        worker = _start_worker(args.port, folder, log)
+        try:
+            if not _wait_for_endpoint(worker, args.port, 60):
+                print(log_path.read_text()[-3000:], file=sys.stderr)
+                print("the worker did not start (its output is above)", file=sys.stderr)
+                return 1
+            expected = _publish(folder, args.tasks)
+            print(f"published {args.tasks} tasks; expecting {expected}", flush=True)
+            text = _wait_for_tasks(worker, args.port, expected, 120)
+            if text is None:
                 print("timed out waiting for every task to finish", file=sys.stderr)
                 return 1
-            time.sleep(0.2)
-            text = _scrape(args.port)
-        print(f"\n$ curl -s localhost:{args.port}/metrics | grep -E '^celery_(tasks|task_)'")
-        for line in text.splitlines():
-            if line.startswith(("celery_tasks_total", "celery_task_failures_total",
-                                "celery_task_runtime_seconds_count",
-                                "celery_task_queue_wait_seconds_count")):
-                print(line)
-        got = {s: _total(text, s) for s in expected}
-        print(f"\nexpected {expected}, /metrics shows {got}")
-        if args.keep_running:
-            print(f"serving http://127.0.0.1:{args.port}/metrics — Ctrl-C to stop", flush=True)
-            worker.wait()
-        return 0 if got == {s: float(n) for s, n in expected.items()} else 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        log.close()
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+            _show(text, args.port)
+            got = {s: _total(text, s) for s in expected}
+            print(f"\nexpected {expected}, /metrics shows {got}")
+            if args.keep_running:
+                print(f"serving http://127.0.0.1:{args.port}/metrics; Ctrl-C to stop", flush=True)
+                worker.wait()
+            return 0 if got == {s: float(n) for s, n in expected.items()} else 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            _stop(worker)
 
 
 if __name__ == "__main__":

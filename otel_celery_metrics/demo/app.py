@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,4 +57,7 @@ def make_app(folder: str) -> Celery:
     return app
 
 
-app = make_app(os.environ.get("OTEL_CELERY_DEMO_DIR", "/tmp/otel-celery-metrics-demo"))
+app = make_app(
+    os.environ.get("OTEL_CELERY_DEMO_DIR")
+    or str(Path(tempfile.gettempdir()) / "otel-celery-metrics-demo")
+)

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.support import RABBITMQ_URL, REDIS_URL, unique_queue
+from tests.support import RABBITMQ_URL, REDIS_URL, close_producers, unique_queue
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +43,9 @@ def redis_url() -> str:
 @pytest.fixture
 def queue() -> Iterator[str]:
     yield unique_queue()
+
+
+@pytest.fixture(autouse=True)
+def _close_producers() -> Iterator[None]:
+    yield
+    close_producers()

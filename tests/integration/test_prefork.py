@@ -92,3 +92,22 @@ def test_counters_never_go_backwards_while_children_recycle_every_task(
         samples = worker.samples()
         assert value(samples, "celery_task_runtime_seconds_count") == 20
         assert value(samples, "celery_tasks_received_total") == 20
+
+
+def test_hard_time_limit_and_unregistered_tasks_are_counted_from_the_main_process(
+    redis_url: str, queue: str
+) -> None:
+    app = producer(redis_url)
+    with running_worker(redis_url, queue, pool="prefork", concurrency=2) as worker:
+        app.send_task("tests.sleep", args=(30,), queue=queue, time_limit=1)
+        app.send_task("tests.not_registered", queue=queue)
+        samples = wait_for(
+            lambda: (s := worker.samples()) and value(s, "celery_tasks_total") == 2 and s,
+            timeout=40, what="time limit and unknown task counted",
+        )
+        assert value(samples, "celery_tasks_total", task_name="tests.sleep",
+                     state="FAILURE") == 1
+        assert value(samples, "celery_task_failures_total", task_name="tests.sleep",
+                     exception_type="TimeLimitExceeded") == 1
+        assert value(samples, "celery_tasks_total", task_name="tests.not_registered",
+                     state="REJECTED") == 1

@@ -14,7 +14,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
+
+_loads: Callable[[bytes | str], Any]
+try:
+    # Optional (the "exporter" extra installs it): parses events about 4x faster,
+    # which is most of what an event costs.
+    import orjson
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover - exercised where orjson is absent
+    _loads = json.loads
 
 _CRLF = b"\r\n"
 
@@ -106,7 +117,7 @@ class UndecodableEvent(ValueError):
 def decode_envelope(payload: bytes) -> list[Any]:
     """A kombu Redis-transport message -> the event dicts in its body."""
     try:
-        envelope = json.loads(payload)
+        envelope = _loads(payload)
         body = envelope["body"]
         properties = envelope.get("properties") or {}
         if properties.get("body_encoding") == "base64":
@@ -114,7 +125,7 @@ def decode_envelope(payload: bytes) -> list[Any]:
         content_type = envelope.get("content-type", "application/json")
         if content_type != "application/json":
             return _decode_other(body, content_type, envelope.get("content-encoding", "utf-8"))
-        decoded = json.loads(body)
+        decoded = _loads(body)
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise UndecodableEvent(str(exc)[:200]) from None
     return decoded if isinstance(decoded, list) else [decoded]

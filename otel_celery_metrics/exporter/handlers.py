@@ -56,13 +56,31 @@ class HistogramSink(Protocol):
     def queue_wait(self, name: str, queue: str, wait_from: str, seconds: float) -> None: ...
 
 
+# Names already checked. Task names and hostnames repeat on every event, so the regex
+# runs once per distinct name; bounded so a flood of distinct names cannot grow it.
+_checked: set[str] = set()
+_CHECKED_LIMIT = 20_000
+
+
 def label(event: Mapping[str, Any], key: str) -> str:
     """A string field fit to be a label value, or :class:`InvalidEvent`."""
     value = event.get(key)
     if not isinstance(value, str):
         raise InvalidEvent(key)
+    if value in _checked:
+        return value
     if not value or len(value) > MAX_NAME_LENGTH or _BAD_CHARS.search(value):
         raise InvalidEvent(key)
+    if len(_checked) < _CHECKED_LIMIT:
+        _checked.add(value)
+    return value
+
+
+def event_task_id(event: Mapping[str, Any]) -> str:
+    """The task id: only a dict key, never a label, so any short string will do."""
+    value = event.get("uuid")
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
+        raise InvalidEvent("uuid")
     return value
 
 
@@ -200,7 +218,7 @@ class EventHandlers:
         return (name, queue)
 
     def _info(self, event: Mapping[str, Any]) -> tuple[str, TaskInfo]:
-        task_id = label(event, "uuid")
+        task_id = event_task_id(event)
         info = self._tracker.get(task_id)
         if info is None:
             info = self._tracker.remember(task_id, TaskInfo(UNKNOWN, None))
@@ -214,7 +232,7 @@ class EventHandlers:
     # -- task events -----------------------------------------------------------------------
 
     def _sent(self, event: Mapping[str, Any]) -> None:
-        task_id = label(event, "uuid")
+        task_id = event_task_id(event)
         name = label(event, "name")
         queue: str | None = None
         if event.get("queue"):
@@ -235,7 +253,7 @@ class EventHandlers:
         self._published.add((name, queue))
 
     def _task_received(self, event: Mapping[str, Any]) -> None:
-        task_id = label(event, "uuid")
+        task_id = event_task_id(event)
         hostname = self._worker_host(event)
         info = self._tracker.get(task_id)
         name = label(event, "name")

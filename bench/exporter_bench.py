@@ -1,0 +1,270 @@
+"""Measure an event-bus exporter: events/s sustained without loss, CPU, peak RSS, memory.
+
+Any exporter can be measured the same way: it is given as a command template with
+``{broker}`` and ``{port}``, started against a private stock Redis (``redis-server`` on
+its own port, default config: the pub/sub output buffer limit is 32 MB hard, 8 MB for
+60 s), fed by :mod:`exporter_publisher`, and scraped over HTTP. "Shown" means
+``sum(celery_task_{sent,received,started,succeeded,failed}_total)`` on ``/metrics``
+reached the number of task events published; both exporters publish those names.
+
+Scenarios:
+
+- ``ladder``: for each rate (task events/s), a fresh exporter gets ``--tasks`` task
+  lifecycles paced at that rate; a rate is *sustained* when every event shows up and
+  the exporter is done within 2 s of the publisher. Reports the highest sustained rate
+  and, per step, CPU seconds per 10k events and peak RSS.
+- ``burst``: one run at ``--burst-rate`` (default 14,000 events/s): lost events.
+- ``churn``: ``--churn-events`` task events with worker hostnames renamed every 2,000
+  tasks; RSS sampled as it runs (flat memory = last quarter ~ second quarter).
+
+    python bench/exporter_bench.py --setup-danihodovic ladder burst churn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from exporter_publisher import TASK_EVENTS_PER_TASK, publish, task_messages
+
+HERE = Path(__file__).resolve().parent
+DANIHODOVIC_VENV = Path(os.environ.get("DANIHODOVIC_VENV", "/work/venv-danihodovic"))
+OURS = f"{sys.executable} -m otel_celery_metrics.exporter.cli --broker-url={{broker}} " \
+       "--port={port} --log-level=WARNING --worker-forget-after=5 --worker-timeout=3"
+DANIHODOVIC = f"{DANIHODOVIC_VENV}/bin/python -c 'from src.cli import cli; cli()' " \
+              "--broker-url={broker} --port={port} --log-level=WARNING"
+_SHOWN = re.compile(
+    rb"^celery_task_(?:sent|received|started|succeeded|failed)_total\{[^\n]*\} ([0-9.e+]+)$",
+    re.MULTILINE,
+)
+
+
+def setup_danihodovic() -> None:
+    """A separate venv with danihodovic/celery-exporter (PyPI: prometheus-exporter-celery)."""
+    if (DANIHODOVIC_VENV / "bin" / "python").exists():
+        return
+    subprocess.run([sys.executable, "-m", "venv", str(DANIHODOVIC_VENV)], check=True)
+    subprocess.run([str(DANIHODOVIC_VENV / "bin" / "pip"), "install", "-q",
+                    "prometheus-exporter-celery"], check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Redis:
+    """A private, stock redis-server (no persistence) on a free port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)  # polling for the port with a deadline
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds user+system, peak RSS bytes) of ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return cpu, hwm
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Exporter:
+    def __init__(self, template: str, broker: str) -> None:
+        self.port = free_port()
+        argv = shlex.split(template.format(broker=broker, port=self.port))
+        self.proc = subprocess.Popen(argv, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exporter exited: {self.proc.stderr.read()[-2000:]!r}")
+            try:
+                self.scrape()
+                break
+            except OSError:
+                time.sleep(0.1)  # polling for the port with a deadline
+        time.sleep(1.0)  # let it subscribe before the first event (not a result wait)
+
+    def scrape(self) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            return bytes(r.read())
+
+    def shown(self) -> float:
+        return sum(float(v) for v in _SHOWN.findall(self.scrape()))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_once(template: str, tasks: int, rate: float, churn: int = 0,
+             sample_rss: bool = False) -> dict[str, object]:
+    redis = Redis()
+    exporter = Exporter(template, redis.url)
+    try:
+        cpu0, _ = proc_stats(exporter.proc.pid)
+        expected = tasks * TASK_EVENTS_PER_TASK
+        samples: list[int] = []
+        stop_sampling = threading.Event()
+
+        def sampler() -> None:
+            while not stop_sampling.wait(2.0):
+                if exporter.alive():
+                    samples.append(rss(exporter.proc.pid))
+
+        if sample_rss:
+            threading.Thread(target=sampler, daemon=True).start()
+        generated = task_messages(tasks, 200, 50, 5, churn)
+        # Built before the clock starts (up to ~1 GB) so the publisher, not the JSON
+        # encoding, sets the pace; the 1M-event churn run encodes as it goes.
+        source = iter(list(generated)) if tasks * TASK_EVENTS_PER_TASK <= 1_200_000 and \
+            not churn else generated
+        t0 = time.perf_counter()
+        messages = publish(redis.url, source,
+                           rate * 1.02 if rate else 0)  # heartbeats ride on top (2%)
+        published_s = time.perf_counter() - t0
+        shown, last, last_change = 0.0, -1.0, time.perf_counter()
+        while True:
+            if not exporter.alive():
+                break
+            try:
+                shown = exporter.shown()
+            except OSError:
+                shown = last
+            now = time.perf_counter()
+            if shown >= expected:
+                break
+            if shown != last:
+                last, last_change = shown, now
+            elif now - last_change > 15:
+                break  # no progress for 15 s: the rest is lost
+            time.sleep(1.0)  # scrape interval while waiting for the count (with deadline)
+        done_s = time.perf_counter() - t0
+        stop_sampling.set()
+        alive = exporter.alive()
+        cpu1, peak = proc_stats(exporter.proc.pid) if alive else (float("nan"), 0)
+        return {
+            "rate_target": rate, "task_events": expected, "messages": messages,
+            "shown": int(shown), "lost": int(expected - shown), "exporter_alive": alive,
+            "publish_s": round(published_s, 2), "all_shown_s": round(done_s, 2),
+            "events_per_s": round(shown / done_s) if done_s else 0,
+            "cpu_s_per_10k": round((cpu1 - cpu0) / max(shown, 1) * 10_000, 3),
+            "peak_rss_mb": round(peak / 2**20, 1),
+            "rss_samples_mb": [round(s / 2**20, 1) for s in samples],
+        }
+    finally:
+        exporter.stop()
+        redis.stop()
+
+
+def ladder(template: str, rates: list[float], tasks_per_step: int) -> dict[str, object]:
+    steps = []
+    sustained = 0.0
+    for rate in rates:
+        tasks = max(1000, int(min(tasks_per_step, rate * 20) // TASK_EVENTS_PER_TASK))
+        result = run_once(template, tasks, rate)
+        ok = result["lost"] == 0 and result["exporter_alive"] and (
+            float(result["all_shown_s"]) <= float(result["publish_s"]) + 2.0)  # type: ignore[arg-type]
+        result["sustained"] = ok
+        steps.append(result)
+        print(json.dumps(result), file=sys.stderr, flush=True)
+        if not ok:
+            break
+        sustained = rate
+    return {"sustained_events_per_s": sustained, "steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenarios", nargs="*", default=["ladder", "burst", "churn"])
+    parser.add_argument("--exporter", action="append", metavar="NAME=COMMAND",
+                        help="command template with {broker} and {port}; repeatable "
+                        "(default: ours and danihodovic's)")
+    parser.add_argument("--setup-danihodovic", action="store_true")
+    parser.add_argument("--rates", default="2000,4000,6000,8000,12000,16000,24000,32000,48000")
+    parser.add_argument("--tasks-per-step", type=int, default=400_000,
+                        help="task events per ladder step at most (20 s of the rate)")
+    parser.add_argument("--burst-rate", type=float, default=14_000)
+    parser.add_argument("--burst-events", type=int, default=400_000)
+    parser.add_argument("--churn-events", type=int, default=1_000_000)
+    parser.add_argument("--churn-rate", type=float, default=20_000)
+    args = parser.parse_args()
+    if args.setup_danihodovic:
+        setup_danihodovic()
+    exporters = dict(e.split("=", 1) for e in args.exporter) if args.exporter else {
+        "otel-celery-exporter": OURS, "danihodovic": DANIHODOVIC}
+    if shutil.which("redis-server") is None:
+        sys.exit("redis-server is not on PATH")
+    report: dict[str, dict[str, object]] = {name: {} for name in exporters}
+    rates = [float(r) for r in args.rates.split(",")]
+    for name, template in exporters.items():
+        print(f"== {name}", file=sys.stderr, flush=True)
+        if "ladder" in args.scenarios:
+            report[name]["ladder"] = ladder(template, rates, args.tasks_per_step)
+        if "burst" in args.scenarios:
+            report[name]["burst"] = run_once(
+                template, args.burst_events // TASK_EVENTS_PER_TASK, args.burst_rate)
+            print(json.dumps(report[name]["burst"]), file=sys.stderr, flush=True)
+        if "churn" in args.scenarios and name == "otel-celery-exporter":
+            report[name]["churn"] = run_once(
+                template, args.churn_events // TASK_EVENTS_PER_TASK, args.churn_rate,
+                churn=2000, sample_rss=True)
+            print(json.dumps(report[name]["churn"]), file=sys.stderr, flush=True)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

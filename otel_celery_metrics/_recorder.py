@@ -68,9 +68,12 @@ class Recorder:
         observers = observers or {}
         for spec in mt.METRICS:
             self._record.append(self._create(meter, spec, observers.get(spec.name)))
-        self._failures.on_failure = lambda n: self.emit(
-            mt.METRIC_INDEX[mt.SELF_DROPPED.name], n, ("internal_error",)
-        )
+        # Self-metrics start at an explicit 0, so "increase(...) > 0" alerts see the first
+        # drop and dashboards show that nothing was lost rather than no data.
+        for reason in mt.DROP_REASONS:
+            self._record[mt.METRIC_INDEX[mt.SELF_DROPPED.name]](0, {mt.REASON: reason})
+        for attribute in mt.OVERFLOW_ATTRIBUTES:
+            self._record[_OVERFLOW_ATTRIBUTE](0, {mt.ATTRIBUTE: attribute})
 
     # -- instrument creation -------------------------------------------------------------
 

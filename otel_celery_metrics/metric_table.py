@@ -157,6 +157,11 @@ SELF_DROPPED = MetricSpec(
     recorded_in="self",
 )
 
+#: Values of ``reason`` on ``otel_celery_metrics_dropped_total``.
+DROP_REASONS: tuple[str, ...] = ("pool_buffer_full", "undecodable", "internal_error")
+#: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
+OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "series")
+
 #: Every metric, in the order they are documented.
 METRICS: tuple[MetricSpec, ...] = (
     TASKS,
@@ -234,6 +239,8 @@ def render_reference() -> str:
         "",
         f"- `state`: one of {', '.join(f'`{s}`' for s in TERMINAL_STATES)}.",
         "- `wait_from`: `publish`, `eta` or `received`.",
+        f"- `reason` (dropped): {', '.join(f'`{r}`' for r in DROP_REASONS)}.",
+        f"- `attribute` (overflow): {', '.join(f'`{a}`' for a in OVERFLOW_ATTRIBUTES)}.",
         f"- Overflow value (task name, queue, or every attribute past the series cap): "
         f"`{OVERFLOW_VALUE}`.",
         "",

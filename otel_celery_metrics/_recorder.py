@@ -68,6 +68,12 @@ class Recorder:
         observers = observers or {}
         for spec in mt.METRICS:
             self._record.append(self._create(meter, spec, observers.get(spec.name)))
+        if self._failures.on_failure is None:
+            # Standalone use: failures count here. The instrumentor routes them through the
+            # process' sink instead, so a pool child's failures reach the main process.
+            self._failures.on_failure = lambda n: self.emit(
+                mt.METRIC_INDEX[mt.SELF_DROPPED.name], n, ("internal_error",)
+            )
         # Self-metrics start at an explicit 0, so "increase(...) > 0" alerts see the first
         # drop and dashboards show that nothing was lost rather than no data.
         for reason in mt.DROP_REASONS:

@@ -1,0 +1,69 @@
+"""The command line: flags, environment variables, --help, URL masking."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from otel_celery_metrics.exporter.cli import OPTIONS, config_from_args, env_name
+from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter, mask_url
+
+
+def test_seed_command_line() -> None:
+    config = config_from_args(
+        ["--broker-url=redis://redis:6379/0", "--port=9808",
+         "--buckets=0.1,0.5,1,2.5,5,10,30,60"], {})
+    assert config.broker_url == "redis://redis:6379/0"
+    assert config.port == 9808
+    assert config.buckets == (0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def test_every_flag_has_an_environment_variable_and_the_flag_wins() -> None:
+    env = {env_name("port"): "9999", env_name("enable_events"): "true",
+           env_name("queues"): "a, b", env_name("priority_separator"): "\\x06\\x16"}
+    config = config_from_args([], env)
+    assert (config.port, config.enable_events, config.queues) == (9999, True, ("a", "b"))
+    assert config.priority_separator == "\x06\x16"
+    assert config_from_args(["--port=1234", "--no-enable-events"], env).port == 1234
+    assert set(OPTIONS) == {f for f in ExporterConfig.__dataclass_fields__ if f != "extra"}
+
+
+def test_help_lists_every_flag_with_its_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_celery_metrics.exporter.cli", "--help"],
+        capture_output=True, text=True, check=True,
+    )
+    flat = " ".join(result.stdout.split())
+    for name in OPTIONS:
+        assert "--" + name.replace("_", "-") in flat
+        assert env_name(name) in flat
+
+
+@pytest.mark.parametrize(("variable", "raw"), [
+    ("port", "http"), ("buckets", "1,0.5"), ("worker_timeout", "-1"), ("receiver", "zmq"),
+])
+def test_a_bad_environment_value_exits_2_naming_the_variable(
+    variable: str, raw: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        config_from_args([], {env_name(variable): raw})
+    assert exited.value.code == 2
+    assert env_name(variable) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+    ("amqp://guest:guest@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
+    ("redis://redis:6379/0", "redis://redis:6379/0"),
+    ("rediss://user:p%40ss@[::1]:6380/1", "rediss://user:***@[::1]:6380/1"),
+])
+def test_broker_urls_are_masked(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_name_filter_deny_wins() -> None:
+    allowed = NameFilter(("app.*",), ("app.secret",))
+    assert allowed("app.x") and not allowed("app.secret") and not allowed("other")
+    assert NameFilter((), ())("anything")

@@ -1,0 +1,210 @@
+"""Event handlers fed with event dicts, no broker: exact counts and hostile input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client.exposition import generate_latest
+
+from otel_celery_metrics.exporter.service import Exporter
+from tests.exporter.support import FakeClock, promtool_check, total, value
+
+W = "celery@host-a"
+
+
+def scrape(exporter: Exporter) -> str:
+    with exporter.instruments.collect_lock:
+        return generate_latest(exporter.registry).decode()
+
+
+def lifecycle(
+    task_id: str, name: str = "app.add", queue: str = "default", outcome: str = "succeeded",
+    t0: float = 1_700_000_000.0, **extra: Any,
+) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = [
+        {"type": "task-sent", "uuid": task_id, "name": name, "queue": queue,
+         "hostname": "web-1", "timestamp": t0},
+        {"type": "task-received", "uuid": task_id, "name": name, "hostname": W,
+         "timestamp": t0 + 1.0},
+        {"type": "task-started", "uuid": task_id, "hostname": W, "timestamp": t0 + 2.0},
+    ]
+    if outcome == "succeeded":
+        events.append({"type": "task-succeeded", "uuid": task_id, "hostname": W,
+                       "runtime": 0.25, "timestamp": t0 + 2.25})
+    elif outcome == "failed":
+        events.append({"type": "task-failed", "uuid": task_id, "hostname": W,
+                       "exception": "KeyError('secret')", "timestamp": t0 + 3.0, **extra})
+    return events
+
+
+def feed(exporter: Exporter, events: list[dict[str, Any]]) -> None:
+    for event in events:
+        exporter.handlers.handle(event)
+
+
+def test_counts_every_event_once_under_seed_and_unified_names(make_exporter) -> None:  # type: ignore[no-untyped-def]
+    exporter = make_exporter()
+    for i in range(3):
+        feed(exporter, lifecycle(f"ok-{i}"))
+    feed(exporter, lifecycle("bad", outcome="failed"))
+    text = scrape(exporter)
+    labels = {"task_name": "app.add", "queue": "default"}
+    assert value(text, "celery_task_sent_total", **labels) == 4
+    assert value(text, "celery_task_received_total", **labels) == 4
+    assert value(text, "celery_task_started_total", **labels) == 4
+    assert value(text, "celery_task_succeeded_total", **labels) == 3
+    assert value(text, "celery_task_failed_total", **labels) == 1
+    assert value(text, "celery_tasks_total", state="SUCCESS", **labels) == 3
+    assert value(text, "celery_tasks_total", state="FAILURE", **labels) == 1
+    assert value(text, "celery_task_failures_total", exception_type="KeyError", **labels) == 1
+    assert value(text, "celery_tasks_published_total", **labels) == 4
+    # Runtime: 3 x 0.25 s from task-succeeded, plus the failure's start -> failed (1 s).
+    assert value(text, "celery_task_runtime_seconds_count", **labels) == 4
+    assert value(text, "celery_task_runtime_seconds_sum", **labels) == pytest.approx(1.75)
+    assert value(text, "celery_task_queue_wait_seconds_count", wait_from="publish", **labels) == 4
+    assert value(text, "celery_task_queue_wait_seconds_sum", wait_from="publish",
+                 **labels) == pytest.approx(8.0)
+    assert value(text, "celery_tasks_executing", **labels) == 0
+    assert "secret" not in text
+    promtool_check(text)
+
+
+def test_queue_wait_counts_from_eta_when_it_is_later_than_publish(make_exporter) -> None:  # type: ignore[no-untyped-def]
+    exporter = make_exporter()
+    events = lifecycle("eta-1")
+    events[0]["eta"] = "2023-11-14T22:13:21+00:00"  # t0 + 1 s
+    feed(exporter, events)
+    text = scrape(exporter)
+    assert value(text, "celery_task_queue_wait_seconds_sum", wait_from="eta") == pytest.approx(1.0)
+
+
+def test_retry_revoke_reject_and_executing(make_exporter) -> None:  # type: ignore[no-untyped-def]
+    exporter = make_exporter()
+    feed(exporter, lifecycle("r", outcome="none"))
+    assert value(scrape(exporter), "celery_tasks_executing", task_name="app.add") == 1
+    feed(exporter, [{"type": "task-retried", "uuid": "r", "hostname": W,
+                     "exception": "Retry()"}])
+    feed(exporter, lifecycle("v", outcome="none"))
+    feed(exporter, [{"type": "task-revoked", "uuid": "v", "terminated": True}])
+    feed(exporter, lifecycle("j", outcome="none"))
+    feed(exporter, [{"type": "task-rejected", "uuid": "j", "hostname": W, "requeue": False}])
+    text = scrape(exporter)
+    assert value(text, "celery_task_retried_total", task_name="app.add") == 1
+    assert value(text, "celery_task_revoked_total", task_name="app.add") == 1
+    assert value(text, "celery_task_rejected_total", task_name="app.add") == 1
+    for state in ("RETRY", "REVOKED", "REJECTED"):
+        assert value(text, "celery_tasks_total", task_name="app.add", state=state) == 1
+    assert value(text, "celery_tasks_executing", task_name="app.add") == 0
+
+
+def test_events_of_a_task_arriving_after_it_finished_keep_its_name(make_exporter) -> None:  # type: ignore[no-untyped-def]
+    exporter = make_exporter()
+    feed(exporter, lifecycle("x"))
+    feed(exporter, [{"type": "task-retried", "uuid": "x", "hostname": W}])
+    assert value(scrape(exporter), "celery_task_retried_total", task_name="app.add") == 1
+
+
+HOSTILE: list[tuple[object, str, str]] = [
+    ("not a dict", "other", "invalid_field"),
+    ({"no": "type"}, "other", "unknown_type"),
+    ({"type": "made-up\n{evil=\"1\"}"}, "other", "unknown_type"),
+    ({"type": ["task-sent"]}, "other", "unknown_type"),
+    ({"type": "task-sent", "name": "t"}, "task-sent", "invalid_field"),  # no uuid
+    ({"type": "task-sent", "uuid": 5, "name": "t"}, "task-sent", "invalid_field"),
+    ({"type": "task-sent", "uuid": "a", "name": None}, "task-sent", "invalid_field"),
+    ({"type": "task-sent", "uuid": "a", "name": "x" * 100_000}, "task-sent", "invalid_field"),
+    ({"type": "task-sent", "uuid": "a", "name": "two\nlines"}, "task-sent", "invalid_field"),
+    ({"type": "task-sent", "uuid": "a", "name": "bad\udcffutf8"}, "task-sent", "invalid_field"),
+    ({"type": "task-sent", "uuid": "a", "name": "\x00"}, "task-sent", "invalid_field"),
+    ({"type": "task-sent", "uuid": "a", "name": "t", "queue": ["q"]}, "task-sent",
+     "invalid_field"),
+    ({"type": "task-started", "uuid": "b", "hostname": W, "timestamp": "soon"},
+     "task-started", "invalid_field"),
+    ({"type": "task-succeeded", "uuid": "c", "hostname": W, "runtime": True},
+     "task-succeeded", "invalid_field"),
+    ({"type": "task-received", "uuid": "d", "name": "t", "hostname": 42}, "task-received",
+     "invalid_field"),
+    ({"type": "worker-heartbeat"}, "worker-heartbeat", "invalid_field"),
+    ({"type": "worker-heartbeat", "hostname": W, "active": "many"}, "worker-heartbeat",
+     "invalid_field"),
+    ({"type": "worker-offline", "hostname": {"a": 1}}, "worker-offline", "invalid_field"),
+]
+
+
+@pytest.mark.parametrize(("event", "kind", "reason"), HOSTILE)
+def test_a_malformed_event_is_dropped_and_counted_never_raised(
+    make_exporter, event: object, kind: str, reason: str  # type: ignore[no-untyped-def]
+) -> None:
+    exporter = make_exporter()
+    exporter.handlers.handle(event)
+    text = scrape(exporter)
+    assert value(text, "celery_exporter_events_dropped_total", type=kind, reason=reason) == 1
+    assert total(text, "celery_task_sent_total") == 0
+    promtool_check(text)
+
+
+def test_quotes_and_backslashes_in_names_are_escaped_in_a_valid_exposition(make_exporter) -> None:  # type: ignore[no-untyped-def]
+    exporter = make_exporter()
+    name = 'tasks.say "hi" \\ {there}'
+    feed(exporter, lifecycle("q", name=name, queue='q"1'))
+    text = scrape(exporter)
+    promtool_check(text)
+    assert 'task_name="tasks.say \\"hi\\" \\\\ {there}"' in text
+
+
+def test_a_flood_of_task_names_is_capped_with_overflow(make_exporter) -> None:  # type: ignore[no-untyped-def]
+    exporter = make_exporter(max_task_names=3)
+    for i in range(10):
+        feed(exporter, lifecycle(f"id-{i}", name=f"task.{i}"))
+    text = scrape(exporter)
+    names = {ls["task_name"] for n, ls, _ in
+             __import__("tests.exporter.support", fromlist=["samples"]).samples(text)
+             if n == "celery_task_succeeded_total"}
+    assert names == {"task.0", "task.1", "task.2", "__overflow__"}
+    assert value(text, "celery_task_succeeded_total", task_name="__overflow__") == 7
+    assert value(text, "otel_celery_metrics_overflow_total", attribute="task_name") > 0  # type: ignore[operator]
+
+
+def test_allow_and_deny_lists_filter_tasks_and_queues(make_exporter) -> None:  # type: ignore[no-untyped-def]
+    exporter = make_exporter(task_allow=("app.*",), task_deny=("app.secret*",),
+                             queue_deny=("internal",))
+    feed(exporter, lifecycle("1", name="app.add"))
+    feed(exporter, lifecycle("2", name="app.secret_job"))
+    feed(exporter, lifecycle("3", name="other.task"))
+    feed(exporter, lifecycle("4", name="app.add", queue="internal"))
+    text = scrape(exporter)
+    assert total(text, "celery_task_succeeded_total") == 1
+    assert value(text, "celery_task_succeeded_total", task_name="app.add", queue="default") == 1
+    assert value(text, "celery_exporter_events_dropped_total", type="task-succeeded",
+                 reason="filtered") == 3
+
+
+def test_hostname_label_on_task_series_is_opt_in(make_exporter) -> None:  # type: ignore[no-untyped-def]
+    plain = scrape_after(make_exporter(), lifecycle("a"))
+    assert value(plain, "celery_task_succeeded_total", task_name="app.add") == 1
+    assert 'hostname="' not in plain.split("celery_task_succeeded_total{", 1)[1].split("\n")[0]
+    labelled = scrape_after(make_exporter(task_hostname_label=True), lifecycle("a"))
+    assert value(labelled, "celery_task_succeeded_total", hostname=W) == 1
+
+
+def scrape_after(exporter: Exporter, events: list[dict[str, Any]]) -> str:
+    feed(exporter, events)
+    return scrape(exporter)
+
+
+def test_danihodovic_names_switch(make_exporter, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
+    exporter = make_exporter(danihodovic_names=True)
+    feed(exporter, [{"type": "worker-online", "hostname": W, "active": 0, "processed": 0}])
+    feed(exporter, lifecycle("a"))
+    feed(exporter, lifecycle("b", outcome="failed"))
+    text = scrape(exporter)
+    dh = {"name": "app.add", "queue_name": "default", "hostname": W}
+    assert value(text, "celery_task_succeeded_total", **dh) == 1
+    assert value(text, "celery_task_failed_total", exception="KeyError", **dh) == 1
+    assert value(text, "celery_task_runtime_count", **dh) == 2
+    assert value(text, "celery_worker_up", hostname=W) == 1
+    assert value(text, "celery_task_succeeded_total", task_name="app.add") is None
+    # The unified series stay, so a dashboard built on them keeps working too.
+    assert value(text, "celery_tasks_total", task_name="app.add", state="SUCCESS") == 1
+    promtool_check(text)

@@ -1,0 +1,58 @@
+"""The assembled exporter without a broker: churn, health, self-metrics."""
+
+from __future__ import annotations
+
+from otel_celery_metrics.exporter import service
+from tests.exporter.support import FakeClock, promtool_check, total, value
+from tests.exporter.unit.test_handlers import feed, lifecycle, scrape
+
+
+def test_churning_workers_are_forgotten_and_counters_survive_a_rebuild(
+    make_exporter, clock: FakeClock, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.setattr(service, "REBUILD_AFTER_FORGOTTEN", 50)
+    exporter = make_exporter(worker_timeout=5.0, worker_forget_after=30.0,
+                             task_hostname_label=True)
+    for generation in range(4):
+        for i in range(40):
+            host = f"celery@pod-{generation}-{i}"
+            feed(exporter, [{"type": "worker-heartbeat", "hostname": host, "active": 1}])
+        feed(exporter, lifecycle(f"t{generation}"))
+        clock.advance(31)
+        exporter.maintain()
+    feed(exporter, [{"type": "worker-heartbeat", "hostname": "celery@last", "active": 0}])
+    text = scrape(exporter)
+    assert exporter.instruments.rebuilds >= 2
+    assert total(text, "celery_worker_up") == 1
+    assert value(text, "celery_worker_up", hostname="celery@last") == 1
+    assert "pod-0-" not in text
+    # Counters live in the store, not in the rebuilt provider: nothing lost.
+    assert value(text, "celery_tasks_total", task_name="app.add", state="SUCCESS") == 4
+    promtool_check(text)
+
+
+def test_health_fails_with_the_masked_url_while_the_broker_is_unreachable(make_exporter) -> None:  # type: ignore[no-untyped-def]
+    exporter = make_exporter(broker_url="redis://:hunter2@127.0.0.1:1/0")
+    ok, problems = exporter.health()
+    assert not ok
+    assert "redis://:***@127.0.0.1:1/0 unreachable" in problems[0]
+    assert "hunter2" not in " ".join(problems)
+
+
+def test_health_fails_when_the_receive_loop_stands_still(make_exporter, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
+    exporter = make_exporter(stuck_after=30.0)
+    exporter.receiver.status.connected = True
+    exporter.receiver.status.turn("decode")
+    assert exporter.health() == (True, [])
+    clock.advance(31)
+    ok, problems = exporter.health()
+    assert not ok and "stuck for 31s" in problems[0]
+
+
+def test_self_metrics_before_any_event(make_exporter) -> None:  # type: ignore[no-untyped-def]
+    text = scrape(make_exporter())
+    assert value(text, "celery_exporter_broker_connected") == 0
+    assert value(text, "celery_exporter_broker_reconnects_total") == 0
+    assert value(text, "celery_exporter_last_event_age_seconds") == -1
+    assert value(text, "celery_exporter_probe_age_seconds", probe="queues") == -1
+    promtool_check(text)

@@ -1,0 +1,78 @@
+"""The Redis pub/sub parser and kombu envelope decoding."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from otel_celery_metrics.exporter._wire import (
+    ProtocolError,
+    PubSubParser,
+    UndecodableEvent,
+    decode_envelope,
+)
+
+
+def bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def pmessage(payload: bytes, channel: bytes = b"/0.celeryev/task.sent") -> bytes:
+    return b"*4\r\n" + bulk(b"pmessage") + bulk(b"/0.celeryev/*") + bulk(channel) + bulk(payload)
+
+
+def envelope(body: object, encode: bool = True) -> bytes:
+    raw = json.dumps(body).encode()
+    return json.dumps({
+        "body": base64.b64encode(raw).decode() if encode else raw.decode(),
+        "content-type": "application/json", "content-encoding": "utf-8",
+        "properties": {"body_encoding": "base64"} if encode else {},
+    }).encode()
+
+
+STREAM = (
+    b"*3\r\n" + bulk(b"psubscribe") + bulk(b"/0.celeryev/*") + b":1\r\n"
+    + pmessage(b"first\r\nwith CRLF inside")
+    + b"*3\r\n" + bulk(b"message") + bulk(b"chan") + bulk(b"second")
+    + b"*2\r\n" + bulk(b"pong") + bulk(b"")
+    + pmessage(b"")
+)
+
+
+def test_parser_returns_payloads_however_the_stream_is_split() -> None:
+    expected = [b"first\r\nwith CRLF inside", b"second", b""]
+    for cut in range(1, len(STREAM)):
+        parser = PubSubParser()
+        got = parser.feed(STREAM[:cut]) + parser.feed(STREAM[cut:])
+        assert got == expected, f"split at {cut}"
+        assert parser.pending == 0
+    byte_by_byte = PubSubParser()
+    got = [p for i in range(len(STREAM)) for p in byte_by_byte.feed(STREAM[i : i + 1])]
+    assert got == expected
+
+
+def test_parser_raises_on_an_error_reply_or_garbage() -> None:
+    with pytest.raises(ProtocolError, match="NOAUTH"):
+        PubSubParser().feed(b"-NOAUTH Authentication required.\r\n")
+    with pytest.raises(ProtocolError):
+        PubSubParser().feed(b"?what\r\n")
+
+
+def test_envelope_with_one_event_or_a_batch() -> None:
+    event = {"type": "task-sent", "uuid": "1"}
+    assert decode_envelope(envelope(event)) == [event]
+    assert decode_envelope(envelope([event, event])) == [event, event]
+    assert decode_envelope(envelope(event, encode=False)) == [event]
+
+
+@pytest.mark.parametrize("payload", [
+    b"", b"not json", b"\xff\xfe\x00", b"[]", b'{"nobody": 1}',
+    json.dumps({"body": "!!!notbase64", "properties": {"body_encoding": "base64"}}).encode(),
+    json.dumps({"body": base64.b64encode(b"\xff\xff").decode(),
+                "properties": {"body_encoding": "base64"}}).encode(),
+])
+def test_undecodable_payloads_raise_one_known_error(payload: bytes) -> None:
+    with pytest.raises(UndecodableEvent):
+        decode_envelope(payload)

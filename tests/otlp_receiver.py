@@ -8,7 +8,8 @@ to it exactly as they would to a Collector sidecar; the tests read what arrived 
 Behaviour switches for failure tests, applied to every later request:
 - :meth:`OtlpHttpReceiver.stop` / :meth:`~OtlpHttpReceiver.start`: the Collector is down
   (connection refused) and comes back on the same port;
-- ``delay``: the Collector is slow (every response waits that many seconds).
+- ``delay``: the Collector is slow: every request waits that many seconds and, if the
+  receiver is still slow then, is dropped unanswered (the exporter has timed out).
 """
 
 from __future__ import annotations
@@ -223,6 +224,11 @@ class OtlpHttpReceiver:
                 body = _decode_body(self.rfile.read(length), self.headers.get("Content-Encoding"))
                 if receiver.delay:
                     time.sleep(receiver.delay)  # the slow Collector, on purpose
+                    if receiver.delay:
+                        # Still slow: the exporter gave up long ago; what it sent is not
+                        # kept, so "metrics resume" can only come from a later export.
+                        self.close_connection = True
+                        return
                 if self.path == "/v1/metrics":
                     receiver.received.add_metrics(ExportMetricsServiceRequest.FromString(body))
                     reply = ExportMetricsServiceResponse().SerializeToString()
@@ -241,8 +247,13 @@ class OtlpHttpReceiver:
             def log_message(self, *_args: Any) -> None:
                 return None
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                return None  # a client that gave up (broken pipe) is expected here
+
+        server = Server(("127.0.0.1", self.port), Handler)
         self.port = int(server.server_address[1])
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, daemon=True,

@@ -7,13 +7,13 @@ its own (new identity per child, a lost last interval on recycle, pre-fork value
 re-exported by every child).
 
 How: the first time a process forks (``os.register_at_fork(before=...)``), it creates a
-``SOCK_DGRAM`` socketpair and a drain thread. Every child inherits the sending end, and
-right after the fork (``after_in_child``) its :class:`SwitchableSink` is switched from
-recording to buffering. A child sends its buffer as one datagram after each task
-(``task_postrun``) and when it exits (``worker_process_shutdown``); the main process'
-drain thread decodes datagrams into :class:`~otel_celery_metrics._recorder.Recorder`.
-A socketpair keeps this private to the worker's process tree: there is no address
-another local process could write to.
+``SOCK_DGRAM`` socketpair and a drain thread. Every child inherits the sending end. When
+Celery initialises a pool child (``worker_process_init``), the child's
+:class:`SwitchableSink` switches from recording to buffering. A child sends its buffer
+as one datagram after each task (``task_postrun``) and when it exits
+(``worker_process_shutdown``); the main process' drain thread decodes the datagrams
+into the :class:`~otel_celery_metrics._recorder.Recorder`. A socketpair keeps this
+private to the worker's process tree: no other local process has an address to write to.
 
 Guarantees and limits (``docs/prefork.md``):
 - sends never block a task (``MSG_DONTWAIT``); a full socket buffer keeps the batch
@@ -22,10 +22,8 @@ Guarantees and limits (``docs/prefork.md``):
 - a child killed with SIGKILL loses only what its running task had buffered (its queue
   wait); Celery itself reports the task as failed (WorkerLostError) from the main
   process, and that is counted there;
-- in Celery pool children (``worker_process_init``), the copies of periodic OTLP readers
-  are silenced, so only the main process exports, under one identity. Other forks (a
-  forking web server that publishes tasks) forward our measurements but keep their
-  readers.
+- in Celery pool children, the copies of periodic OTLP readers are silenced, so only the
+  main process exports, under one identity.
 """
 
 from __future__ import annotations
@@ -149,7 +147,7 @@ class ForkBridge:
         self._active = True
         if not self._fork_hooks_registered:
             # register_at_fork has no unregister; the hooks check _active instead.
-            os.register_at_fork(before=self._before_fork, after_in_child=self._after_in_child)
+            os.register_at_fork(before=self._before_fork)
             atexit.register(self.drain_now)
             self._fork_hooks_registered = True
         from celery import signals
@@ -196,7 +194,6 @@ class ForkBridge:
 
     def _before_fork(self) -> None:
         if not self._active or self._forwarder is not None:
-            # A child that forks again keeps forwarding to the same main process.
             return
         try:
             self._ensure_started()
@@ -258,24 +255,26 @@ class ForkBridge:
 
     # -- pool child --------------------------------------------------------------------------
 
-    def _after_in_child(self) -> None:
-        if not self._active or self._send_end is None:
+    def _on_pool_child_init(self, **_: Any) -> None:
+        """In a Celery pool child: forward to the main process, silence inherited exporters.
+
+        Only Celery pool children switch (``worker_process_init``), not every fork: the
+        daemonizing forks of ``celery worker --detach`` and the children of a forking web
+        server that publishes tasks keep recording and exporting on their own.
+        """
+        send_end = self._send_end
+        if not self._active or send_end is None or self._main_pid != os.getppid():
             return
         try:
-            # A grandchild (a task that forks) starts from an empty buffer and forwards
-            # to the same main process. The drain thread did not survive the fork.
-            self._thread = None
-            self._forwarder = _ChildForwarder(self._send_end, self._failures, self._max_pending)
+            self._thread = None  # the drain thread belongs to the main process
+            self._forwarder = _ChildForwarder(send_end, self._failures, self._max_pending)
             self._sink.emit = self._forwarder.emit
             self._sink.emit_traced = self._forwarder.emit_traced
             self._sink.flush = self._forwarder.flush
         except Exception as exc:  # noqa: BLE001
             self._failures.record("switching a pool child to forwarding", exc)
-
-    def _on_pool_child_init(self, **_: Any) -> None:
-        # Only Celery pool children (worker_process_init), not every fork: a forking web
-        # server's children keep exporting their own metrics; ours they forward anyway.
-        if self._forwarder is not None and self._on_pool_child_start is not None:
+            return
+        if self._on_pool_child_start is not None:
             try:
                 self._on_pool_child_start()
             except Exception as exc:  # noqa: BLE001

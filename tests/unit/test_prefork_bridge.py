@@ -90,6 +90,9 @@ def test_measurements_from_a_forked_child_reach_the_parent_recorder() -> None:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             try:
+                from celery import signals
+
+                signals.worker_process_init.send(sender=None)
                 assert bridge.forwarding
                 for _ in range(100):
                     sink.emit(TASKS, 1, ("child.task", "q", "SUCCESS"))

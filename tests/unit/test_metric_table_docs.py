@@ -1,0 +1,77 @@
+"""The documents users read agree with the code they describe."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.settings import documented_variables
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_metrics_reference_is_generated_from_the_metric_table() -> None:
+    on_disk = (DOCS / "metrics.md").read_text()
+    assert on_disk == mt.render_reference(), (
+        "docs/metrics.md is stale: run "
+        "`python -m otel_celery_metrics.metric_table > docs/metrics.md`"
+    )
+
+
+def test_metrics_reference_lists_every_metric_with_its_prometheus_name() -> None:
+    text = (DOCS / "metrics.md").read_text()
+    for spec in mt.METRICS + mt.EXPORTER_METRICS:
+        assert f"| `{spec.prometheus_name}` | `{spec.name}` |" in text
+
+
+def test_metric_names_are_unique_and_described() -> None:
+    specs = mt.METRICS + mt.EXPORTER_METRICS
+    names = [s.prometheus_name for s in specs]
+    assert len(names) == len(set(names))
+    for spec in specs:
+        assert spec.description.strip(), spec.name
+        if spec.kind is mt.InstrumentKind.HISTOGRAM:
+            assert spec.buckets and list(spec.buckets) == sorted(set(spec.buckets)), spec.name
+
+
+def test_our_names_do_not_collide_with_the_tracing_instrumentation() -> None:
+    # opentelemetry-instrumentation-celery's metric; users run both packages.
+    assert "flower.task.runtime.seconds" not in {s.name for s in mt.METRICS}
+
+
+def _configuration_rows() -> dict[str, str]:
+    """Table rows of docs/configuration.md keyed by the `VARIABLE` in their first cell."""
+    rows: dict[str, str] = {}
+    for line in (DOCS / "configuration.md").read_text().splitlines():
+        match = re.match(r"^\|\s*`(OTEL_[A-Z0-9_]+)`\s*\|", line)
+        if match:
+            rows[match.group(1)] = line
+    return rows
+
+
+@pytest.mark.parametrize(("variable", "default"), documented_variables())
+def test_every_setting_is_documented_with_its_default(variable: str, default: str) -> None:
+    rows = _configuration_rows()
+    assert variable in rows, f"{variable} is missing from docs/configuration.md"
+    assert f"`{default}`" in rows[variable], (
+        f"docs/configuration.md documents {variable} without its default `{default}`"
+    )
+
+
+def test_configuration_documents_the_standard_variables_we_honour() -> None:
+    text = (DOCS / "configuration.md").read_text()
+    for variable in (
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_EXPORTER_PROMETHEUS_HOST",
+        "OTEL_EXPORTER_PROMETHEUS_PORT",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
+        "setup_metrics(",
+    ):
+        assert variable in text, variable

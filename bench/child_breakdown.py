@@ -139,6 +139,9 @@ def main() -> int:
     pid = os.fork()  # our before-fork hook starts the socketpair and the drain thread
     if pid == 0:
         try:
+            from celery import signals
+
+            signals.worker_process_init.send(sender=None)  # as Celery's pool does
             _child_part(wiring, task, args.n)
         finally:
             sys.stdout.flush()

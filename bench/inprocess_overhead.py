@@ -166,9 +166,12 @@ def _cpu(who: int = resource.RUSAGE_SELF) -> float:
 
 def _child(mode: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The pool child's part: set up the mode's receivers, run, time, count."""
+    from celery import signals
+
+    # What Celery's pool does in every new child (ours switches to forwarding here).
+    signals.worker_process_init.send(sender=None)
     counted: Any = None
     if mode == "noop_receivers":
-        from celery import signals
 
         def nothing(**_: Any) -> None:
             return None
@@ -197,8 +200,6 @@ def _child(mode: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:
     _run_tasks(task, tasks, args.failure_every, args.task_work_us)
     wall1, cpu1 = time.perf_counter(), time.process_time()
     if mode == "ours_child":
-        from celery import signals
-
         # What a pool child does on exit: the bridge sends anything still pending.
         signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
     return {

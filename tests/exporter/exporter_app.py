@@ -41,7 +41,7 @@ def sleep(seconds: float) -> None:
 
 
 @app.task(name="exp.retry", bind=True, max_retries=3)
-def retry_once(self) -> str:  # type: ignore[no-untyped-def]
+def retry_once(self) -> str:
     if self.request.retries < 1:
         raise self.retry(countdown=0)
     return "done"

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$')
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -58,7 +58,8 @@ def promtool_check(text: str) -> None:
         [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False
     )
     errors = [
-        line for line in result.stderr.decode().splitlines() + result.stdout.decode().splitlines()
+        line
+        for line in result.stderr.decode().splitlines() + result.stdout.decode().splitlines()
         if line and "error" in line.lower()
     ]
     assert not errors, "\n".join(errors)
@@ -79,6 +80,7 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} "
-                                 f"(last: {last!r}, error: {error!r})")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what} (last: {last!r}, error: {error!r})"
+            )
         time.sleep(every)

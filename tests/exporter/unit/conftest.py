@@ -14,7 +14,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make_exporter(clock: FakeClock):  # type: ignore[no-untyped-def]
+def make_exporter(clock: FakeClock):
     """An exporter that is built but never started: no thread, no port, no broker."""
     made: list[Exporter] = []
 

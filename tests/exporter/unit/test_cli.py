@@ -13,16 +13,21 @@ from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter, mask
 
 def test_seed_command_line() -> None:
     config = config_from_args(
-        ["--broker-url=redis://redis:6379/0", "--port=9808",
-         "--buckets=0.1,0.5,1,2.5,5,10,30,60"], {})
+        ["--broker-url=redis://redis:6379/0", "--port=9808", "--buckets=0.1,0.5,1,2.5,5,10,30,60"],
+        {},
+    )
     assert config.broker_url == "redis://redis:6379/0"
     assert config.port == 9808
     assert config.buckets == (0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 def test_every_flag_has_an_environment_variable_and_the_flag_wins() -> None:
-    env = {env_name("port"): "9999", env_name("enable_events"): "true",
-           env_name("queues"): "a, b", env_name("priority_separator"): "\\x06\\x16"}
+    env = {
+        env_name("port"): "9999",
+        env_name("enable_events"): "true",
+        env_name("queues"): "a, b",
+        env_name("priority_separator"): "\\x06\\x16",
+    }
     config = config_from_args([], env)
     assert (config.port, config.enable_events, config.queues) == (9999, True, ("a", "b"))
     assert config.priority_separator == "\x06\x16"
@@ -33,7 +38,9 @@ def test_every_flag_has_an_environment_variable_and_the_flag_wins() -> None:
 def test_help_lists_every_flag_with_its_variable() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "otel_celery_metrics.exporter.cli", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     flat = " ".join(result.stdout.split())
     for name in OPTIONS:
@@ -41,9 +48,15 @@ def test_help_lists_every_flag_with_its_variable() -> None:
         assert env_name(name) in flat
 
 
-@pytest.mark.parametrize(("variable", "raw"), [
-    ("port", "http"), ("buckets", "1,0.5"), ("worker_timeout", "-1"), ("receiver", "zmq"),
-])
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("port", "http"),
+        ("buckets", "1,0.5"),
+        ("worker_timeout", "-1"),
+        ("receiver", "zmq"),
+    ],
+)
 def test_a_bad_environment_value_exits_2_naming_the_variable(
     variable: str, raw: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -53,12 +66,15 @@ def test_a_bad_environment_value_exits_2_naming_the_variable(
     assert env_name(variable) in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("url", "masked"), [
-    ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
-    ("amqp://guest:guest@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
-    ("redis://redis:6379/0", "redis://redis:6379/0"),
-    ("rediss://user:p%40ss@[::1]:6380/1", "rediss://user:***@[::1]:6380/1"),
-])
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("amqp://guest:guest@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("rediss://user:p%40ss@[::1]:6380/1", "rediss://user:***@[::1]:6380/1"),
+    ],
+)
 def test_broker_urls_are_masked(url: str, masked: str) -> None:
     assert mask_url(url) == masked
 

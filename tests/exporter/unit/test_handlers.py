@@ -19,22 +19,52 @@ def scrape(exporter: Exporter) -> str:
 
 
 def lifecycle(
-    task_id: str, name: str = "app.add", queue: str = "default", outcome: str = "succeeded",
-    t0: float = 1_700_000_000.0, **extra: Any,
+    task_id: str,
+    name: str = "app.add",
+    queue: str = "default",
+    outcome: str = "succeeded",
+    t0: float = 1_700_000_000.0,
+    **extra: Any,
 ) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = [
-        {"type": "task-sent", "uuid": task_id, "name": name, "queue": queue,
-         "hostname": "web-1", "timestamp": t0},
-        {"type": "task-received", "uuid": task_id, "name": name, "hostname": W,
-         "timestamp": t0 + 1.0},
+        {
+            "type": "task-sent",
+            "uuid": task_id,
+            "name": name,
+            "queue": queue,
+            "hostname": "web-1",
+            "timestamp": t0,
+        },
+        {
+            "type": "task-received",
+            "uuid": task_id,
+            "name": name,
+            "hostname": W,
+            "timestamp": t0 + 1.0,
+        },
         {"type": "task-started", "uuid": task_id, "hostname": W, "timestamp": t0 + 2.0},
     ]
     if outcome == "succeeded":
-        events.append({"type": "task-succeeded", "uuid": task_id, "hostname": W,
-                       "runtime": 0.25, "timestamp": t0 + 2.25})
+        events.append(
+            {
+                "type": "task-succeeded",
+                "uuid": task_id,
+                "hostname": W,
+                "runtime": 0.25,
+                "timestamp": t0 + 2.25,
+            }
+        )
     elif outcome == "failed":
-        events.append({"type": "task-failed", "uuid": task_id, "hostname": W,
-                       "exception": "KeyError('secret')", "timestamp": t0 + 3.0, **extra})
+        events.append(
+            {
+                "type": "task-failed",
+                "uuid": task_id,
+                "hostname": W,
+                "exception": "KeyError('secret')",
+                "timestamp": t0 + 3.0,
+                **extra,
+            }
+        )
     return events
 
 
@@ -43,7 +73,7 @@ def feed(exporter: Exporter, events: list[dict[str, Any]]) -> None:
         exporter.handlers.handle(event)
 
 
-def test_counts_every_event_once_under_seed_and_unified_names(make_exporter) -> None:  # type: ignore[no-untyped-def]
+def test_counts_every_event_once_under_seed_and_unified_names(make_exporter) -> None:
     exporter = make_exporter()
     for i in range(3):
         feed(exporter, lifecycle(f"ok-{i}"))
@@ -63,14 +93,15 @@ def test_counts_every_event_once_under_seed_and_unified_names(make_exporter) -> 
     assert value(text, "celery_task_runtime_seconds_count", **labels) == 4
     assert value(text, "celery_task_runtime_seconds_sum", **labels) == pytest.approx(1.75)
     assert value(text, "celery_task_queue_wait_seconds_count", wait_from="publish", **labels) == 4
-    assert value(text, "celery_task_queue_wait_seconds_sum", wait_from="publish",
-                 **labels) == pytest.approx(8.0)
+    assert value(
+        text, "celery_task_queue_wait_seconds_sum", wait_from="publish", **labels
+    ) == pytest.approx(8.0)
     assert value(text, "celery_tasks_executing", **labels) == 0
     assert "secret" not in text
     promtool_check(text)
 
 
-def test_queue_wait_counts_from_eta_when_it_is_later_than_publish(make_exporter) -> None:  # type: ignore[no-untyped-def]
+def test_queue_wait_counts_from_eta_when_it_is_later_than_publish(make_exporter) -> None:
     exporter = make_exporter()
     events = lifecycle("eta-1")
     events[0]["eta"] = "2023-11-14T22:13:21+00:00"  # t0 + 1 s
@@ -79,12 +110,11 @@ def test_queue_wait_counts_from_eta_when_it_is_later_than_publish(make_exporter)
     assert value(text, "celery_task_queue_wait_seconds_sum", wait_from="eta") == pytest.approx(1.0)
 
 
-def test_retry_revoke_reject_and_executing(make_exporter) -> None:  # type: ignore[no-untyped-def]
+def test_retry_revoke_reject_and_executing(make_exporter) -> None:
     exporter = make_exporter()
     feed(exporter, lifecycle("r", outcome="none"))
     assert value(scrape(exporter), "celery_tasks_executing", task_name="app.add") == 1
-    feed(exporter, [{"type": "task-retried", "uuid": "r", "hostname": W,
-                     "exception": "Retry()"}])
+    feed(exporter, [{"type": "task-retried", "uuid": "r", "hostname": W, "exception": "Retry()"}])
     feed(exporter, lifecycle("v", outcome="none"))
     feed(exporter, [{"type": "task-revoked", "uuid": "v", "terminated": True}])
     feed(exporter, lifecycle("j", outcome="none"))
@@ -98,7 +128,7 @@ def test_retry_revoke_reject_and_executing(make_exporter) -> None:  # type: igno
     assert value(text, "celery_tasks_executing", task_name="app.add") == 0
 
 
-def test_events_of_a_task_arriving_after_it_finished_keep_its_name(make_exporter) -> None:  # type: ignore[no-untyped-def]
+def test_events_of_a_task_arriving_after_it_finished_keep_its_name(make_exporter) -> None:
     exporter = make_exporter()
     feed(exporter, lifecycle("x"))
     feed(exporter, [{"type": "task-retried", "uuid": "x", "hostname": W}])
@@ -108,7 +138,7 @@ def test_events_of_a_task_arriving_after_it_finished_keep_its_name(make_exporter
 HOSTILE: list[tuple[object, str, str]] = [
     ("not a dict", "other", "invalid_field"),
     ({"no": "type"}, "other", "unknown_type"),
-    ({"type": "made-up\n{evil=\"1\"}"}, "other", "unknown_type"),
+    ({"type": 'made-up\n{evil="1"}'}, "other", "unknown_type"),
     ({"type": ["task-sent"]}, "other", "unknown_type"),
     ({"type": "task-sent", "name": "t"}, "task-sent", "invalid_field"),  # no uuid
     ({"type": "task-sent", "uuid": 5, "name": "t"}, "task-sent", "invalid_field"),
@@ -117,24 +147,35 @@ HOSTILE: list[tuple[object, str, str]] = [
     ({"type": "task-sent", "uuid": "a", "name": "two\nlines"}, "task-sent", "invalid_field"),
     ({"type": "task-sent", "uuid": "a", "name": "bad\udcffutf8"}, "task-sent", "invalid_field"),
     ({"type": "task-sent", "uuid": "a", "name": "\x00"}, "task-sent", "invalid_field"),
-    ({"type": "task-sent", "uuid": "a", "name": "t", "queue": ["q"]}, "task-sent",
-     "invalid_field"),
-    ({"type": "task-started", "uuid": "b", "hostname": W, "timestamp": "soon"},
-     "task-started", "invalid_field"),
-    ({"type": "task-succeeded", "uuid": "c", "hostname": W, "runtime": True},
-     "task-succeeded", "invalid_field"),
-    ({"type": "task-received", "uuid": "d", "name": "t", "hostname": 42}, "task-received",
-     "invalid_field"),
+    ({"type": "task-sent", "uuid": "a", "name": "t", "queue": ["q"]}, "task-sent", "invalid_field"),
+    (
+        {"type": "task-started", "uuid": "b", "hostname": W, "timestamp": "soon"},
+        "task-started",
+        "invalid_field",
+    ),
+    (
+        {"type": "task-succeeded", "uuid": "c", "hostname": W, "runtime": True},
+        "task-succeeded",
+        "invalid_field",
+    ),
+    (
+        {"type": "task-received", "uuid": "d", "name": "t", "hostname": 42},
+        "task-received",
+        "invalid_field",
+    ),
     ({"type": "worker-heartbeat"}, "worker-heartbeat", "invalid_field"),
-    ({"type": "worker-heartbeat", "hostname": W, "active": "many"}, "worker-heartbeat",
-     "invalid_field"),
+    (
+        {"type": "worker-heartbeat", "hostname": W, "active": "many"},
+        "worker-heartbeat",
+        "invalid_field",
+    ),
     ({"type": "worker-offline", "hostname": {"a": 1}}, "worker-offline", "invalid_field"),
 ]
 
 
 @pytest.mark.parametrize(("event", "kind", "reason"), HOSTILE)
 def test_a_malformed_event_is_dropped_and_counted_never_raised(
-    make_exporter, event: object, kind: str, reason: str  # type: ignore[no-untyped-def]
+    make_exporter, event: object, kind: str, reason: str
 ) -> None:
     exporter = make_exporter()
     exporter.handlers.handle(event)
@@ -144,7 +185,7 @@ def test_a_malformed_event_is_dropped_and_counted_never_raised(
     promtool_check(text)
 
 
-def test_quotes_and_backslashes_in_names_are_escaped_in_a_valid_exposition(make_exporter) -> None:  # type: ignore[no-untyped-def]
+def test_quotes_and_backslashes_in_names_are_escaped_in_a_valid_exposition(make_exporter) -> None:
     exporter = make_exporter()
     name = 'tasks.say "hi" \\ {there}'
     feed(exporter, lifecycle("q", name=name, queue='q"1'))
@@ -153,22 +194,25 @@ def test_quotes_and_backslashes_in_names_are_escaped_in_a_valid_exposition(make_
     assert 'task_name="tasks.say \\"hi\\" \\\\ {there}"' in text
 
 
-def test_a_flood_of_task_names_is_capped_with_overflow(make_exporter) -> None:  # type: ignore[no-untyped-def]
+def test_a_flood_of_task_names_is_capped_with_overflow(make_exporter) -> None:
     exporter = make_exporter(max_task_names=3)
     for i in range(10):
         feed(exporter, lifecycle(f"id-{i}", name=f"task.{i}"))
     text = scrape(exporter)
-    names = {ls["task_name"] for n, ls, _ in
-             __import__("tests.exporter.support", fromlist=["samples"]).samples(text)
-             if n == "celery_task_succeeded_total"}
+    names = {
+        ls["task_name"]
+        for n, ls, _ in __import__("tests.exporter.support", fromlist=["samples"]).samples(text)
+        if n == "celery_task_succeeded_total"
+    }
     assert names == {"task.0", "task.1", "task.2", "__overflow__"}
     assert value(text, "celery_task_succeeded_total", task_name="__overflow__") == 7
     assert value(text, "otel_celery_metrics_overflow_total", attribute="task_name") > 0  # type: ignore[operator]
 
 
-def test_allow_and_deny_lists_filter_tasks_and_queues(make_exporter) -> None:  # type: ignore[no-untyped-def]
-    exporter = make_exporter(task_allow=("app.*",), task_deny=("app.secret*",),
-                             queue_deny=("internal",))
+def test_allow_and_deny_lists_filter_tasks_and_queues(make_exporter) -> None:
+    exporter = make_exporter(
+        task_allow=("app.*",), task_deny=("app.secret*",), queue_deny=("internal",)
+    )
     feed(exporter, lifecycle("1", name="app.add"))
     feed(exporter, lifecycle("2", name="app.secret_job"))
     feed(exporter, lifecycle("3", name="other.task"))
@@ -176,11 +220,15 @@ def test_allow_and_deny_lists_filter_tasks_and_queues(make_exporter) -> None:  #
     text = scrape(exporter)
     assert total(text, "celery_task_succeeded_total") == 1
     assert value(text, "celery_task_succeeded_total", task_name="app.add", queue="default") == 1
-    assert value(text, "celery_exporter_events_dropped_total", type="task-succeeded",
-                 reason="filtered") == 3
+    assert (
+        value(
+            text, "celery_exporter_events_dropped_total", type="task-succeeded", reason="filtered"
+        )
+        == 3
+    )
 
 
-def test_hostname_label_on_task_series_is_opt_in(make_exporter) -> None:  # type: ignore[no-untyped-def]
+def test_hostname_label_on_task_series_is_opt_in(make_exporter) -> None:
     plain = scrape_after(make_exporter(), lifecycle("a"))
     assert value(plain, "celery_task_succeeded_total", task_name="app.add") == 1
     assert 'hostname="' not in plain.split("celery_task_succeeded_total{", 1)[1].split("\n")[0]
@@ -193,7 +241,7 @@ def scrape_after(exporter: Exporter, events: list[dict[str, Any]]) -> str:
     return scrape(exporter)
 
 
-def test_danihodovic_names_switch(make_exporter, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
+def test_danihodovic_names_switch(make_exporter, clock: FakeClock) -> None:
     exporter = make_exporter(danihodovic_names=True)
     feed(exporter, [{"type": "worker-online", "hostname": W, "active": 0, "processed": 0}])
     feed(exporter, lifecycle("a"))

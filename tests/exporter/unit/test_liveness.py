@@ -13,8 +13,11 @@ from tests.exporter.support import FakeClock
 
 def make(clock: FakeClock, **kw: float) -> Liveness:
     options = {"timeout": 10.0, "forget_after": 60.0, "events_missing_after": 5.0} | kw
-    return Liveness(caps=Caps(100, 100, int(kw.pop("max_workers", 100))), clock=clock,
-                    **{k: v for k, v in options.items() if k != "max_workers"})
+    return Liveness(
+        caps=Caps(100, 100, int(kw.pop("max_workers", 100))),
+        clock=clock,
+        **{k: v for k, v in options.items() if k != "max_workers"},
+    )
 
 
 def test_a_silent_worker_goes_to_zero_then_is_forgotten(clock: FakeClock) -> None:

@@ -19,8 +19,13 @@ MODULES = [
 
 
 def run(code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, env={"PATH": "/usr/bin:/bin"}).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    ).stdout.strip()
 
 
 def test_importing_the_exporter_starts_no_thread_and_reads_no_environment() -> None:

@@ -8,11 +8,10 @@ from tests.exporter.unit.test_handlers import feed, lifecycle, scrape
 
 
 def test_churning_workers_are_forgotten_and_counters_survive_a_rebuild(
-    make_exporter, clock: FakeClock, monkeypatch  # type: ignore[no-untyped-def]
+    make_exporter, clock: FakeClock, monkeypatch
 ) -> None:
     monkeypatch.setattr(service, "REBUILD_AFTER_FORGOTTEN", 50)
-    exporter = make_exporter(worker_timeout=5.0, worker_forget_after=30.0,
-                             task_hostname_label=True)
+    exporter = make_exporter(worker_timeout=5.0, worker_forget_after=30.0, task_hostname_label=True)
     for generation in range(4):
         for i in range(40):
             host = f"celery@pod-{generation}-{i}"
@@ -31,7 +30,7 @@ def test_churning_workers_are_forgotten_and_counters_survive_a_rebuild(
     promtool_check(text)
 
 
-def test_health_fails_with_the_masked_url_while_the_broker_is_unreachable(make_exporter) -> None:  # type: ignore[no-untyped-def]
+def test_health_fails_with_the_masked_url_while_the_broker_is_unreachable(make_exporter) -> None:
     exporter = make_exporter(broker_url="redis://:hunter2@127.0.0.1:1/0")
     ok, problems = exporter.health()
     assert not ok
@@ -39,7 +38,7 @@ def test_health_fails_with_the_masked_url_while_the_broker_is_unreachable(make_e
     assert "hunter2" not in " ".join(problems)
 
 
-def test_health_fails_when_the_receive_loop_stands_still(make_exporter, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
+def test_health_fails_when_the_receive_loop_stands_still(make_exporter, clock: FakeClock) -> None:
     exporter = make_exporter(stuck_after=30.0)
     exporter.receiver.status.connected = True
     exporter.receiver.status.turn("decode")
@@ -49,7 +48,7 @@ def test_health_fails_when_the_receive_loop_stands_still(make_exporter, clock: F
     assert not ok and "stuck for 31s" in problems[0]
 
 
-def test_self_metrics_before_any_event(make_exporter) -> None:  # type: ignore[no-untyped-def]
+def test_self_metrics_before_any_event(make_exporter) -> None:
     text = scrape(make_exporter())
     assert value(text, "celery_exporter_broker_connected") == 0
     assert value(text, "celery_exporter_broker_reconnects_total") == 0

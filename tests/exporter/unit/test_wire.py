@@ -25,18 +25,29 @@ def pmessage(payload: bytes, channel: bytes = b"/0.celeryev/task.sent") -> bytes
 
 def envelope(body: object, encode: bool = True) -> bytes:
     raw = json.dumps(body).encode()
-    return json.dumps({
-        "body": base64.b64encode(raw).decode() if encode else raw.decode(),
-        "content-type": "application/json", "content-encoding": "utf-8",
-        "properties": {"body_encoding": "base64"} if encode else {},
-    }).encode()
+    return json.dumps(
+        {
+            "body": base64.b64encode(raw).decode() if encode else raw.decode(),
+            "content-type": "application/json",
+            "content-encoding": "utf-8",
+            "properties": {"body_encoding": "base64"} if encode else {},
+        }
+    ).encode()
 
 
 STREAM = (
-    b"*3\r\n" + bulk(b"psubscribe") + bulk(b"/0.celeryev/*") + b":1\r\n"
+    b"*3\r\n"
+    + bulk(b"psubscribe")
+    + bulk(b"/0.celeryev/*")
+    + b":1\r\n"
     + pmessage(b"first\r\nwith CRLF inside")
-    + b"*3\r\n" + bulk(b"message") + bulk(b"chan") + bulk(b"second")
-    + b"*2\r\n" + bulk(b"pong") + bulk(b"")
+    + b"*3\r\n"
+    + bulk(b"message")
+    + bulk(b"chan")
+    + bulk(b"second")
+    + b"*2\r\n"
+    + bulk(b"pong")
+    + bulk(b"")
     + pmessage(b"")
 )
 
@@ -67,12 +78,23 @@ def test_envelope_with_one_event_or_a_batch() -> None:
     assert decode_envelope(envelope(event, encode=False)) == [event]
 
 
-@pytest.mark.parametrize("payload", [
-    b"", b"not json", b"\xff\xfe\x00", b"[]", b'{"nobody": 1}',
-    json.dumps({"body": "!!!notbase64", "properties": {"body_encoding": "base64"}}).encode(),
-    json.dumps({"body": base64.b64encode(b"\xff\xff").decode(),
-                "properties": {"body_encoding": "base64"}}).encode(),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe\x00",
+        b"[]",
+        b'{"nobody": 1}',
+        json.dumps({"body": "!!!notbase64", "properties": {"body_encoding": "base64"}}).encode(),
+        json.dumps(
+            {
+                "body": base64.b64encode(b"\xff\xff").decode(),
+                "properties": {"body_encoding": "base64"},
+            }
+        ).encode(),
+    ],
+)
 def test_undecodable_payloads_raise_one_known_error(payload: bytes) -> None:
     with pytest.raises(UndecodableEvent):
         decode_envelope(payload)

@@ -1,0 +1,326 @@
+"""The exporter against real Redis and real ``celery worker -E`` processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from tests.exporter.integration.conftest import REDIS_URL, producer
+from tests.exporter.support import promtool_check, total, value, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_exact_task_counts_from_a_real_worker(
+    redis_url, queue, start_exporter, start_worker
+) -> None:
+    exporter = start_exporter(redis_url)
+    worker = start_worker(redis_url, queue)
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_worker_up", hostname=worker.node) == 1,
+        30,
+        "the worker's first heartbeat",
+    )
+    # task-sent is published after the task message, so a fast worker's events may come
+    # first; their queue is then the worker's only queue, known once inspect answered.
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_queue_workers", queue=queue) == 1,
+        20,
+        "the worker's queues from inspect",
+    )
+    app = producer(redis_url)
+    for i in range(5):
+        app.send_task("exp.ok", args=[i], queue=queue)
+    for _ in range(2):
+        app.send_task("exp.fail", queue=queue)
+    app.send_task("exp.retry", queue=queue)
+
+    def settled() -> str | None:
+        text = exporter.scrape()
+        done = (
+            total(text, "celery_task_succeeded_total", queue=queue) == 6
+            and total(text, "celery_task_failed_total", queue=queue) == 2
+            and total(text, "celery_task_retried_total", queue=queue) == 1
+        )
+        return text if done else None
+
+    text = wait_for(settled, 45, "all task events")
+    q = {"queue": queue}
+    assert value(text, "celery_task_sent_total", task_name="exp.ok", **q) == 5
+    assert value(text, "celery_task_received_total", task_name="exp.ok", **q) == 5
+    assert value(text, "celery_task_started_total", task_name="exp.ok", **q) == 5
+    assert value(text, "celery_task_succeeded_total", task_name="exp.ok", **q) == 5
+    assert value(text, "celery_task_failed_total", task_name="exp.fail", **q) == 2
+    assert value(text, "celery_task_sent_total", task_name="exp.retry", **q) == 2
+    assert value(text, "celery_task_started_total", task_name="exp.retry", **q) == 2
+    assert value(text, "celery_task_retried_total", task_name="exp.retry", **q) == 1
+    assert value(text, "celery_task_succeeded_total", task_name="exp.retry", **q) == 1
+    assert value(text, "celery_tasks_total", task_name="exp.ok", state="SUCCESS", **q) == 5
+    assert value(text, "celery_tasks_total", task_name="exp.fail", state="FAILURE", **q) == 2
+    assert value(text, "celery_tasks_total", task_name="exp.retry", state="RETRY", **q) == 1
+    assert (
+        value(
+            text, "celery_task_failures_total", task_name="exp.fail", exception_type="KeyError", **q
+        )
+        == 2
+    )
+    assert value(text, "celery_task_runtime_seconds_count", task_name="exp.ok", **q) == 5
+    assert (
+        value(
+            text,
+            "celery_task_queue_wait_seconds_count",
+            task_name="exp.ok",
+            wait_from="publish",
+            **q,
+        )
+        == 5
+    )
+    assert value(text, "celery_tasks_executing", task_name="exp.ok", **q) == 0
+    assert "secret message" not in text
+    # Queues and pools come from the background inspect probe.
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_worker_processes", hostname=worker.node) == 2,
+        20,
+        "inspect stats",
+    )
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_queue_workers", queue=queue) == 1,
+        20,
+        "active_queues",
+    )
+    # Discovered from the workers, then probed for depth on the next poll.
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_queue_messages", queue=queue) == 0,
+        20,
+        "the discovered queue's depth",
+    )
+    text = exporter.scrape()
+    assert value(text, "celery_queue_processes", queue=queue) == 2
+    assert value(text, "celery_exporter_broker_connected") == 1
+    assert exporter.get("/health")[0] == 200
+    promtool_check(text)
+
+
+def test_queue_length_counts_every_priority_list(redis_url, queue, start_exporter) -> None:
+    exporter = start_exporter(redis_url, f"--queues={queue}")
+    app = producer(redis_url)
+    for priority in range(10):
+        app.send_task("exp.ok", queue=queue, priority=priority)
+    app.send_task("exp.ok", queue=queue)
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen(queue) < 11, "the messages really are spread over priority lists"
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_queue_messages", queue=queue) == 11,
+        20,
+        "queue depth 11",
+    )
+    client.delete(queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9)))
+
+
+def test_queue_length_with_the_apps_own_separator_and_steps(
+    redis_url, queue, start_exporter
+) -> None:
+    steps = list(range(10))
+    exporter = start_exporter(
+        redis_url,
+        f"--queues={queue}",
+        "--priority-separator=:",
+        "--priority-steps=" + ",".join(map(str, steps)),
+    )
+    app = producer(redis_url, broker_transport_options={"priority_steps": steps, "sep": ":"})
+    for priority in steps:
+        app.send_task("exp.ok", queue=queue, priority=priority)
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen(f"{queue}:9") == 1
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_queue_messages", queue=queue) == 10,
+        20,
+        "queue depth 10",
+    )
+    client.delete(queue, *(f"{queue}:{p}" for p in steps))
+
+
+def test_killed_worker_goes_to_zero_and_two_nodes_on_one_host_stay_two(
+    redis_url, queue, start_exporter, start_worker
+) -> None:
+    exporter = start_exporter(redis_url, "--worker-forget-after=10")
+    one = start_worker(redis_url, queue, "w1")
+    two = start_worker(redis_url, queue, "w2", concurrency=1)
+    assert one.node.split("@")[1] == two.node.split("@")[1]
+
+    def both_up() -> bool:
+        text = exporter.scrape()
+        return (
+            value(text, "celery_worker_up", hostname=one.node) == 1
+            and value(text, "celery_worker_up", hostname=two.node) == 1
+        )
+
+    wait_for(both_up, 30, "two workers up")
+    one.kill()
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_worker_up", hostname=one.node) == 0,
+        20,
+        "the killed worker to read 0",
+    )
+    text = exporter.scrape()
+    assert value(text, "celery_worker_up", hostname=two.node) == 1
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_worker_up", hostname=one.node) is None,
+        30,
+        "the killed worker to be forgotten",
+    )
+
+
+def test_broker_restart_mid_stream(private_redis, queue, start_exporter, start_worker) -> None:
+    url = private_redis.url
+    exporter = start_exporter(url)
+    worker = start_worker(url, queue)
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_worker_up", hostname=worker.node) == 1,
+        30,
+        "worker up",
+    )
+    app = producer(url)
+    for i in range(3):
+        app.send_task("exp.ok", args=[i], queue=queue)
+    wait_for(
+        lambda: (
+            value(exporter.scrape(), "celery_task_succeeded_total", task_name="exp.ok", queue=queue)
+            == 3
+        ),
+        30,
+        "3 tasks",
+    )
+
+    private_redis.stop()
+    wait_for(lambda: exporter.get("/health")[0] == 503, 20, "health to fail")
+    _, body = exporter.get("/health")
+    assert "unreachable" in body and private_redis.password not in body
+    assert value(exporter.scrape(), "celery_exporter_broker_connected") == 0
+    assert exporter.alive(), "a broker outage never ends the exporter"
+
+    private_redis.start()
+    wait_for(lambda: exporter.get("/health")[0] == 200, 30, "health to recover")
+    text = exporter.scrape()
+    assert value(text, "celery_exporter_broker_reconnects_total") >= 1  # type: ignore[operator]
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_worker_up", hostname=worker.node) == 1,
+        30,
+        "the worker's heartbeats again",
+    )
+    app = producer(url)
+    for i in range(3):
+        app.send_task("exp.ok", args=[i], queue=queue)
+    wait_for(
+        lambda: (
+            value(exporter.scrape(), "celery_task_succeeded_total", task_name="exp.ok", queue=queue)
+            == 6
+        ),
+        30,
+        "6 tasks",
+    )
+    log = exporter.log
+    assert "redis://:***@127.0.0.1" in log
+    assert private_redis.password not in log
+    assert "retrying in" in log and "reconnected to the broker" in log
+
+
+def test_events_disabled_is_detected_and_logged(
+    redis_url, queue, start_exporter, start_worker
+) -> None:
+    exporter = start_exporter(redis_url, "--events-missing-after=3")
+    worker = start_worker(redis_url, queue, events=False)
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_worker_up", hostname=worker.node) == 1,
+        30,
+        "heartbeats (sent even without -E)",
+    )
+    app = producer(redis_url, sent_events=False)
+    for i in range(5):
+        app.send_task("exp.ok", args=[i], queue=queue)
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_exporter_workers_without_task_events") == 1,
+        30,
+        "events-disabled detection",
+    )
+    assert total(exporter.scrape(), "celery_task_succeeded_total", queue=queue) == 0
+    wait_for(
+        lambda: (
+            f"worker {worker.node} is processing tasks but sends no task events" in exporter.log
+        ),
+        10,
+        "the log line",
+    )
+
+
+def test_enable_events_turns_task_events_on(redis_url, queue, start_exporter, start_worker) -> None:
+    exporter = start_exporter(redis_url, "--enable-events", "--enable-events-interval=1")
+    worker = start_worker(redis_url, queue, events=False)
+    wait_for(
+        lambda: value(exporter.scrape(), "celery_worker_up", hostname=worker.node) == 1,
+        30,
+        "worker up",
+    )
+    app = producer(redis_url, sent_events=False)
+
+    def counted() -> bool:
+        app.send_task("exp.ok", queue=queue)
+        return total(exporter.scrape(), "celery_task_succeeded_total") > 0
+
+    wait_for(counted, 30, "task events after enable_events", every=1.0)
+
+
+def test_hostile_payloads_on_the_bus_are_dropped_and_the_exposition_stays_valid(
+    redis_url, start_exporter
+) -> None:
+    import base64
+
+    exporter = start_exporter(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    channel = "/12.celeryev/task.sent"
+    assert REDIS_URL.endswith("/12")
+
+    def wrap(raw: bytes) -> bytes:
+        return json.dumps(
+            {
+                "body": base64.b64encode(raw).decode(),
+                "content-type": "application/json",
+                "properties": {"body_encoding": "base64"},
+            }
+        ).encode()
+
+    hostile = [
+        b"\xff\xfe garbage",
+        wrap(b"\xff\xfe not utf-8 json"),
+        wrap(json.dumps({"type": "task-sent", "uuid": "1", "name": "a\nb"}).encode()),
+        wrap(json.dumps({"type": "task-sent", "uuid": "2", "name": "x" * 70_000}).encode()),
+        wrap(json.dumps({"type": "task-sent", "uuid": 3, "name": "t"}).encode()),
+        wrap(b'{"type": "task-sent", "uuid": "4", "name": "\\udcff"}'),
+        wrap(json.dumps({"type": 'evil"type', "uuid": "5"}).encode()),
+    ]
+    good = wrap(
+        json.dumps(
+            {
+                "type": "task-sent",
+                "uuid": "6",
+                "name": 'ok "quoted"',
+                "queue": "hostile-test",
+                "hostname": "h",
+            }
+        ).encode()
+    )
+    wait_for(lambda: exporter.get("/health")[0] == 200, 20, "the exporter to subscribe")
+    for payload in [*hostile, good]:
+        client.publish(channel, payload)
+
+    def good_one_counted() -> str | None:
+        text = exporter.scrape()
+        return text if total(text, "celery_task_sent_total", queue="hostile-test") == 1 else None
+
+    text = wait_for(good_one_counted, 20, "the good event")
+    dropped = total(text, "celery_exporter_events_dropped_total")
+    assert dropped == len(hostile)
+    assert exporter.alive() and exporter.get("/health")[0] == 200
+    promtool_check(text)

@@ -37,8 +37,11 @@ def make_app(config: ExporterConfig) -> Any:
     app.conf.update(
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=config.probe_timeout,
+        # Our event queue (RabbitMQ) goes 60 s after we do, so restarts leak nothing.
         event_queue_expires=60.0,
-        event_queue_ttl=5.0,
+        # Celery's default drops events older than 5 s from our queue: a busy exporter
+        # would lose counts silently. Five minutes rides out a pause, still bounded.
+        event_queue_ttl=300.0,
         # The probes must not hang on a dead broker: bounded connect and socket waits.
         broker_transport_options={
             "socket_timeout": config.probe_timeout,
@@ -157,6 +160,10 @@ class Exporter:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.instruments.shutdown()
+
+    def request_stop(self) -> None:
+        """Make :meth:`wait` return (safe from a signal handler)."""
+        self._stop.set()
 
     def wait(self) -> None:
         """Block until :meth:`stop` (from a signal handler or another thread)."""

@@ -25,6 +25,11 @@ Modes:
 - ours_direct: our instrumentor owning the provider (solo/threads pool);
 - ours_child: our instrumentor in prefork pool-child mode, drained by the parent.
 
+``--task-work-us W`` makes every task body burn W us of CPU. With the default (0) the
+child sends faster than the drain records, the socket queue fills, and the figures
+include our refused-send path; with ``--task-work-us 50`` the drain keeps up and wakes
+for every datagram, as in a real worker.
+
 Rounds alternate the order of modes; medians over rounds are printed with ratios of our
 extra cost to the recipe's. Every run checks that the counted tasks equal N + warm-up.
 
@@ -272,7 +277,9 @@ def _spawn(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     # Keep opentelemetry-instrument style configuration out of the runs.
     for key in [k for k in env if k.startswith(("OTEL_", "CELERY_"))]:
         del env[key]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} run failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -6,6 +6,10 @@ task_prerun stores a start time per task id, task_postrun observes a
 task_failure increments the counter with state FAILURE. Under prefork every pool child
 records into its own copy and would need its own HTTP port; nothing crosses processes.
 
+Like the recipe it renders, a failed task is counted twice (``task_failure`` adds a
+FAILURE and ``task_postrun`` adds its state, FAILURE again); kept as is, since what is
+compared is the recipe's cost.
+
 Collectors go into a private registry (not the global one) so the bench can create them
 in any process without clashing with other collectors.
 """

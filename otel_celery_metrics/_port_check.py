@@ -47,7 +47,7 @@ _HOOK_NAME = "pre_sdk_init_function"
 
 def prometheus_address(environ: MutableMapping[str, str]) -> tuple[str, str] | None:
     """(host, port text) the Prometheus exporter will bind, or None if it is not selected."""
-    names = [n.strip().lower() for n in environ.get(EXPORTER_VARIABLE, "").split(",")]
+    names = [n.strip() for n in environ.get(EXPORTER_VARIABLE, "").split(",")]
     if _PROMETHEUS not in names:
         return None
     host = environ.get(HOST_VARIABLE) or DEFAULT_HOST
@@ -103,7 +103,7 @@ def check_prometheus_port(environ: MutableMapping[str, str]) -> str | None:
         _logger.error("%s", message)
         rest = [
             n.strip() for n in environ.get(EXPORTER_VARIABLE, "").split(",")
-            if n.strip() and n.strip().lower() != _PROMETHEUS
+            if n.strip() and n.strip() != _PROMETHEUS
         ]
         environ[EXPORTER_VARIABLE] = ",".join(rest) or "none"
         return message

@@ -40,7 +40,7 @@ def env_for(port: int, exporters: str = "prometheus") -> dict[str, str]:
 def test_the_address_follows_the_exporter_variables_and_their_defaults() -> None:
     assert prometheus_address({}) is None
     assert prometheus_address({"OTEL_METRICS_EXPORTER": "otlp"}) is None
-    assert prometheus_address({"OTEL_METRICS_EXPORTER": "otlp, Prometheus"}) == (
+    assert prometheus_address({"OTEL_METRICS_EXPORTER": "otlp, prometheus"}) == (
         "localhost", "9464",
     )
     assert prometheus_address(env_for(9809)) == ("127.0.0.1", "9809")

@@ -37,6 +37,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry import trace
+
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._recorder import AttrValues, Measurement, Recorder
 from otel_celery_metrics._safety import FailureLog
@@ -283,3 +285,12 @@ class ForkBridge:
     def _on_child_shutdown(self, **_: Any) -> None:
         if self._forwarder is not None:
             self._forwarder.final_flush()
+            # Pool children leave with os._exit, skipping atexit: without this, the last
+            # spans a recycled child buffered (opentelemetry-instrumentation-celery's)
+            # would never be exported. Bounded, so a dead Collector cannot hold the exit.
+            try:
+                force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+                if force_flush is not None:
+                    force_flush(1000)
+            except Exception as exc:  # noqa: BLE001
+                self._failures.record("flushing a pool child's spans", exc)

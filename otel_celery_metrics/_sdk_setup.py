@@ -16,7 +16,8 @@ the SDK changed shape, log once and leave the reader as it is.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from otel_celery_metrics.settings import Settings
@@ -89,6 +90,51 @@ def silence_exporting_readers(provider: Any) -> int:
             reader._exporter = _NullExporter()  # type: ignore[assignment]
             silenced += 1
     return silenced
+
+
+#: Loggers of the OTLP metric exporters (the gRPC base exporter is shared with traces).
+OTLP_EXPORTER_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+)
+
+
+class OncePerInterval(logging.Filter):
+    """Lets one warning-or-worse record through per logger per ``interval`` seconds.
+
+    With the Collector down, the OTLP exporter logs a retry warning and a final error for
+    every export; with short intervals and several retries that is a flood. An operator
+    needs one line per interval that says exports fail and why; the first one says it.
+    """
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = self._clock()
+        last = self._last.get(record.name)
+        if last is not None and now - last < self._interval:
+            return False
+        self._last[record.name] = now
+        return True
+
+
+def limit_exporter_logs(interval: float) -> OncePerInterval:
+    """Install :class:`OncePerInterval` on the OTLP exporters' loggers (idempotent)."""
+    log_filter = OncePerInterval(interval)
+    for name in OTLP_EXPORTER_LOGGERS:
+        logger = logging.getLogger(name)
+        for existing in list(logger.filters):
+            if isinstance(existing, OncePerInterval):
+                logger.removeFilter(existing)
+        logger.addFilter(log_filter)
+    return log_filter
 
 
 def _prometheus_reader(host: str, port: int, scope_labels: bool, registry: Any) -> Any:

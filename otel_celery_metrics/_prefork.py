@@ -34,6 +34,7 @@ import marshal
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,12 @@ _DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
 # Measurements per datagram: keeps each datagram far below the socket's size limit.
 _CHUNK = 256
 _MAX_DATAGRAM = 1 << 20
+# Seconds a child waits after a refused send before trying again (at its next task).
+_RETRY_DELAY = 0.005
+_MAX_RETRY_DELAY = 1.0
+# After waking for a datagram, the drain thread lets a few more arrive before recording:
+# one wake-up (and one GIL handoff with the busy main thread) per burst, not per task.
+_COALESCE = 0.002
 # marshal's format is stable per version; both ends are the same interpreter anyway.
 _MARSHAL_VERSION = 4
 
@@ -67,52 +74,123 @@ class SwitchableSink:
 
 
 class _ChildForwarder:
-    """A pool child's buffer of measurements and its end of the socketpair."""
+    """A pool child's buffer of measurements and its end of the socketpair.
 
-    def __init__(self, sock: socket.socket, failures: FailureLog, max_pending: int) -> None:
+    The task thread appends and sends without blocking. When the main process is behind
+    and a send is refused, a short-lived retry thread keeps trying with backoff, so the
+    last tasks of a child that goes idle still arrive without waiting for another task.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        failures: FailureLog,
+        max_pending: int,
+        clock: Callable[[], float] = time.monotonic,
+        retry_in_background: bool = True,
+    ) -> None:
         self._sock = sock
+        self._clock = clock
         self._failures = failures
         self._max_pending = max_pending
+        self._retry_in_background = retry_in_background
+        self._lock = threading.Lock()
         self._pending: list[Measurement] = []
         self._dropped = 0
+        # After a refused send, the task thread does not try again before this time:
+        # re-encoding a growing backlog after every task is what a busy main process would
+        # otherwise make tasks pay. The retry thread covers the gap.
+        self._retry_at = 0.0
+        self._retrier: threading.Thread | None = None
         self.emit = self._emit
 
     def _emit(self, metric: int, value: float, attrs: AttrValues) -> None:
-        self._pending.append((metric, value, attrs))
+        with self._lock:
+            self._pending.append((metric, value, attrs))
 
     def emit_traced(
         self, metric: int, value: float, attrs: AttrValues, trace_id: int, span_id: int
     ) -> None:
-        self._pending.append((metric, value, attrs, trace_id, span_id))
+        with self._lock:
+            self._pending.append((metric, value, attrs, trace_id, span_id))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def flush(self, flags: int = socket.MSG_DONTWAIT) -> None:
-        pending = self._pending
-        if not pending:
+        if not self._pending:
             return
+        if self._retry_at and flags and self._clock() < self._retry_at:
+            with self._lock:
+                self._trim()
+            return
+        self._send_pending(flags)
+
+    def _send_pending(self, flags: int) -> bool:
+        """Send everything pending; False if the socket refused (the rest stays pending)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            dropped, self._dropped = self._dropped, 0
         sent = 0
+        refused = False
         try:
             while sent < len(pending):
                 chunk = pending[sent : sent + _CHUNK]
-                payload = marshal.dumps((self._dropped, chunk), _MARSHAL_VERSION)
-                self._sock.send(payload, flags)
-                self._dropped = 0
+                self._sock.send(marshal.dumps((dropped, chunk), _MARSHAL_VERSION), flags)
+                dropped = 0
                 sent += len(chunk)
         except (BlockingIOError, TimeoutError):
-            pass  # the main process is behind: keep the rest for the next flush
+            refused = True
         except OSError as exc:
+            # The main process is gone or the socket is broken: retrying cannot help.
             self._failures.record("sending measurements to the worker's main process", exc)
-        rest = pending[sent:]
-        if len(rest) > self._max_pending:
-            overflow = len(rest) - self._max_pending
+            return True
+        with self._lock:
+            if sent < len(pending) or dropped:
+                self._pending[:0] = pending[sent:]
+                self._dropped += dropped
+                self._trim()
+        if refused:
+            self._retry_at = self._clock() + _RETRY_DELAY
+            self._ensure_retrier()
+        else:
+            self._retry_at = 0.0
+        return not refused
+
+    def _trim(self) -> None:
+        """Keep at most ``max_pending`` measurements, dropping (and counting) the oldest.
+
+        Called with the lock held.
+        """
+        overflow = len(self._pending) - self._max_pending
+        if overflow > 0:
             self._dropped += overflow
-            rest = rest[overflow:]
-        self._pending = rest
+            del self._pending[:overflow]
+
+    def _ensure_retrier(self) -> None:
+        if not self._retry_in_background:
+            return
+        retrier = self._retrier
+        if retrier is not None and retrier.is_alive():
+            return
+        self._retrier = threading.Thread(
+            target=self._retry_loop, name="otel-celery-metrics-retry", daemon=True
+        )
+        self._retrier.start()
+
+    def _retry_loop(self) -> None:
+        delay = _RETRY_DELAY
+        while self._pending or self._dropped:
+            time.sleep(delay)
+            if not self._send_pending(socket.MSG_DONTWAIT):
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
 
     def final_flush(self, timeout: float = 2.0) -> None:
         """Send what is left, waiting up to ``timeout`` for buffer space (child exit)."""
         try:
             self._sock.settimeout(timeout)
-            self.flush(flags=0)
+            self._send_pending(0)
         except Exception as exc:  # noqa: BLE001
             self._failures.record("final flush of a pool child", exc)
 
@@ -226,7 +304,20 @@ class ForkBridge:
                 return  # closed by uninstall
             if not data:
                 return
-            self._decode(data)
+            time.sleep(_COALESCE)
+            batch = [data]
+            while True:
+                try:
+                    more = sock.recv(_MAX_DATAGRAM, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    return
+                if not more:
+                    self._decode_all(batch)
+                    return
+                batch.append(more)
+            self._decode_all(batch)
 
     def drain_now(self) -> None:
         """Record every datagram already queued (worker shutdown; before the final export)."""
@@ -243,14 +334,20 @@ class ForkBridge:
             self._decode(data)
 
     def _decode(self, data: bytes) -> None:
-        try:
-            dropped, batch = marshal.loads(data)  # noqa: S302 - from our own children only
-            if dropped:
-                self._recorder.emit(_DROPPED, int(dropped), ("pool_buffer_full",))
-            self._recorder.emit_many(batch)
-        except Exception as exc:  # noqa: BLE001
-            self._recorder.emit(_DROPPED, 1, ("undecodable",))
-            self._failures.record("decoding measurements from a pool child", exc)
+        self._decode_all([data])
+
+    def _decode_all(self, datagrams: list[bytes]) -> None:
+        measurements: list[Measurement] = []
+        for data in datagrams:
+            try:
+                dropped, batch = marshal.loads(data)  # noqa: S302 - from our own children only
+                if dropped:
+                    self._recorder.emit(_DROPPED, int(dropped), ("pool_buffer_full",))
+                measurements.extend(batch)
+            except Exception as exc:  # noqa: BLE001
+                self._recorder.emit(_DROPPED, 1, ("undecodable",))
+                self._failures.record("decoding measurements from a pool child", exc)
+        self._recorder.emit_many(measurements)
 
     def _on_worker_shutdown(self, **_: Any) -> None:
         self.drain_now()

@@ -108,10 +108,11 @@ class TaskReceivers:
         self._default_queue = default_queue
         self._clock = clock
         self._wall_clock = wall_clock
-        # task id -> (start, span sampled at prerun). The span is looked up at prerun and
-        # again at postrun: whichever of our receivers and the tracing instrumentation's
-        # runs first, one of the two lookups sees the task's span open.
-        self._started: dict[str, tuple[float, tuple[int, int] | None]] = {}
+        # task id -> (start, span sampled at prerun, task name, queue). The span is looked
+        # up at prerun and, if there was none, again at postrun: whichever of our receivers
+        # and the tracing instrumentation's runs first, one lookup sees the span open.
+        # Name and queue are read once, at prerun: this is the per-task hot path.
+        self._started: dict[str, tuple[float, tuple[int, int] | None, str, str]] = {}
         # Ids of tasks whose failure was reported without a prerun in this process (the
         # main process reporting for a pool child). Celery 5.7 sends task_failure twice
         # for a hard time limit (from on_failure and from on_timeout); count it once.
@@ -215,18 +216,18 @@ class TaskReceivers:
     def on_prerun(self, task_id: Any = None, task: Any = None, **_: Any) -> None:
         try:
             started = self._clock()
+            request = task.request
+            name = task.name
+            queue = queue_of_request(request, self._default_queue)
             if len(self._started) >= _MAX_IN_FLIGHT:
                 self._started.clear()
-            self._started[task_id] = (started, _sampled_span())
-            request = task.request
-            now = self._wall_clock()
+            self._started[task_id] = (started, _sampled_span(), name, queue)
             reference, wait_from = self._wait_reference(request)
             if reference is not None:
                 # Producer and worker clocks can disagree; a negative wait means skew,
                 # not time travel, so it is clamped at 0.
-                wait = max(0.0, now - reference)
-                queue = queue_of_request(request, self._default_queue)
-                self._sink.emit(_QUEUE_WAIT, wait, (task.name, queue, wait_from))
+                wait = max(0.0, self._wall_clock() - reference)
+                self._sink.emit(_QUEUE_WAIT, wait, (name, queue, wait_from))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_prerun receiver", exc)
 
@@ -254,11 +255,13 @@ class TaskReceivers:
                 # The execution was interrupted (the pool child is being terminated at a
                 # hard time limit); the main process reports the task's outcome.
                 return
-            queue = queue_of_request(task.request, self._default_queue)
-            name = task.name
-            if started is not None:
-                runtime = self._clock() - started[0]
-                span = _sampled_span() or started[1]
+            if started is None:
+                queue = queue_of_request(task.request, self._default_queue)
+                name = task.name
+            else:
+                start, span, name, queue = started
+                runtime = self._clock() - start
+                span = span or _sampled_span()
                 if span is None:
                     self._sink.emit(_RUNTIME, runtime, (name, queue))
                 else:

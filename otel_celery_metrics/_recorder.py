@@ -66,6 +66,7 @@ class Recorder:
         ]
         self._record: list[Callable[..., None]] = []
         observers = observers or {}
+        self._is_counter = [spec.kind is mt.InstrumentKind.COUNTER for spec in mt.METRICS]
         for spec in mt.METRICS:
             self._record.append(self._create(meter, spec, observers.get(spec.name)))
         if self._failures.on_failure is None:
@@ -177,11 +178,24 @@ class Recorder:
             self._failures.record("recording a traced measurement", exc)
 
     def emit_many(self, measurements: Iterable[Measurement]) -> None:
+        """Record a batch; counter increments with the same attributes are summed first
+        (one SDK call per series per batch instead of one per task)."""
+        sums: dict[tuple[int, AttrValues], float] = {}
+        is_counter = self._is_counter
         for measurement in measurements:
-            if len(measurement) == 5:
-                self.emit_traced(*measurement)
-            else:
-                self.emit(*measurement[:3])
+            try:
+                metric = measurement[0]
+                if len(measurement) == 5:
+                    self.emit_traced(*measurement)
+                elif is_counter[metric]:
+                    key = (metric, tuple(measurement[2]))
+                    sums[key] = sums.get(key, 0) + measurement[1]
+                else:
+                    self.emit(metric, measurement[1], tuple(measurement[2]))
+            except Exception as exc:  # noqa: BLE001 - a malformed measurement is dropped
+                self._failures.record("recording a batch of measurements", exc)
+        for (metric, attrs), total in sums.items():
+            self.emit(metric, total, attrs)
 
     def _admit(self, metric: int, raw: AttrValues) -> tuple[Attributes, str | None]:
         """Apply the attribute set, the name/queue caps and the series cap to ``raw``."""

@@ -39,14 +39,18 @@ def _points(reader: InMemoryMetricReader, name: str) -> dict[frozenset[tuple[str
 def test_a_full_socket_never_blocks_and_drops_only_past_the_bound() -> None:
     receive_end, send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     send_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    forwarder = _ChildForwarder(send_end, FailureLog(), max_pending=1000)
+    now = [0.0]
+    forwarder = _ChildForwarder(
+        send_end, FailureLog(), max_pending=1000, clock=lambda: now[0], retry_in_background=False
+    )
     started = time.perf_counter()
     # Nobody drains: the socket fills, and flushes must return immediately.
     for _ in range(3000):
         forwarder.emit(TASKS, 1, ("t", "q", "SUCCESS"))
         forwarder.flush()
+        now[0] += 0.001  # a task per millisecond: retries after a refusal are spaced out
     assert time.perf_counter() - started < 5, "a flush blocked on a full socket"
-    assert len(forwarder._pending) <= 1000
+    assert forwarder.pending <= 1000
     # Drain everything and flush again: what was sent plus what is reported dropped
     # accounts for every measurement.
     received = dropped = 0
@@ -66,13 +70,14 @@ def test_a_full_socket_never_blocks_and_drops_only_past_the_bound() -> None:
 
     for _ in range(1000):
         drain()
+        now[0] += 1.0
         forwarder.flush()
-        if not forwarder._pending:
+        if not forwarder.pending:
             break
     drain()
     receive_end.close()
     send_end.close()
-    assert forwarder._pending == []
+    assert forwarder.pending == 0
     assert received + dropped == 3000
     assert dropped > 0
 
@@ -134,3 +139,32 @@ def test_undecodable_datagram_is_counted_not_raised() -> None:
         frozenset({("reason", "undecodable")})] == 1
     assert failures.count == 1
     provider.shutdown()
+
+
+def test_a_refused_last_send_is_retried_without_another_task() -> None:
+    """A child that goes idle right after a refused send still delivers its last task."""
+    receive_end, send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    send_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    forwarder = _ChildForwarder(send_end, FailureLog(), max_pending=100_000)
+    sent = 0
+    while True:  # fill the socket until a send is refused
+        forwarder.emit(TASKS, 1, ("t", "q", "SUCCESS"))
+        sent += 1
+        forwarder.flush()
+        if forwarder.pending:
+            break
+    # No more tasks. Drain as the main process would; the retry thread delivers the rest.
+    import marshal
+
+    received = 0
+    receive_end.settimeout(0.5)
+    deadline = time.monotonic() + 10
+    while received < sent and time.monotonic() < deadline:
+        try:
+            _lost, batch = marshal.loads(receive_end.recv(1 << 20))  # noqa: S302
+            received += len(batch)
+        except TimeoutError:
+            continue
+    receive_end.close()
+    send_end.close()
+    assert received == sent

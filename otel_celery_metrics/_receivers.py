@@ -73,6 +73,12 @@ def queue_of_request(request: Any, default: str) -> str:
     return str(noted) if noted else default
 
 
+def _is_celery_reject(exception: Any) -> bool:
+    from celery.exceptions import Reject
+
+    return isinstance(exception, Reject)
+
+
 def _sampled_span() -> tuple[int, int] | None:
     """(trace id, span id) of the current span if it is sampled, for exemplars."""
     context = trace.get_current_span().get_span_context()
@@ -290,7 +296,7 @@ class TaskReceivers:
             name = sender.name
             exc_type = type(exception).__name__
             self._sink.emit(_FAILURES, 1, (name, queue, exc_type))
-            if from_main and exc_type != "Reject":
+            if from_main and not _is_celery_reject(exception):
                 # The task never reached task_postrun in this process: its pool child was
                 # lost (WorkerLostError) or killed at the hard time limit, and Celery
                 # reports it from the main process. Count its terminal state here.

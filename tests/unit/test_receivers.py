@@ -173,16 +173,26 @@ def test_a_failure_reported_from_the_main_process_without_prerun_counts_failure(
 def test_a_reject_is_not_counted_twice() -> None:
     # The task ran to task_postrun (REJECTED is counted from there or from
     # task_rejected); its task_failure from the main process must not add FAILURE.
+    from celery.exceptions import Reject
+
     receivers, sink, _, _ = make()
     task = fake_task()
-
-    class Reject(Exception):  # Celery's class name is what is compared
-        pass
 
     run(receivers, task, "REJECTED")
     receivers.on_failure(sender=task, task_id="id-1", exception=Reject("no"))
     assert [a["state"] for _, a in sink.named(mt.TASKS)] == ["REJECTED"]
     assert sink.named(mt.TASK_FAILURES)[0][1]["exception_type"] == "Reject"
+
+
+def test_a_user_exception_named_reject_from_the_main_process_is_a_failure() -> None:
+    receivers, sink, _, _ = make()
+    task = fake_task()
+
+    class Reject(Exception):  # the user's own class, not Celery's
+        pass
+
+    receivers.on_failure(sender=task, task_id="id-9", exception=Reject("no"))
+    assert [a["state"] for _, a in sink.named(mt.TASKS)] == ["FAILURE"]
 
 
 def test_received_counts_and_notes_time_and_queue_on_the_request() -> None:

@@ -11,8 +11,8 @@ Scenarios:
 
 - ``ladder``: for each rate (task events/s), a fresh exporter gets ``--tasks`` task
   lifecycles paced at that rate; a rate is *sustained* when every event shows up and
-  the exporter is done within 2 s of the publisher. Reports the highest sustained rate
-  and, per step, CPU seconds per 10k events and peak RSS.
+  the exporter is done within 2 s (plus twice its slowest scrape) of the publisher.
+  Reports the highest sustained rate and, per step, CPU s per 10k events and peak RSS.
 - ``burst``: one run at ``--burst-rate`` (default 14,000 events/s): lost events.
 - ``churn``: ``--churn-events`` task events with worker hostnames renamed every 2,000
   tasks; RSS sampled as it runs (flat memory = last quarter ~ second quarter).
@@ -58,8 +58,11 @@ def setup_danihodovic() -> None:
     if (DANIHODOVIC_VENV / "bin" / "python").exists():
         return
     subprocess.run([sys.executable, "-m", "venv", str(DANIHODOVIC_VENV)], check=True)
+    # It pins redis<6 while kombu 5.6+ needs redis>=6.1, so pin the last Celery/kombu that
+    # accept redis 5 (its own range allows them); packaging is needed and undeclared.
     subprocess.run([str(DANIHODOVIC_VENV / "bin" / "pip"), "install", "-q",
-                    "prometheus-exporter-celery"], check=True)
+                    "prometheus-exporter-celery==0.11.2", "celery>=5.5.2,<5.6",
+                    "kombu>=5.5,<5.6", "packaging"], check=True)
 
 
 def free_port() -> int:
@@ -116,6 +119,7 @@ def rss(pid: int) -> int:
 class Exporter:
     def __init__(self, template: str, broker: str) -> None:
         self.port = free_port()
+        self.slowest_scrape_s = 0.0
         argv = shlex.split(template.format(broker=broker, port=self.port))
         self.proc = subprocess.Popen(argv, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
@@ -135,7 +139,10 @@ class Exporter:
             return bytes(r.read())
 
     def shown(self) -> float:
-        return sum(float(v) for v in _SHOWN.findall(self.scrape()))
+        started = time.perf_counter()
+        text = self.scrape()
+        self.slowest_scrape_s = max(self.slowest_scrape_s, time.perf_counter() - started)
+        return sum(float(v) for v in _SHOWN.findall(text))
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -174,7 +181,7 @@ def run_once(template: str, tasks: int, rate: float, churn: int = 0,
             not churn else generated
         t0 = time.perf_counter()
         messages = publish(redis.url, source,
-                           rate * 1.02 if rate else 0)  # heartbeats ride on top (2%)
+                           rate * 1.036 if rate else 0)  # heartbeats ride on top (1 per 7 tasks)
         published_s = time.perf_counter() - t0
         shown, last, last_change = 0.0, -1.0, time.perf_counter()
         while True:
@@ -203,6 +210,7 @@ def run_once(template: str, tasks: int, rate: float, churn: int = 0,
             "events_per_s": round(shown / done_s) if done_s else 0,
             "cpu_s_per_10k": round((cpu1 - cpu0) / max(shown, 1) * 10_000, 3),
             "peak_rss_mb": round(peak / 2**20, 1),
+            "slowest_scrape_s": round(exporter.slowest_scrape_s, 2),
             "rss_samples_mb": [round(s / 2**20, 1) for s in samples],
         }
     finally:
@@ -216,8 +224,11 @@ def ladder(template: str, rates: list[float], tasks_per_step: int) -> dict[str, 
     for rate in rates:
         tasks = max(1000, int(min(tasks_per_step, rate * 20) // TASK_EVENTS_PER_TASK))
         result = run_once(template, tasks, rate)
+        # Kept up: nothing lost, and done within 2 s of the publisher plus the time a
+        # scrape itself takes (an exporter whose scrapes are slow is not penalised twice).
+        slack = 2.0 + 2 * float(result["slowest_scrape_s"])  # type: ignore[arg-type]
         ok = result["lost"] == 0 and result["exporter_alive"] and (
-            float(result["all_shown_s"]) <= float(result["publish_s"]) + 2.0)  # type: ignore[arg-type]
+            float(result["all_shown_s"]) <= float(result["publish_s"]) + slack)  # type: ignore[arg-type]
         result["sustained"] = ok
         steps.append(result)
         print(json.dumps(result), file=sys.stderr, flush=True)
@@ -233,6 +244,8 @@ def main() -> None:
     parser.add_argument("--exporter", action="append", metavar="NAME=COMMAND",
                         help="command template with {broker} and {port}; repeatable "
                         "(default: ours and danihodovic's)")
+    parser.add_argument("--only", choices=["otel-celery-exporter", "danihodovic"],
+                        help="measure one of the two default exporters")
     parser.add_argument("--setup-danihodovic", action="store_true")
     parser.add_argument("--rates", default="2000,4000,6000,8000,12000,16000,24000,32000,48000")
     parser.add_argument("--tasks-per-step", type=int, default=400_000,
@@ -246,6 +259,8 @@ def main() -> None:
         setup_danihodovic()
     exporters = dict(e.split("=", 1) for e in args.exporter) if args.exporter else {
         "otel-celery-exporter": OURS, "danihodovic": DANIHODOVIC}
+    if args.only:
+        exporters = {args.only: exporters[args.only]}
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not on PATH")
     report: dict[str, dict[str, object]] = {name: {} for name in exporters}

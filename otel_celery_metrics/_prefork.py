@@ -94,7 +94,8 @@ class _ChildForwarder:
         self._failures = failures
         self._max_pending = max_pending
         self._retry_in_background = retry_in_background
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending and _dropped
+        self._send_lock = threading.Lock()  # one sender at a time
         self._pending: list[Measurement] = []
         self._dropped = 0
         # After a refused send, the task thread does not try again before this time:
@@ -127,8 +128,25 @@ class _ChildForwarder:
             return
         self._send_pending(flags)
 
-    def _send_pending(self, flags: int) -> bool:
-        """Send everything pending; False if the socket refused (the rest stays pending)."""
+    def _send_pending(self, flags: int, wait: float = 0.0) -> bool:
+        """Send everything pending; False if the socket refused (the rest stays pending).
+
+        One sender at a time: if the retry thread is mid-send, the task thread does not
+        wait (the retry thread sends what the task added); the final flush at child exit
+        waits up to ``wait`` seconds for it, so nothing in its hands is cut off by the exit.
+        """
+        if wait:
+            acquired = self._send_lock.acquire(timeout=wait)
+        else:
+            acquired = self._send_lock.acquire(blocking=False)
+        if not acquired:
+            return True
+        try:
+            return self._send_pending_locked(flags)
+        finally:
+            self._send_lock.release()
+
+    def _send_pending_locked(self, flags: int) -> bool:
         with self._lock:
             pending, self._pending = self._pending, []
             dropped, self._dropped = self._dropped, 0
@@ -190,9 +208,25 @@ class _ChildForwarder:
         """Send what is left, waiting up to ``timeout`` for buffer space (child exit)."""
         try:
             self._sock.settimeout(timeout)
-            self._send_pending(0)
+            self._send_pending(0, wait=timeout)
         except Exception as exc:  # noqa: BLE001
             self._failures.record("final flush of a pool child", exc)
+
+
+def _read_queued(sock: socket.socket) -> tuple[list[bytes], bool]:
+    """Every datagram queued now, without waiting; and whether the end was signalled
+    (an empty datagram from uninstall, or a closed socket)."""
+    datagrams: list[bytes] = []
+    while True:
+        try:
+            data = sock.recv(_MAX_DATAGRAM, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return datagrams, False
+        except OSError:
+            return datagrams, True
+        if not data:
+            return datagrams, True
+        datagrams.append(data)
 
 
 class ForkBridge:
@@ -213,6 +247,7 @@ class ForkBridge:
         self._on_pool_child_start = on_pool_child_start
         self._active = False
         self._lock = threading.Lock()
+        self._decode_lock = threading.Lock()
         self._main_pid: int | None = None
         self._receive_end: socket.socket | None = None
         self._send_end: socket.socket | None = None
@@ -304,37 +339,23 @@ class ForkBridge:
                 return  # closed by uninstall
             if not data:
                 return
-            time.sleep(_COALESCE)
-            batch = [data]
-            while True:
-                try:
-                    more = sock.recv(_MAX_DATAGRAM, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    return
-                if not more:
-                    self._decode_all(batch)
-                    return
-                batch.append(more)
-            self._decode_all(batch)
+            # Held until the burst is recorded, so drain_now() at shutdown waits for it
+            # instead of letting the final export run while a burst is in hand.
+            with self._decode_lock:
+                time.sleep(_COALESCE)
+                more, closed = _read_queued(sock)
+                self._decode_all([data, *more])
+            if closed:
+                return
 
     def drain_now(self) -> None:
         """Record every datagram already queued (worker shutdown; before the final export)."""
         sock = self._receive_end
         if sock is None or self._main_pid != os.getpid():
             return
-        while True:
-            try:
-                data = sock.recv(_MAX_DATAGRAM, socket.MSG_DONTWAIT)
-            except (BlockingIOError, OSError):
-                return
-            if not data:
-                return
-            self._decode(data)
-
-    def _decode(self, data: bytes) -> None:
-        self._decode_all([data])
+        with self._decode_lock:
+            datagrams, _closed = _read_queued(sock)
+            self._decode_all(datagrams)
 
     def _decode_all(self, datagrams: list[bytes]) -> None:
         measurements: list[Measurement] = []

@@ -134,7 +134,7 @@ def test_undecodable_datagram_is_counted_not_raised() -> None:
     failures = FailureLog()
     recorder = Recorder(provider.get_meter("t"), Settings(), failures)
     bridge = ForkBridge(recorder, SwitchableSink(recorder), failures)
-    bridge._decode(b"\x00not marshal")
+    bridge._decode_all([b"\x00not marshal"])
     assert _points(reader, "otel_celery_metrics.dropped")[
         frozenset({("reason", "undecodable")})] == 1
     assert failures.count == 1

@@ -11,7 +11,7 @@ Scenarios:
 
 - ``ladder``: for each rate (task events/s), a fresh exporter gets ``--tasks`` task
   lifecycles paced at that rate; a rate is *sustained* when every event shows up and
-  the exporter is done within 2 s (plus twice its slowest scrape) of the publisher.
+  the exporter is done within 2 s (plus its slowest scrape) of the publisher.
   Reports the highest sustained rate and, per step, CPU s per 10k events and peak RSS.
 - ``burst``: one run at ``--burst-rate`` (default 14,000 events/s): lost events.
 - ``churn``: ``--churn-events`` task events with worker hostnames renamed every 2,000
@@ -224,9 +224,9 @@ def ladder(template: str, rates: list[float], tasks_per_step: int) -> dict[str, 
     for rate in rates:
         tasks = max(1000, int(min(tasks_per_step, rate * 20) // TASK_EVENTS_PER_TASK))
         result = run_once(template, tasks, rate)
-        # Kept up: nothing lost, and done within 2 s of the publisher plus the time a
-        # scrape itself takes (an exporter whose scrapes are slow is not penalised twice).
-        slack = 2.0 + 2 * float(result["slowest_scrape_s"])  # type: ignore[arg-type]
+        # Kept up: nothing lost, and done within 2 s of the publisher plus one scrape's
+        # duration (completion is seen at most one slow scrape late; more is backlog).
+        slack = 2.0 + float(result["slowest_scrape_s"])  # type: ignore[arg-type]
         ok = result["lost"] == 0 and result["exporter_alive"] and (
             float(result["all_shown_s"]) <= float(result["publish_s"]) + slack)  # type: ignore[arg-type]
         result["sustained"] = ok

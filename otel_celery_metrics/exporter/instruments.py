@@ -120,8 +120,10 @@ class Sources:
         receiver: ReceiverStatus,
         queue_probe: Callable[[], ProbeResult],
         inspect_probe: Callable[[], ProbeResult],
+        queue_names: Callable[[], list[str]],
         clock: Callable[[], float],
     ) -> None:
+        self.queue_names = queue_names
         self.counters = counters
         self.caps = caps
         self.handlers = handlers
@@ -237,11 +239,10 @@ class Instruments:
         return {q: c for q, (_, c) in self._sources.queue_probe().values.items() if c is not None}
 
     def _per_queue(self, index: int) -> dict[str, float]:
+        # The probed queues: discovered plus --queues, after the allow/deny lists and the
+        # queue cap, so a worker consuming hundreds of queues cannot flood the series.
         per_queue = self._sources.liveness.per_queue()
-        out: dict[str, float] = dict.fromkeys(self._sources.queue_probe().values, 0)
-        for queue, pair in per_queue.items():
-            out[queue] = pair[index]
-        return out
+        return {q: per_queue.get(q, (0, 0))[index] for q in self._sources.queue_names()}
 
     def _last_event_age(self) -> float:
         last = self._sources.handlers.last_event_at

@@ -105,7 +105,8 @@ class Exporter:
             counters=self.counters, caps=self.caps, handlers=None,  # type: ignore[arg-type]
             liveness=self.liveness, receiver=self.receiver.status,
             queue_probe=lambda: self.queue_probe.result,
-            inspect_probe=lambda: self.inspect_probe.result, clock=clock,
+            inspect_probe=lambda: self.inspect_probe.result,
+            queue_names=self.queue_probe.queue_names, clock=clock,
         )
         self.instruments = Instruments(config, self.registry, sources)
         histograms = Histograms(self.instruments.histogram_provider, config)

@@ -198,6 +198,12 @@ class EventHandlers:
             self.drop(kind, "internal_error")
             self._failures.record(f"handling a {kind} event", exc)
 
+    def forget_worker(self, hostname: str) -> None:
+        """Remove a forgotten worker's series from the hostname-labelled task counters."""
+        if self._per_host:
+            for counter in self._per_event.values():
+                counter.forget_where(2, hostname)
+
     def drop(self, kind: str, reason: str, amount: int = 1) -> None:
         self._dropped.add((kind if kind in KNOWN_TYPES else OTHER_TYPE, reason), amount)
 

@@ -176,9 +176,7 @@ class Exporter:
     def maintain(self) -> None:
         gone = self.liveness.expire()
         for hostname in gone:
-            for counters in self.counters:
-                if len(next(iter(counters.values), ())) >= 3:
-                    counters.forget_where(2, hostname)
+            self.handlers.forget_worker(hostname)
         forgotten = self.liveness.forgotten_total
         if forgotten - self._forgotten_at_build >= REBUILD_AFTER_FORGOTTEN:
             self._forgotten_at_build = forgotten

@@ -68,8 +68,9 @@ class Counters:
 
     def forget_where(self, position: int, value: str) -> None:
         """Remove every series whose attribute at ``position`` is ``value``."""
-        for key in [k for k in self.values if len(k) > position and k[position] == value]:
-            del self.values[key]
+        # list() copies the keys atomically: the receive thread may be adding some.
+        for key in [k for k in list(self.values) if len(k) > position and k[position] == value]:
+            self.values.pop(key, None)
 
 
 class CounterStore:
@@ -83,6 +84,3 @@ class CounterStore:
         if found is None:
             found = self._counters[name] = Counters(name)
         return found
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(list(self._counters.values()))

@@ -55,3 +55,18 @@ def test_self_metrics_before_any_event(make_exporter) -> None:
     assert value(text, "celery_exporter_last_event_age_seconds") == -1
     assert value(text, "celery_exporter_probe_age_seconds", probe="queues") == -1
     promtool_check(text)
+
+
+def test_a_forgotten_workers_hostname_labelled_task_series_are_removed(
+    make_exporter, clock: FakeClock
+) -> None:
+    exporter = make_exporter(worker_timeout=5.0, worker_forget_after=30.0, task_hostname_label=True)
+    feed(exporter, [{"type": "worker-heartbeat", "hostname": "celery@host-a", "active": 0}])
+    feed(exporter, lifecycle("t1"))
+    assert value(scrape(exporter), "celery_task_succeeded_total", hostname="celery@host-a") == 1
+    clock.advance(31)
+    exporter.maintain()
+    text = scrape(exporter)
+    assert value(text, "celery_task_succeeded_total", hostname="celery@host-a") is None
+    assert value(text, "celery_worker_up", hostname="celery@host-a") is None
+    assert value(text, "celery_tasks_total", task_name="app.add", state="SUCCESS") == 1

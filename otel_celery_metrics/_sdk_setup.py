@@ -16,8 +16,7 @@ the SDK changed shape, log once and leave the reader as it is.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from otel_celery_metrics.settings import Settings
@@ -92,7 +91,8 @@ def silence_exporting_readers(provider: Any) -> int:
     return silenced
 
 
-#: Loggers of the OTLP metric exporters (the gRPC base exporter is shared with traces).
+#: Loggers of the OTLP metric exporters (the gRPC base exporter is shared with traces, so
+#: its span-export retries are folded the same way).
 OTLP_EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.metric_exporter",
     "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
@@ -100,38 +100,42 @@ OTLP_EXPORTER_LOGGERS = (
 )
 
 
-class OncePerInterval(logging.Filter):
-    """Lets one warning-or-worse record through per logger per ``interval`` seconds.
+class OneLinePerFailedExport(logging.Filter):
+    """Folds the OTLP exporter's retry warnings into its final error: one line per export.
 
-    With the Collector down, the OTLP exporter logs a retry warning and a final error for
-    every export; with short intervals and several retries that is a flood. An operator
-    needs one line per interval that says exports fail and why; the first one says it.
+    With the Collector down, every export logs "Transient error ... retrying" for each
+    retry and then "Failed to export ..." (which, for http/protobuf, does not say why).
+    The retry warnings are held back; the last one's text (the reason, and the endpoint
+    for gRPC) is appended to the final error. An operator sees one line per failed export
+    interval that says what failed and why, and nothing per task.
     """
 
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._interval = interval
-        self._clock = clock
-        self._last: dict[str, float] = {}
+        self._last_retry: dict[str, str] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is not ours to judge
             return True
-        now = self._clock()
-        last = self._last.get(record.name)
-        if last is not None and now - last < self._interval:
+        if record.levelno == logging.WARNING and message.startswith("Transient error"):
+            self._last_retry[record.name] = message
             return False
-        self._last[record.name] = now
+        last = self._last_retry.pop(record.name, None)
+        if last is not None and record.levelno >= logging.ERROR:
+            record.msg = f"{message} Last retry: {last}"
+            record.args = ()
         return True
 
 
-def limit_exporter_logs(interval: float) -> OncePerInterval:
-    """Install :class:`OncePerInterval` on the OTLP exporters' loggers (idempotent)."""
-    log_filter = OncePerInterval(interval)
+def limit_exporter_logs() -> OneLinePerFailedExport:
+    """Install :class:`OneLinePerFailedExport` on the OTLP exporters' loggers (idempotent)."""
+    log_filter = OneLinePerFailedExport()
     for name in OTLP_EXPORTER_LOGGERS:
         logger = logging.getLogger(name)
         for existing in list(logger.filters):
-            if isinstance(existing, OncePerInterval):
+            if isinstance(existing, OneLinePerFailedExport):
                 logger.removeFilter(existing)
         logger.addFilter(log_filter)
     return log_filter

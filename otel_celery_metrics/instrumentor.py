@@ -89,7 +89,7 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         receivers.connect()
         bridge.install()
         _tune_readers(provider, settings)
-        _limit_exporter_logs(kwargs.get("environ") or os.environ)
+        _limit_exporter_logs()
         self._wiring = _Wiring(recorder, sink, receivers, bridge)
 
     def _uninstrument(self, **kwargs: Any) -> None:
@@ -110,16 +110,12 @@ def _tune_readers(provider: Any, settings: Settings) -> None:
         _logger.warning("otel-celery-metrics: could not adjust Prometheus readers: %s", exc)
 
 
-def _limit_exporter_logs(environ: Mapping[str, str]) -> None:
-    # One line per export interval while the Collector is unreachable, not one per retry.
-    try:
-        interval = float(environ.get("OTEL_METRIC_EXPORT_INTERVAL") or 60000) / 1000
-    except ValueError:
-        interval = 60.0
+def _limit_exporter_logs() -> None:
+    # One line per failed export while the Collector is unreachable, not one per retry.
     try:
         from otel_celery_metrics._sdk_setup import limit_exporter_logs
 
-        limit_exporter_logs(max(interval, 1.0))
+        limit_exporter_logs()
     except Exception as exc:  # noqa: BLE001 - logging hygiene must not stop instrumenting
         _logger.warning("otel-celery-metrics: could not limit exporter logs: %s", exc)
 

@@ -1,4 +1,4 @@
-"""While the Collector is down: one exporter log line per export interval, not per retry."""
+"""While the Collector is down: one exporter log line per failed export, not per retry."""
 
 from __future__ import annotations
 
@@ -8,36 +8,43 @@ import pytest
 
 from otel_celery_metrics._sdk_setup import (
     OTLP_EXPORTER_LOGGERS,
-    OncePerInterval,
+    OneLinePerFailedExport,
     limit_exporter_logs,
 )
 
 
-def test_one_warning_per_logger_per_interval() -> None:
-    now = [100.0]
-    log_filter = OncePerInterval(60.0, clock=lambda: now[0])
+def _record(name: str, level: int, msg: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
 
-    def record(name: str, level: int = logging.WARNING) -> logging.LogRecord:
-        return logging.LogRecord(name, level, __file__, 1, "export failed", None, None)
 
-    assert log_filter.filter(record("a"))
-    assert not log_filter.filter(record("a", logging.ERROR))  # same interval: suppressed
-    assert log_filter.filter(record("b"))  # another exporter has its own budget
-    assert log_filter.filter(record("a", logging.INFO))  # below warning: untouched
-    now[0] += 60.0
-    assert log_filter.filter(record("a"))  # next interval: one more line
+def test_retries_fold_into_the_final_error_with_their_reason() -> None:
+    log_filter = OneLinePerFailedExport()
+    retry = "Transient error %s encountered while exporting %s batch, retrying in %.2fs."
+    assert not log_filter.filter(_record("a", logging.WARNING, retry, "refused", "metrics", 1.0))
+    assert not log_filter.filter(_record("a", logging.WARNING, retry, "reset", "metrics", 2.0))
+    final = _record("a", logging.ERROR, "Failed to export %s batch due to timeout.", "metrics")
+    assert log_filter.filter(final)
+    line = final.getMessage()
+    assert line.startswith("Failed to export metrics batch due to timeout.")
+    assert "Last retry: Transient error reset" in line  # the reason is on the one line
+    # Another logger's failure is its own; other records pass untouched.
+    other = _record("b", logging.ERROR, "Failed to export %s batch", "metrics")
+    assert log_filter.filter(other)
+    assert other.getMessage() == "Failed to export metrics batch"
+    assert log_filter.filter(_record("a", logging.WARNING, "Exporter already shutdown"))
 
 
 def test_installing_twice_keeps_one_filter(caplog: pytest.LogCaptureFixture) -> None:
-    limit_exporter_logs(30.0)
-    limit_exporter_logs(30.0)
+    limit_exporter_logs()
+    limit_exporter_logs()
     logger = logging.getLogger(OTLP_EXPORTER_LOGGERS[0])
     try:
-        assert sum(isinstance(f, OncePerInterval) for f in logger.filters) == 1
+        assert sum(isinstance(f, OneLinePerFailedExport) for f in logger.filters) == 1
         with caplog.at_level(logging.WARNING, logger=logger.name):
             for _ in range(5):
-                logger.warning("Transient error while exporting, retrying")
-        assert len(caplog.records) == 1
+                logger.warning("Transient error refused encountered, retrying")
+            logger.error("Failed to export metrics batch")
+        assert [r.levelno for r in caplog.records] == [logging.ERROR]
     finally:
         for name in OTLP_EXPORTER_LOGGERS:
             for f in list(logging.getLogger(name).filters):

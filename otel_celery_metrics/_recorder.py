@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 from opentelemetry.util.types import Attributes
@@ -141,14 +142,16 @@ class Recorder:
 
     # -- recording -----------------------------------------------------------------------
 
-    def emit(self, metric: int, value: float, attrs: AttrValues) -> None:
-        """Record one measurement. Never raises."""
+    def emit(
+        self, metric: int, value: float, attrs: AttrValues, context: Context | None = None
+    ) -> None:
+        """Record one measurement (in ``context``, if given). Never raises."""
         try:
             cached = self._cache[metric].get(attrs)
             if cached is None:
                 cached = self._admit(metric, attrs)
             record_attrs, overflowed = cached
-            self._record[metric](value, record_attrs)
+            self._record[metric](value, record_attrs, context=context)
             if overflowed is not None:
                 self._record[_OVERFLOW_ATTRIBUTE](1, {mt.ATTRIBUTE: overflowed})
         except Exception as exc:  # noqa: BLE001 - metrics never raise into tasks
@@ -164,18 +167,14 @@ class Recorder:
         attaches its trace and span id to the point, linking a slow bucket to its trace.
         """
         try:
-            cached = self._cache[metric].get(attrs)
-            if cached is None:
-                cached = self._admit(metric, attrs)
             span = NonRecordingSpan(
                 SpanContext(trace_id, span_id, is_remote=True, trace_flags=_SAMPLED)
             )
             context = set_span_in_context(span)
-            self._record[metric](value, cached[0], context=context)
-            if cached[1] is not None:
-                self._record[_OVERFLOW_ATTRIBUTE](1, {mt.ATTRIBUTE: cached[1]})
         except Exception as exc:  # noqa: BLE001 - metrics never raise into tasks
             self._failures.record("recording a traced measurement", exc)
+            return
+        self.emit(metric, value, attrs, context)
 
     def emit_many(self, measurements: Iterable[Measurement]) -> None:
         """Record a batch; counter increments with the same attributes are summed first

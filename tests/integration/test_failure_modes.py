@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +25,6 @@ def _send_ok(broker_url: str, queue: str, n: int = 3) -> None:
 
 def _succeeded(worker: Worker, n: int) -> bool:
     return len(re.findall(r"Task tests\.ok\[[^\]]+\] succeeded", worker.log_text())) >= n
-
-
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    """A port some other process listens on (SO_REUSEADDR does not get around it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield int(sock.getsockname()[1])
 
 
 def _preflight_registered() -> bool:

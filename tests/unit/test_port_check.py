@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import socket
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,14 +17,6 @@ from otel_celery_metrics._port_check import (
     prometheus_address,
 )
 from tests.support import free_port
-
-
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield int(sock.getsockname()[1])
 
 
 def env_for(port: int, exporters: str = "prometheus") -> dict[str, str]:

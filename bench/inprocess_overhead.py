@@ -1,34 +1,32 @@
-"""Extra cost per task of task-signal instrumentation, side by side, through real dispatch.
+"""Extra cost per task of Celery task instrumentation, side by side, through real dispatch.
 
-Each (round, mode) runs in a fresh interpreter that forks one "pool child", as Celery's
-prefork pool does. The child pushes a realistic request (protocol-2 fields, delivery_info,
-the received-at stamp a worker's main process adds) onto a real Task and sends
-task_prerun / task_success / task_postrun (and task_failure every ``--failure-every``
-tasks) with Celery's own ``Signal.send``, N times. The parent meanwhile does what a
-worker's main process does for that mode: nothing for most, and for ``ours_child`` it
-runs our ForkBridge drain thread that decodes the child's datagrams into a real SDK
-MeterProvider with a Prometheus reader. So for ``ours_child`` the figures include getting
-the measurements out of the child:
+Each (round, mode) runs in a fresh interpreter that plays both processes of a prefork
+worker, with Celery's own code:
 
-- child cpu: CPU time (user+sys) of the child's loop per task: what a task pays;
-- drain cpu: CPU time of the parent while the child ran, per task: what the worker's
-  main process pays to record the child's measurements (0 for the other modes);
-- extra = mode - bare in the same round, for child, drain and their sum.
+- the pool child (a forked process, as Celery's pool forks): it sends
+  ``worker_process_init``, then for each task pushes a realistic protocol-2 request onto a
+  real Task and sends task_prerun / task_success / task_postrun (and task_failure every
+  ``--failure-every`` tasks) with Celery's own ``Signal.send``: what a task pays;
+- the worker's main process (the parent, after the child exits): for each task, what
+  it does around an execution with Celery's real request class, built by Celery's
+  ``strategy.create_request_cls`` from a kombu message: ``task_received`` is sent, then
+  the pool's callbacks ``on_accepted`` and ``on_success`` (with the result tuple a pool
+  hands back, or a raised exception every ``--failure-every`` tasks).
+
+Figures, CPU time (user+sys) per task: ``child`` and ``main``; extra = mode - bare in the
+same round, for each and for their sum (the total a task costs the worker).
 
 Modes:
-- bare: no receivers;
+- bare: Celery alone;
 - noop_receivers: a do-nothing receiver on task_prerun and task_postrun (the floor any
-  signal-based design pays for Celery's dispatch);
-- recipe: prometheus_client in signals (``_recipe.py``);
+  design that records in task signals pays for Celery's dispatch);
+- recipe: prometheus_client in signals (``_recipe.py``), all in the child;
 - otel_port: the recipe ported to an SDK MeterProvider + Prometheus reader, recorded in
-  the receivers;
-- ours_direct: our instrumentor owning the provider (solo/threads pool);
-- ours_child: our instrumentor in prefork pool-child mode, drained by the parent.
-
-``--task-work-us W`` makes every task body burn W us of CPU. With the default (0) the
-child sends faster than the drain records, the socket queue fills, and the figures
-include our refused-send path; with ``--task-work-us 50`` the drain keeps up and wakes
-for every datagram, as in a real worker.
+  the child's receivers;
+- ours: our instrumentor as ``opentelemetry-instrument`` sets it up (SDK MeterProvider
+  and Prometheus reader in the main process, instrumented before the fork). The child
+  runs nothing of ours per task (exemplars are off: no tracing instrumentation here);
+  the main process records from the request callbacks and counts task_received.
 
 Rounds alternate the order of modes; medians over rounds are printed with ratios of our
 extra cost to the recipe's. Every run checks that the counted tasks equal N + warm-up.
@@ -49,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = ("bare", "noop_receivers", "recipe", "otel_port", "ours_direct", "ours_child")
+MODES = ("bare", "noop_receivers", "recipe", "otel_port", "ours")
 HERE = Path(__file__).resolve().parent
 TASK_NAME = "bench.noop"
 QUEUE = "celery"
@@ -89,17 +87,16 @@ def _base_request() -> dict[str, Any]:
         "reply_to": "c0ffee00-reply", "hostname": "celery@bench",
         "delivery_info": delivery_info, "args": [], "kwargs": {}, "is_eager": False,
         "callbacks": None, "errbacks": None, "chain": None, "chord": None,
-        # Set by our task_received receiver in the main process; the request carries
-        # them into the child (present for every mode; only ours reads them).
+        # Stamped by ours in the main process when the request is built; the request
+        # carries it into the child (present for every mode; only ours reads it).
         "otel_celery_received_at": time.time(),
-        "otel_celery_queue": QUEUE,
     }
 
 
 def _run_tasks(task: Any, count: int, failure_every: int, work_us: float = 0.0) -> None:
     """``count`` executions' worth of what Celery's tracer does around a task.
 
-    ``work_us``: CPU the task body burns (a busy loop), so that a drain can keep up.
+    ``work_us``: CPU the task body burns (a busy loop).
     """
     from celery import signals
     from celery.app.task import Context
@@ -195,17 +192,13 @@ def _child(mode: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:
         provider, registry = _sdk_provider()
         OtelPort(provider.get_meter("port")).connect()
         counted = lambda: _sample_sum(registry, "port_tasks_total")  # noqa: E731
-    elif mode == "ours_direct":
-        provider, registry = _sdk_provider()
-        _instrument_ours(provider)
-        counted = lambda: _sample_sum(registry, "celery_tasks_total")  # noqa: E731
     tasks = args.tasks
     _run_tasks(task, args.warmup, args.failure_every, args.task_work_us)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     _run_tasks(task, tasks, args.failure_every, args.task_work_us)
     wall1, cpu1 = time.perf_counter(), time.process_time()
-    if mode == "ours_child":
-        # What a pool child does on exit: the bridge sends anything still pending.
+    if mode == "ours":
+        # What a pool child does on exit.
         signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
     return {
         "child_wall_us": (wall1 - wall0) / tasks * 1e6,
@@ -214,22 +207,75 @@ def _child(mode: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_one(mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Fork a pool child that runs the tasks; the parent plays the worker's main process."""
-    if os.environ.get("BENCH_EXTRA_IMPORT"):
-        # A module to import first, e.g. a monkeypatch to try a change to the package
-        # without editing it (the profiling notes in README.md used this).
-        import importlib
+class _Pool:
+    """What ``create_request_cls`` is given as the pool (its apply_async is not used)."""
 
-        importlib.import_module(os.environ["BENCH_EXTRA_IMPORT"])
+    apply_async = None
+
+
+def _messages(count: int = 1024) -> list[Any]:
+    """Protocol-2 task messages as a worker's consumer receives them."""
+    from kombu import Message
+
+    base = _base_request()
+    keys = ("lang", "task", "shadow", "eta", "expires", "group", "group_index", "retries",
+            "timelimit", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
+            "replaced_task_nesting", "stamped_headers", "stamps")
+    messages = []
+    for i in range(count):
+        task_id = f"{i:08x}-5eed-4b1d-9c0d-{i:012x}"
+        headers = {k: base[k] for k in keys} | {"id": task_id, "root_id": task_id}
+        messages.append(Message(
+            body=b'[[], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]',
+            headers=headers, content_type="application/json", content_encoding="utf-8",
+            delivery_info=dict(base["delivery_info"]),
+        ))
+    return messages
+
+
+def _no_ack(*_args: Any) -> None:
+    return None
+
+
+def _main_side(task: Any, count: int, failure_every: int) -> None:
+    """``count`` tasks' worth of what a worker's main process does around an execution:
+    build the task's request from the message (Celery's per-task request class, as its
+    strategy does), send task_received, then the pool's callbacks."""
+    from billiard.einfo import ExceptionInfo
+    from celery import signals
+    from celery.worker import strategy
+    from celery.worker.request import Request
+
+    request_cls = strategy.create_request_cls(Request, task, _Pool(), "celery@bench", None,
+                                              app=task.app)
+    send_received = signals.task_received.send
+    messages = _messages()
+    monotonic = time.monotonic
+    app = task.app
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = (1, ExceptionInfo(), None)
+    for i in range(count):
+        request = request_cls(messages[i & 1023], on_ack=_no_ack, app=app, task=task,
+                              hostname="celery@bench", decoded=False)
+        send_received(sender=None, request=request)
+        request.on_accepted(4242, monotonic())
+        if failure_every and i % failure_every == 0:
+            request.on_success(failed)
+        else:
+            request.on_success((0, None, 0.0001))
+
+
+def run_one(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Fork a pool child that runs the tasks, then play the worker's main process."""
     task = _make_task()
     parent_registry = None
-    if mode == "ours_child":
+    if mode == "ours":
         provider, parent_registry = _sdk_provider()
         _instrument_ours(provider)
     read_fd, write_fd = os.pipe()
-    parent_cpu_before = _cpu()
-    pid = os.fork()  # ours_child: our before-fork hook starts the socketpair + drain thread
+    pid = os.fork()
     if pid == 0:  # --- the pool child
         os.close(read_fd)
         try:
@@ -247,14 +293,13 @@ def run_one(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     result = json.loads(b"".join(chunks))
     if "error" in result:
         raise SystemExit(f"{mode}: child failed: {result['error']}")
-    if mode == "ours_child":
-        from otel_celery_metrics.instrumentor import CeleryMetricsInstrumentor
-
-        # Records what is still queued and stops the drain thread (after the last datagram).
-        CeleryMetricsInstrumentor().uninstrument()
-    drain_cpu = _cpu() - parent_cpu_before
     tasks, warmup = args.tasks, args.warmup
-    result["drain_cpu_us"] = drain_cpu / (tasks + warmup) * 1e6
+    _main_side(task, warmup, args.failure_every)
+    wall0, cpu0 = time.perf_counter(), _cpu()
+    _main_side(task, tasks, args.failure_every)
+    wall1, cpu1 = time.perf_counter(), _cpu()
+    result["main_cpu_us"] = (cpu1 - cpu0) / tasks * 1e6
+    result["main_wall_us"] = (wall1 - wall0) / tasks * 1e6
     if parent_registry is not None:
         result["counted"] = _sample_sum(parent_registry, "celery_tasks_total")
     expected = tasks + warmup
@@ -324,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             this_round[mode] = _spawn(mode, args)
             f = this_round[mode]
             print(f"round {r + 1} {mode:14s} child cpu {f['child_cpu_us']:6.2f} "
-                  f"wall {f['child_wall_us']:6.2f}  drain cpu {f['drain_cpu_us']:6.2f} us/task",
+                  f"wall {f['child_wall_us']:6.2f}  main cpu {f['main_cpu_us']:6.2f} us/task",
                   flush=True)
         runs.append(this_round)
     if args.json:
@@ -338,33 +383,27 @@ def _report(modes: list[str], runs: list[dict[str, dict[str, Any]]]) -> None:
     def extra(mode: str, key: str) -> list[float]:
         return [r[mode][key] - r["bare"][key] for r in runs]
 
-    print("\nmedians over rounds, us per task (extra = mode - bare in the same round)")
-    print(f"{'mode':14s} {'child cpu':>9s} {'wall':>7s} {'drain':>7s} | "
-          f"{'+child':>7s} {'+wall':>7s} {'+drain':>7s} {'+total':>7s}")
+    print("\nmedians over rounds, us of CPU per task (extra = mode - bare in the same round)")
+    print(f"{'mode':14s} {'child':>7s} {'main':>7s} | {'+child':>7s} {'+main':>7s} {'+total':>7s}")
     totals: dict[str, list[float]] = {}
     for mode in modes:
         child = [r[mode]["child_cpu_us"] for r in runs]
-        wall = [r[mode]["child_wall_us"] for r in runs]
-        drain = [r[mode]["drain_cpu_us"] for r in runs]
-        e_child, e_wall, e_drain = (extra(mode, k) for k in
-                                    ("child_cpu_us", "child_wall_us", "drain_cpu_us"))
-        totals[mode] = [c + d for c, d in zip(e_child, e_drain, strict=True)]
-        print(f"{mode:14s} {_median(child):9.2f} {_median(wall):7.2f} {_median(drain):7.2f} | "
-              f"{_median(e_child):+7.2f} {_median(e_wall):+7.2f} {_median(e_drain):+7.2f} "
-              f"{_median(totals[mode]):+7.2f}")
+        main = [r[mode]["main_cpu_us"] for r in runs]
+        e_child, e_main = extra(mode, "child_cpu_us"), extra(mode, "main_cpu_us")
+        totals[mode] = [c + m for c, m in zip(e_child, e_main, strict=True)]
+        print(f"{mode:14s} {_median(child):7.2f} {_median(main):7.2f} | {_median(e_child):+7.2f} "
+              f"{_median(e_main):+7.2f} {_median(totals[mode]):+7.2f}")
     if "recipe" not in modes:
         return
-    recipe_child = extra("recipe", "child_cpu_us")
-    print("\nratios to the recipe's extra cost (median of per-round ratios; target <= 0.50)")
+    recipe = totals["recipe"]
+    print("\nratios of extra cost (child + main) to the recipe's, median of per-round ratios"
+          " (target <= 0.50)")
     for mode in modes:
-        if mode in ("bare", "noop_receivers", "recipe"):
+        if mode in ("bare", "recipe"):
             continue
-        child = extra(mode, "child_cpu_us")
-        child_ratio = _median([c / rc for c, rc in zip(child, recipe_child, strict=True)])
-        total_ratio = _median([t / rc for t, rc in zip(totals[mode], recipe_child, strict=True)])
-        verdict = "met" if total_ratio <= 0.5 else "MISSED"
-        print(f"{mode:14s} child-side {child_ratio:5.2f}   child+drain {total_ratio:5.2f}  "
-              f"(target on child+drain: {verdict})")
+        ratio = _median([t / rt for t, rt in zip(totals[mode], recipe, strict=True)])
+        verdict = "met" if ratio <= 0.5 else "MISSED"
+        print(f"{mode:14s} {ratio:5.2f}  ({verdict})")
 
 
 if __name__ == "__main__":

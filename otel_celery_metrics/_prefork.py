@@ -1,35 +1,34 @@
-"""All fork-awareness: pool children forward measurements to the worker's main process.
+"""All fork-awareness: what a pool child must do differently, and its channel to the main process.
 
-Why: under the prefork pool, tasks run in forked children, but the meter provider that a
-scrape or an OTLP export reads lives in the main process. Left alone, children record
-into their private copies (``/metrics`` shows no task series) or each child exports on
-its own (new identity per child, a lost last interval on recycle, pre-fork values
-re-exported by every child).
+Task outcomes need no channel: Celery's pool already hands every result to the worker's
+main process, where :mod:`otel_celery_metrics._outcomes` records it. What remains
+process-specific lives here:
 
-How: the first time a process forks (``os.register_at_fork(before=...)``), it creates a
-``SOCK_DGRAM`` socketpair and a drain thread. Every child inherits the sending end. When
-Celery initialises a pool child (``worker_process_init``), the child's
-:class:`SwitchableSink` switches from recording to buffering. A child sends its buffer
-as one datagram after each task (``task_postrun``) and when it exits
-(``worker_process_shutdown``); the main process' drain thread decodes the datagrams
-into the :class:`~otel_celery_metrics._recorder.Recorder`. A socketpair keeps this
-private to the worker's process tree: no other local process has an address to write to.
+- in Celery pool children (``worker_process_init``), the copies of periodic (OTLP)
+  readers are silenced: only the main process exports, under one identity, and values
+  recorded before the fork are not exported again by every child;
+- the few things only a child knows travel to the main process over a private
+  ``SOCK_DGRAM`` socketpair created at the main process' first fork
+  (``os.register_at_fork``): the span each task ran in (exemplars, only when they are
+  on) and failures of our own code in the child (``internal_error``). A child sends one
+  datagram per task (``task_postrun``) and what is left when it exits
+  (``worker_process_shutdown``). The main process reads what is queued when it needs it
+  (when it records the task's outcome, before every collection, at shutdown), so there is
+  no extra thread, and a span always arrives before its task's result: the child sends it
+  before it hands the result to the pool;
+- a child's exit hook makes one non-blocking send and nothing else (see
+  :meth:`ForkBridge._on_child_shutdown` for why nothing may delay that exit).
 
-Guarantees and limits (``docs/prefork.md``):
-- sends never block a task (``MSG_DONTWAIT``); a full socket buffer keeps the batch
-  pending for the next flush; past ``max_pending`` measurements the oldest are dropped
-  and counted in ``otel_celery_metrics_dropped_total{reason="pool_buffer_full"}``;
-- a child killed with SIGKILL loses only what its running task had buffered (its queue
-  wait); Celery itself reports the task as failed (WorkerLostError) from the main
-  process, and that is counted there;
-- in Celery pool children, the copies of periodic OTLP readers are silenced, so only the
-  main process exports, under one identity.
+Guarantees and limits (``docs/prefork.md``): sends never block a task
+(``MSG_DONTWAIT``); a refused send is retried from a short-lived thread with backoff;
+past ``max_pending`` entries the oldest are dropped and counted in
+``otel_celery_metrics_dropped_total{reason="pool_buffer_full"}``. A socketpair keeps
+this private to the worker's process tree.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import marshal
 import os
 import socket
@@ -38,22 +37,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import trace
-
 from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._recorder import AttrValues, Measurement, Recorder
+from otel_celery_metrics._outcomes import SpanJoin
+from otel_celery_metrics._recorder import AttrValues, Measurement, Recorder, SpanIds
 from otel_celery_metrics._safety import FailureLog
 
 _DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
+#: Marks a span entry (task id, trace id, span id) among a datagram's measurements.
+_SPAN = -1
+#: (_SPAN, task id, trace id, span id)
+_SpanEntry = tuple[int, str, int, int]
 # Measurements per datagram: keeps each datagram far below the socket's size limit.
 _CHUNK = 256
 _MAX_DATAGRAM = 1 << 20
 # Seconds a child waits after a refused send before trying again (at its next task).
 _RETRY_DELAY = 0.005
 _MAX_RETRY_DELAY = 1.0
-# After waking for a datagram, the drain thread lets a few more arrive before recording:
-# one wake-up (and one GIL handoff with the busy main thread) per burst, not per task.
-_COALESCE = 0.002
 # marshal's format is stable per version; both ends are the same interpreter anyway.
 _MARSHAL_VERSION = 4
 
@@ -65,12 +64,20 @@ def _noop() -> None:
 class SwitchableSink:
     """What receivers send to. Records directly until this process is a pool child."""
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, spans: SpanJoin) -> None:
+        self._recorder = recorder
+        self._spans = spans
         self.emit: Callable[[int, float, AttrValues], None] = recorder.emit
-        self.emit_traced: Callable[[int, float, AttrValues, int, int], None] = (
-            recorder.emit_traced
-        )
+        self.span: Callable[[str, int, int], None] = self._put_span
         self.flush: Callable[[], None] = _noop
+
+    def _put_span(self, task_id: str, trace_id: int, span_id: int) -> None:
+        self._spans.put(task_id, (trace_id, span_id))
+
+    def restore(self) -> None:
+        self.emit = self._recorder.emit
+        self.span = self._put_span
+        self.flush = _noop
 
 
 class _ChildForwarder:
@@ -96,7 +103,7 @@ class _ChildForwarder:
         self._retry_in_background = retry_in_background
         self._lock = threading.Lock()  # guards _pending and _dropped
         self._send_lock = threading.Lock()  # one sender at a time
-        self._pending: list[Measurement] = []
+        self._pending: list[Measurement | _SpanEntry] = []
         self._dropped = 0
         # After a refused send, the task thread does not try again before this time:
         # re-encoding a growing backlog after every task is what a busy main process would
@@ -109,11 +116,9 @@ class _ChildForwarder:
         with self._lock:
             self._pending.append((metric, value, attrs))
 
-    def emit_traced(
-        self, metric: int, value: float, attrs: AttrValues, trace_id: int, span_id: int
-    ) -> None:
+    def span(self, task_id: str, trace_id: int, span_id: int) -> None:
         with self._lock:
-            self._pending.append((metric, value, attrs, trace_id, span_id))
+            self._pending.append((_SPAN, task_id, trace_id, span_id))
 
     @property
     def pending(self) -> int:
@@ -128,18 +133,13 @@ class _ChildForwarder:
             return
         self._send_pending(flags)
 
-    def _send_pending(self, flags: int, wait: float = 0.0) -> bool:
+    def _send_pending(self, flags: int) -> bool:
         """Send everything pending; False if the socket refused (the rest stays pending).
 
-        One sender at a time: if the retry thread is mid-send, the task thread does not
-        wait (the retry thread sends what the task added); the final flush at child exit
-        waits up to ``wait`` seconds for it, so nothing in its hands is cut off by the exit.
+        One sender at a time: if the retry thread is mid-send, the caller does not wait
+        (the retry thread sends what the caller added).
         """
-        if wait:
-            acquired = self._send_lock.acquire(timeout=wait)
-        else:
-            acquired = self._send_lock.acquire(blocking=False)
-        if not acquired:
+        if not self._send_lock.acquire(blocking=False):
             return True
         try:
             return self._send_pending_locked(flags)
@@ -204,54 +204,60 @@ class _ChildForwarder:
             if not self._send_pending(socket.MSG_DONTWAIT):
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
 
-    def final_flush(self, timeout: float = 2.0) -> None:
-        """Send what is left, waiting up to ``timeout`` for buffer space (child exit)."""
+    def final_flush(self) -> None:
+        """Send what is left, once, without waiting (child exit: see ForkBridge)."""
         try:
-            self._sock.settimeout(timeout)
-            self._send_pending(0, wait=timeout)
+            if not self._send_pending(socket.MSG_DONTWAIT) or self._pending:
+                with self._lock:
+                    lost = len(self._pending)
+                self._failures.record(
+                    "final flush of a pool child",
+                    BlockingIOError(f"{lost} entries not sent: the socket was full"),
+                )
         except Exception as exc:  # noqa: BLE001
             self._failures.record("final flush of a pool child", exc)
 
 
-def _read_queued(sock: socket.socket) -> tuple[list[bytes], bool]:
-    """Every datagram queued now, without waiting; and whether the end was signalled
-    (an empty datagram from uninstall, or a closed socket)."""
+def _read_queued(sock: socket.socket) -> list[bytes]:
+    """Every datagram queued now, without waiting."""
     datagrams: list[bytes] = []
     while True:
         try:
             data = sock.recv(_MAX_DATAGRAM, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
-            return datagrams, False
+            return datagrams
         except OSError:
-            return datagrams, True
+            return datagrams  # closed by uninstall
         if not data:
-            return datagrams, True
+            return datagrams
         datagrams.append(data)
 
 
 class ForkBridge:
-    """Owns the socketpair, the drain thread and the per-process sink switch."""
+    """Owns the socketpair and the per-process sink switch."""
 
     def __init__(
         self,
         recorder: Recorder,
         sink: SwitchableSink,
+        spans: SpanJoin,
         failures: FailureLog,
+        *,
         max_pending: int = 50_000,
         on_pool_child_start: Callable[[], None] | None = None,
     ) -> None:
         self._recorder = recorder
         self._sink = sink
+        self._spans = spans
         self._failures = failures
         self._max_pending = max_pending
         self._on_pool_child_start = on_pool_child_start
         self._active = False
         self._lock = threading.Lock()
-        self._decode_lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._main_pid: int | None = None
         self._receive_end: socket.socket | None = None
         self._send_end: socket.socket | None = None
-        self._thread: threading.Thread | None = None
         self._forwarder: _ChildForwarder | None = None
         self._connected: list[tuple[Any, Callable[..., None]]] = []
         self._fork_hooks_registered = False
@@ -282,23 +288,12 @@ class ForkBridge:
         self._connected.clear()
         self.drain_now()
         if self._receive_end is not None and self._main_pid == os.getpid():
-            # Wakes the drain thread (it exits on an empty datagram) and frees the fds.
-            send_end = self._send_end
-            if send_end is not None:
-                with contextlib.suppress(OSError):
-                    send_end.send(b"", socket.MSG_DONTWAIT)
-            if self._thread is not None:
-                self._thread.join(timeout=2)
-            self._receive_end.close()
-            if send_end is not None:
-                send_end.close()
-            self._receive_end = self._send_end = self._thread = None
-        self._recorder_sink_restore()
-
-    def _recorder_sink_restore(self) -> None:
-        self._sink.emit = self._recorder.emit
-        self._sink.emit_traced = self._recorder.emit_traced
-        self._sink.flush = _noop
+            with self._read_lock:
+                self._receive_end.close()
+                if self._send_end is not None:
+                    self._send_end.close()
+                self._receive_end = self._send_end = None
+        self._sink.restore()
 
     @property
     def forwarding(self) -> bool:
@@ -324,38 +319,31 @@ class ForkBridge:
                 sock.set_inheritable(False)  # children inherit by fork, not by exec
             self._receive_end, self._send_end = receive_end, send_end
             self._main_pid = os.getpid()
-            self._thread = threading.Thread(
-                target=self._drain_loop, name="otel-celery-metrics-drain", daemon=True
-            )
-            self._thread.start()
 
-    def _drain_loop(self) -> None:
-        sock = self._receive_end
-        assert sock is not None
-        while True:
-            try:
-                data = sock.recv(_MAX_DATAGRAM)
-            except OSError:
-                return  # closed by uninstall
-            if not data:
-                return
-            # Held until the burst is recorded, so drain_now() at shutdown waits for it
-            # instead of letting the final export run while a burst is in hand.
-            with self._decode_lock:
-                time.sleep(_COALESCE)
-                more, closed = _read_queued(sock)
-                self._decode_all([data, *more])
-            if closed:
-                return
+    def take_span(self, task_id: str) -> SpanIds | None:
+        """The span task ``task_id`` ran in, if its process sent one (exemplars).
+
+        Under prefork the child sent it before handing over the result that led here, so
+        it is already queued on the socket: read what is queued, then look it up.
+        """
+        if self._receive_end is not None:
+            self.drain_now()
+        return self._spans.take(task_id)
 
     def drain_now(self) -> None:
-        """Record every datagram already queued (worker shutdown; before the final export)."""
+        """Record every datagram already queued, without waiting (main process only)."""
         sock = self._receive_end
         if sock is None or self._main_pid != os.getpid():
             return
-        with self._decode_lock:
-            datagrams, _closed = _read_queued(sock)
-            self._decode_all(datagrams)
+        try:
+            with self._read_lock:
+                if self._receive_end is None:
+                    return
+                datagrams = _read_queued(sock)
+            if datagrams:
+                self._decode_all(datagrams)
+        except Exception as exc:  # noqa: BLE001
+            self._failures.record("reading measurements from pool children", exc)
 
     def _decode_all(self, datagrams: list[bytes]) -> None:
         measurements: list[Measurement] = []
@@ -364,11 +352,16 @@ class ForkBridge:
                 dropped, batch = marshal.loads(data)  # noqa: S302 - from our own children only
                 if dropped:
                     self._recorder.emit(_DROPPED, int(dropped), ("pool_buffer_full",))
-                measurements.extend(batch)
+                for entry in batch:
+                    if entry[0] == _SPAN:
+                        self._spans.put(entry[1], (entry[2], entry[3]))
+                    else:
+                        measurements.append(entry)
             except Exception as exc:  # noqa: BLE001
                 self._recorder.emit(_DROPPED, 1, ("undecodable",))
                 self._failures.record("decoding measurements from a pool child", exc)
-        self._recorder.emit_many(measurements)
+        if measurements:
+            self._recorder.emit_many(measurements)
 
     def _on_worker_shutdown(self, **_: Any) -> None:
         self.drain_now()
@@ -386,10 +379,9 @@ class ForkBridge:
         if not self._active or send_end is None or self._main_pid != os.getppid():
             return
         try:
-            self._thread = None  # the drain thread belongs to the main process
             self._forwarder = _ChildForwarder(send_end, self._failures, self._max_pending)
             self._sink.emit = self._forwarder.emit
-            self._sink.emit_traced = self._forwarder.emit_traced
+            self._sink.span = self._forwarder.span
             self._sink.flush = self._forwarder.flush
         except Exception as exc:  # noqa: BLE001
             self._failures.record("switching a pool child to forwarding", exc)
@@ -401,14 +393,13 @@ class ForkBridge:
                 self._failures.record("silencing a pool child's exporters", exc)
 
     def _on_child_shutdown(self, **_: Any) -> None:
+        """A pool child is exiting: one last send, without ever waiting.
+
+        Nothing here may delay the exit. Billiard runs this hook after the child sent its
+        last result but before it tells the main process it is gone; meanwhile the main
+        process still counts it as a free pool process and may hand it the next task,
+        which is then lost with the child. Blocking work here (a span force-flush over
+        HTTP took a few ms) made that race lose a task in about one test run in ten.
+        """
         if self._forwarder is not None:
             self._forwarder.final_flush()
-            # Pool children leave with os._exit, skipping atexit: without this, the last
-            # spans a recycled child buffered (opentelemetry-instrumentation-celery's)
-            # would never be exported. Bounded, so a dead Collector cannot hold the exit.
-            try:
-                force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
-                if force_flush is not None:
-                    force_flush(1000)
-            except Exception as exc:  # noqa: BLE001
-                self._failures.record("flushing a pool child's spans", exc)

@@ -1,52 +1,131 @@
-"""The recording end: metric table -> OpenTelemetry instruments, with bounded attributes.
+"""The recording end: metric table -> aggregated values -> OpenTelemetry, with bounded attributes.
 
-Only the process that owns the meter provider records (the worker's main process under
-prefork, the only process under solo/threads). Measurements arrive as compact tuples
-``(metric index, value, attribute values in table order)`` — from receivers in this
-process or decoded from pool children — and :class:`Recorder` turns them into
-instrument calls. Caps are applied here, once, so every child of a worker shares one
-budget of task names, queues and series.
+Only the process that owns the meter provider records: the worker's main process under
+prefork (task outcomes come from Celery's own request callbacks there, see
+:mod:`otel_celery_metrics._outcomes`), the only process under solo/threads.
+Measurements arrive as ``(metric index, value, attribute values in table order)`` and
+:class:`Recorder` aggregates them itself.
+
+Why aggregate here instead of calling the SDK per measurement: an SDK ``Counter.add`` or
+``Histogram.record`` costs 10-12 us on the machines we measure (it cleans and hashes the
+attributes and builds a measurement object every call), more than everything else a task
+pays for its metrics together. Here a measurement is a cached tuple lookup and a few
+additions under a lock (< 1 us). The SDK reads the aggregates when it collects:
+counters through observable counters (public API), histograms through the producer that
+:func:`otel_celery_metrics._sdk_setup.attach_histograms` hooks into each reader. Where
+that hook is not possible (a meter provider that is not the SDK's), histograms are
+recorded through the public API instead (``histograms_via_api=True``), slower but
+identical in output.
+
+Caps are applied here, once, so every pool process of a worker shares one budget of task
+names, queues and series.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
 
-from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
-from opentelemetry.util.types import Attributes
 
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._safety import FailureLog
 from otel_celery_metrics.settings import Settings
 
 AttrValues = tuple[str, ...]
-#: (metric index, value, attribute values) or, with the sampled span current when it was
-#: measured, (metric index, value, attribute values, trace id, span id).
-Measurement = tuple[int, float, AttrValues] | tuple[int, float, AttrValues, int, int]
-
-
-class MetricSink(Protocol):
-    """Where receivers send measurements; the prefork bridge decides what is behind it."""
-
-    def emit(self, metric: int, value: float, attrs: AttrValues) -> None: ...
-
-    def emit_traced(
-        self, metric: int, value: float, attrs: AttrValues, trace_id: int, span_id: int
-    ) -> None: ...
+#: (trace id, span id) of the sampled span a measurement was taken in, for exemplars.
+SpanIds = tuple[int, int]
+#: (metric index, value, attribute values in table order).
+Measurement = tuple[int, float, AttrValues]
 
 
 ObserveCallback = Callable[[], Iterable[tuple[float, AttrValues]]]
 
 _OVERFLOW_ATTRIBUTE = mt.METRIC_INDEX[mt.SELF_OVERFLOW.name]
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_TASKS = mt.METRIC_INDEX[mt.TASKS.name]
+_RUNTIME = mt.METRIC_INDEX[mt.TASK_RUNTIME.name]
+_QUEUE_WAIT = mt.METRIC_INDEX[mt.TASK_QUEUE_WAIT.name]
+_RECEIVED = mt.METRIC_INDEX[mt.TASKS_RECEIVED.name]
+_COUNTER = mt.InstrumentKind.COUNTER
+_HISTOGRAM = mt.InstrumentKind.HISTOGRAM
+
+
+class _Series:
+    """One histogram series: explicit-bucket counts, sum, min/max and exemplars."""
+
+    __slots__ = ("count", "counts", "exemplars", "imax", "imin", "max", "min", "start", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)
+        self.total = 0.0
+        self.count = 0
+        self.min = self.imin = float("inf")
+        self.max = self.imax = float("-inf")
+        #: Per bucket, the last traced measurement since the last collection:
+        #: (value, time ns, trace id, span id); None until one arrives.
+        self.exemplars: list[tuple[float, int, int, int] | None] | None = None
+        self.start = time.time_ns()
+
+    def interval(self, value: float) -> None:
+        self.imin = min(self.imin, value)
+        self.imax = max(self.imax, value)
+
+    def exemplar(self, bucket: int, value: float, span: SpanIds) -> None:
+        if self.exemplars is None:
+            self.exemplars = [None] * len(self.counts)
+        self.exemplars[bucket] = (value, time.time_ns(), span[0], span[1])
+
+
+class _TaskPair:
+    """Everything the hot path touches for one (task name, queue), found by one lookup."""
+
+    __slots__ = (
+        "name", "queue", "received", "received_overflowed", "runtime", "runtime_key",
+        "runtime_overflowed", "states", "waits",
+    )
+
+    def __init__(
+        self, name: str, queue: str, runtime_key: AttrValues, runtime: _Series,
+        runtime_overflowed: str | None,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self.runtime_key = runtime_key
+        self.runtime = runtime
+        self.runtime_overflowed = runtime_overflowed
+        #: counter cell of celery.tasks.received, and the cap that replaced a value
+        self.received: list[float] = [0]
+        self.received_overflowed: str | None = None
+        #: state -> (counter cell of celery.tasks, cap that replaced a value)
+        self.states: dict[str, tuple[list[float], str | None]] = {}
+        #: wait_from -> (queue-wait series, cap that replaced a value, admitted key)
+        self.waits: dict[str, tuple[_Series, str | None, AttrValues]] = {}
+
+
+@dataclass(frozen=True)
+class HistogramPoint:
+    """A histogram series as the producer hands it to the SDK (plain data, no SDK types)."""
+
+    spec: mt.MetricSpec
+    attributes: dict[str, str]
+    bounds: tuple[float, ...]
+    start_time_unix_nano: int
+    bucket_counts: tuple[int, ...]
+    sum: float
+    count: int
+    min: float
+    max: float
+    #: Min/max since the previous collection that reset them (for delta temporality).
+    interval_min: float
+    interval_max: float
+    exemplars: tuple[tuple[float, int, int, int], ...]
 
 
 class Recorder:
-    """Records measurements into instruments created from :data:`metric_table.METRICS`."""
+    """Aggregates measurements of the metrics in :data:`metric_table.METRICS`."""
 
     def __init__(
         self,
@@ -57,19 +136,37 @@ class Recorder:
     ) -> None:
         self._settings = settings
         self._failures = failures or FailureLog()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the aggregates below
+        self._admit_lock = threading.Lock()
         self._task_names: set[str] = set()
         self._queues: set[str] = set()
-        self._series: list[set[frozenset[tuple[str, str]]]] = [set() for _ in mt.METRICS]
-        # Raw attribute tuple -> (attributes to record, which cap replaced a value).
-        self._cache: list[dict[AttrValues, tuple[Attributes, str | None]]] = [
+        self._series: list[set[AttrValues]] = [set() for _ in mt.METRICS]
+        # Raw attribute values -> (admitted values, which cap replaced a value).
+        self._cache: list[dict[AttrValues, tuple[AttrValues, str | None]]] = [
             {} for _ in mt.METRICS
         ]
-        self._record: list[Callable[..., None]] = []
+        # Attribute keys each metric records, after the user's narrowing.
+        self._keys: list[tuple[str, ...]] = [self._kept_keys(spec) for spec in mt.METRICS]
+        self._kinds = [spec.kind for spec in mt.METRICS]
+        self._bounds: list[tuple[float, ...]] = [tuple(self._buckets(s) or ()) for s in mt.METRICS]
+        # Counter values as one-element lists ("cells"), so the hot path adds in place.
+        self._totals: list[dict[AttrValues, list[float]]] = [{} for _ in mt.METRICS]
+        self._histograms: list[dict[AttrValues, _Series]] = [{} for _ in mt.METRICS]
+        self._attrs: dict[tuple[int, AttrValues], dict[str, str]] = {}
+        # The per-task hot path (task_ended) finds everything for a (task name, queue)
+        # with one lookup.
+        self._pairs: dict[tuple[str, str], _TaskPair] = {}
+        self._runtime_bounds = self._bounds[_RUNTIME]
+        self._wait_bounds = self._bounds[_QUEUE_WAIT]
+        self._via_api: dict[int, Callable[..., None]] = {}
+        #: Called before each collection reads the aggregates (the prefork bridge reads
+        #: what pool children sent).
+        self.before_collect: Callable[[], None] | None = None
+        #: Keep min/max per collection interval too (a reader wants delta temporality).
+        self.track_interval = False
         observers = observers or {}
-        self._is_counter = [spec.kind is mt.InstrumentKind.COUNTER for spec in mt.METRICS]
-        for spec in mt.METRICS:
-            self._record.append(self._create(meter, spec, observers.get(spec.name)))
+        for index, spec in enumerate(mt.METRICS):
+            self._create(meter, index, spec, observers.get(spec.name))
         if self._failures.on_failure is None:
             # Standalone use: failures count here. The instrumentor routes them through the
             # process' sink instead, so a pool child's failures reach the main process.
@@ -78,12 +175,18 @@ class Recorder:
             )
         # Self-metrics start at an explicit 0, so "increase(...) > 0" alerts see the first
         # drop and dashboards show that nothing was lost rather than no data.
+        dropped = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
         for reason in mt.DROP_REASONS:
-            self._record[mt.METRIC_INDEX[mt.SELF_DROPPED.name]](0, {mt.REASON: reason})
+            self._totals[dropped][(reason,)] = [0]
         for attribute in mt.OVERFLOW_ATTRIBUTES:
-            self._record[_OVERFLOW_ATTRIBUTE](0, {mt.ATTRIBUTE: attribute})
+            self._totals[_OVERFLOW_ATTRIBUTE][(attribute,)] = [0]
 
     # -- instrument creation -------------------------------------------------------------
+
+    def _kept_keys(self, spec: mt.MetricSpec) -> tuple[str, ...]:
+        if spec.recorded_in == "self":
+            return spec.attributes
+        return tuple(k for k in spec.attributes if k in self._settings.attributes)
 
     def _buckets(self, spec: mt.MetricSpec) -> Sequence[float] | None:
         if spec is mt.TASK_RUNTIME:
@@ -93,18 +196,23 @@ class Recorder:
         return spec.buckets
 
     def _create(
-        self, meter: Meter, spec: mt.MetricSpec, observe: ObserveCallback | None
-    ) -> Callable[..., None]:
+        self,
+        meter: Meter,
+        index: int,
+        spec: mt.MetricSpec,
+        observe: ObserveCallback | None,
+    ) -> None:
         kind = spec.kind
-        if kind is mt.InstrumentKind.COUNTER:
-            return meter.create_counter(spec.name, unit=spec.unit, description=spec.description).add
-        if kind is mt.InstrumentKind.HISTOGRAM:
-            return meter.create_histogram(
+        if kind is _COUNTER:
+            meter.create_observable_counter(
                 spec.name,
+                callbacks=[self._counter_callback(index)],
                 unit=spec.unit,
                 description=spec.description,
-                explicit_bucket_boundaries_advisory=self._buckets(spec),
-            ).record
+            )
+            return
+        if kind is _HISTOGRAM:
+            return  # aggregated here; see histogram_points() and use_api_for_histograms()
         callbacks = [self._observable_callback(spec, observe)] if observe else []
         if kind is mt.InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER:
             meter.create_observable_up_down_counter(
@@ -114,7 +222,42 @@ class Recorder:
             meter.create_observable_gauge(
                 spec.name, callbacks=callbacks, unit=spec.unit, description=spec.description
             )
-        return _no_sync_record
+
+    def use_api_for_histograms(self, meter: Meter) -> None:
+        """Record histograms through the metrics API, one call per measurement.
+
+        For meter providers whose readers :func:`~otel_celery_metrics._sdk_setup.attach_histograms`
+        cannot hook: slower, same output.
+        """
+        for index, spec in enumerate(mt.METRICS):
+            if spec.kind is _HISTOGRAM:
+                self._via_api[index] = meter.create_histogram(
+                    spec.name,
+                    unit=spec.unit,
+                    description=spec.description,
+                    explicit_bucket_boundaries_advisory=self._bounds[index],
+                ).record
+
+    def _attributes(self, metric: int, key: AttrValues) -> dict[str, str]:
+        cached = self._attrs.get((metric, key))
+        if cached is None:
+            cached = dict(zip(self._keys[metric], key, strict=True))
+            self._attrs[(metric, key)] = cached
+        return cached
+
+    def _counter_callback(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                if self.before_collect is not None:
+                    self.before_collect()
+                with self._lock:
+                    totals = [(k, cell[0]) for k, cell in self._totals[index].items()]
+                return [Observation(v, self._attributes(index, k)) for k, v in totals]
+            except Exception as exc:  # noqa: BLE001 - never break a collection
+                self._failures.record(f"observing {mt.METRICS[index].name}", exc)
+                return []
+
+        return callback
 
     def _observable_callback(
         self, spec: mt.MetricSpec, observe: ObserveCallback
@@ -128,12 +271,10 @@ class Recorder:
             try:
                 totals: dict[AttrValues, float] = dict.fromkeys(seen, 0.0)
                 for value, raw in observe():
-                    attrs, _ = self._admit(index, raw)
-                    key = tuple(str(v) for v in (attrs or {}).values())
+                    key, _ = self._admitted(index, raw)
                     totals[key] = totals.get(key, 0.0) + value
                     seen.add(key)
-                keys = [k for k in spec.attributes if k in self._settings.attributes]
-                return [Observation(v, dict(zip(keys, k, strict=True))) for k, v in totals.items()]
+                return [Observation(v, self._attributes(index, k)) for k, v in totals.items()]
             except Exception as exc:  # noqa: BLE001 - never break a collection
                 self._failures.record(f"observing {spec.name}", exc)
                 return []
@@ -143,89 +284,280 @@ class Recorder:
     # -- recording -----------------------------------------------------------------------
 
     def emit(
-        self, metric: int, value: float, attrs: AttrValues, context: Context | None = None
+        self, metric: int, value: float, attrs: AttrValues, span: SpanIds | None = None
     ) -> None:
-        """Record one measurement (in ``context``, if given). Never raises."""
+        """Record one measurement (taken in the sampled span ``span``, if given).
+
+        Never raises.
+        """
         try:
-            cached = self._cache[metric].get(attrs)
-            if cached is None:
-                cached = self._admit(metric, attrs)
-            record_attrs, overflowed = cached
-            self._record[metric](value, record_attrs, context=context)
-            if overflowed is not None:
-                self._record[_OVERFLOW_ATTRIBUTE](1, {mt.ATTRIBUTE: overflowed})
+            key, overflowed = self._admitted(metric, attrs)
+            kind = self._kinds[metric]
+            if kind is _HISTOGRAM and metric in self._via_api:
+                self._record_via_api(metric, value, key, span)
+            else:
+                with self._lock:
+                    if kind is _COUNTER:
+                        cell = self._totals[metric].get(key)
+                        if cell is None:
+                            cell = self._totals[metric][key] = [0]
+                        cell[0] += value
+                    elif kind is _HISTOGRAM:
+                        self._observe(metric, key, value, span)
+                if overflowed is not None:
+                    self._count_overflow(overflowed)
         except Exception as exc:  # noqa: BLE001 - metrics never raise into tasks
             self._failures.record("recording a measurement", exc)
 
-    def emit_traced(
-        self, metric: int, value: float, attrs: AttrValues, trace_id: int, span_id: int
+    def task_ended(  # noqa: PLR0912, PLR0915 - one inlined hot path, see the docstring
+        self,
+        name: str,
+        queue: str,
+        state: str,
+        runtime: float | None,
+        *,
+        span: SpanIds | None = None,
+        wait: tuple[str, float] | None = None,
     ) -> None:
-        """Record one measurement taken while a sampled span was current.
+        """A task's terminal state, runtime and queue wait (``(wait_from, seconds)``).
 
-        The span may have been current in another process (a pool child), so it is
-        rebuilt here as a non-recording span: the SDK's trace-based exemplar filter then
-        attaches its trace and span id to the point, linking a slow bucket to its trace.
+        The per-task hot path, so written for speed: one lookup finds the task's
+        counters and series (admitted, capped, created once per name and queue), one lock
+        covers all three metrics, and the histogram updates are inlined (a helper call per
+        update and min()/max() cost measurably more here).
         """
         try:
-            span = NonRecordingSpan(
-                SpanContext(trace_id, span_id, is_remote=True, trace_flags=_SAMPLED)
-            )
-            context = set_span_in_context(span)
+            pair = self._pairs.get((name, queue))
+            if pair is None:
+                pair = self._new_pair(name, queue)
+            state_cell = pair.states.get(state)
+            if state_cell is None:
+                state_cell = self._pair_state(pair, state)
+            cell, overflowed = state_cell
+            wait_series = None
+            if wait is not None:
+                wait_series = pair.waits.get(wait[0])
+                if wait_series is None:
+                    wait_series = self._pair_wait(pair, wait[0])
+            if self._via_api:
+                with self._lock:
+                    cell[0] += 1
+                if runtime is not None:
+                    self._record_via_api(_RUNTIME, runtime, pair.runtime_key, span)
+                if wait is not None and wait_series is not None:
+                    self._record_via_api(_QUEUE_WAIT, wait[1], wait_series[2], None)
+            else:
+                with self._lock:
+                    cell[0] += 1
+                    if runtime is not None:
+                        series = pair.runtime
+                        bucket = bisect_left(self._runtime_bounds, runtime)
+                        series.counts[bucket] += 1
+                        series.total += runtime
+                        series.count += 1
+                        if runtime < series.min:  # noqa: PLR1730
+                            series.min = runtime
+                        if runtime > series.max:  # noqa: PLR1730
+                            series.max = runtime
+                        if self.track_interval:
+                            series.interval(runtime)
+                        if span is not None:
+                            series.exemplar(bucket, runtime, span)
+                    if wait_series is not None and wait is not None:
+                        series, seconds = wait_series[0], wait[1]
+                        series.counts[bisect_left(self._wait_bounds, seconds)] += 1
+                        series.total += seconds
+                        series.count += 1
+                        if seconds < series.min:  # noqa: PLR1730
+                            series.min = seconds
+                        if seconds > series.max:  # noqa: PLR1730
+                            series.max = seconds
+                        if self.track_interval:
+                            series.interval(seconds)
+            if overflowed is not None:
+                self._count_overflow(overflowed)
+            if runtime is not None and pair.runtime_overflowed is not None:
+                self._count_overflow(pair.runtime_overflowed)
+            if wait_series is not None and wait_series[1] is not None:
+                self._count_overflow(wait_series[1])
         except Exception as exc:  # noqa: BLE001 - metrics never raise into tasks
-            self._failures.record("recording a traced measurement", exc)
-            return
-        self.emit(metric, value, attrs, context)
+            self._failures.record("recording a task's outcome", exc)
+
+    def task_received(self, name: str, queue: str) -> None:
+        """A task message taken from the broker (per-task hot path, like task_ended)."""
+        try:
+            pair = self._pairs.get((name, queue))
+            if pair is None:
+                pair = self._new_pair(name, queue)
+            with self._lock:
+                pair.received[0] += 1
+            if pair.received_overflowed is not None:
+                self._count_overflow(pair.received_overflowed)
+        except Exception as exc:  # noqa: BLE001 - metrics never raise into tasks
+            self._failures.record("counting a received task", exc)
+
+    def _new_pair(self, name: str, queue: str) -> _TaskPair:
+        key, overflowed = self._admitted(_RUNTIME, (name, queue))
+        with self._lock:
+            series = self._histograms[_RUNTIME].get(key)
+            if series is None:
+                series = self._new_series(_RUNTIME, key)
+        pair = _TaskPair(name, queue, key, series, overflowed)
+        rkey, pair.received_overflowed = self._admitted(_RECEIVED, (name, queue))
+        with self._lock:
+            cell = self._totals[_RECEIVED].get(rkey)
+            if cell is None:
+                cell = self._totals[_RECEIVED][rkey] = [0]
+        pair.received = cell
+        # Hostile input (a flood of distinct names) must not grow this without bound.
+        if len(self._pairs) < 4 * self._settings.max_series_per_metric:
+            self._pairs[(name, queue)] = pair
+        return pair
+
+    def _pair_state(self, pair: _TaskPair, state: str) -> tuple[list[float], str | None]:
+        key, overflowed = self._admitted(_TASKS, (pair.name, pair.queue, state))
+        with self._lock:
+            cell = self._totals[_TASKS].get(key)
+            if cell is None:
+                cell = self._totals[_TASKS][key] = [0]
+        pair.states[state] = (cell, overflowed)
+        return cell, overflowed
+
+    def _pair_wait(
+        self, pair: _TaskPair, wait_from: str
+    ) -> tuple[_Series, str | None, AttrValues]:
+        key, overflowed = self._admitted(_QUEUE_WAIT, (pair.name, pair.queue, wait_from))
+        with self._lock:
+            series = self._histograms[_QUEUE_WAIT].get(key)
+            if series is None:
+                series = self._new_series(_QUEUE_WAIT, key)
+        pair.waits[wait_from] = (series, overflowed, key)
+        return series, overflowed, key
+
+    def _new_series(self, metric: int, key: AttrValues) -> _Series:
+        series = self._histograms[metric][key] = _Series(len(self._bounds[metric]))
+        return series
+
+    def _count_overflow(self, attribute: str) -> None:
+        with self._lock:
+            cell = self._totals[_OVERFLOW_ATTRIBUTE].get((attribute,))
+            if cell is None:
+                cell = self._totals[_OVERFLOW_ATTRIBUTE][(attribute,)] = [0]
+            cell[0] += 1
 
     def emit_many(self, measurements: Iterable[Measurement]) -> None:
-        """Record a batch; counter increments with the same attributes are summed first
-        (one SDK call per series per batch instead of one per task)."""
-        sums: dict[tuple[int, AttrValues], float] = {}
-        is_counter = self._is_counter
+        """Record a batch (decoded from a pool child); a malformed entry is dropped."""
         for measurement in measurements:
             try:
-                metric = measurement[0]
-                if len(measurement) == 5:
-                    self.emit_traced(*measurement)
-                elif is_counter[metric]:
-                    key = (metric, tuple(measurement[2]))
-                    sums[key] = sums.get(key, 0) + measurement[1]
-                else:
-                    self.emit(metric, measurement[1], tuple(measurement[2]))
-            except Exception as exc:  # noqa: BLE001 - a malformed measurement is dropped
+                self.emit(measurement[0], measurement[1], tuple(measurement[2]))
+            except Exception as exc:  # noqa: BLE001
                 self._failures.record("recording a batch of measurements", exc)
-        for (metric, attrs), total in sums.items():
-            self.emit(metric, total, attrs)
 
-    def _admit(self, metric: int, raw: AttrValues) -> tuple[Attributes, str | None]:
+    def _observe(self, metric: int, key: AttrValues, value: float, span: SpanIds | None) -> None:
+        """Add one value to a histogram series. Called with the lock held."""
+        series = self._histograms[metric].get(key)
+        if series is None:
+            series = self._new_series(metric, key)
+        # Explicit buckets are upper-inclusive: a value equal to a bound belongs below it.
+        bucket = bisect_left(self._bounds[metric], value)
+        series.counts[bucket] += 1
+        series.total += value
+        series.count += 1
+        series.min = min(series.min, value)
+        series.max = max(series.max, value)
+        if self.track_interval:
+            series.interval(value)
+        if span is not None:
+            series.exemplar(bucket, value, span)
+
+    def _record_via_api(
+        self, metric: int, value: float, key: AttrValues, span: SpanIds | None
+    ) -> None:
+        context = None
+        if span is not None:
+            from opentelemetry.trace import (
+                NonRecordingSpan,
+                SpanContext,
+                TraceFlags,
+                set_span_in_context,
+            )
+
+            span_context = SpanContext(
+                span[0], span[1], is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+            )
+            context = set_span_in_context(NonRecordingSpan(span_context))
+        self._via_api[metric](value, self._attributes(metric, key), context=context)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def histogram_points(self, reset_interval: bool = False) -> list[HistogramPoint]:
+        """Every histogram series, cumulative since it first appeared.
+
+        Exemplars are handed out once (the next collection gets only newer ones), as the
+        SDK's own reservoirs do. ``reset_interval`` restarts the interval min/max (a delta
+        reader collected).
+        """
+        points: list[HistogramPoint] = []
+        with self._lock:
+            for metric, histograms in enumerate(self._histograms):
+                if not histograms:
+                    continue
+                spec = mt.METRICS[metric]
+                for key, s in histograms.items():
+                    exemplars: tuple[tuple[float, int, int, int], ...] = ()
+                    if s.exemplars is not None:
+                        exemplars = tuple(e for e in s.exemplars if e is not None)
+                        s.exemplars = None
+                    points.append(
+                        HistogramPoint(
+                            spec, self._attributes(metric, key), self._bounds[metric],
+                            s.start, tuple(s.counts), s.total, s.count, s.min, s.max,
+                            s.imin, s.imax, exemplars,
+                        )
+                    )
+                    if reset_interval:
+                        s.imin, s.imax = float("inf"), float("-inf")
+        return points
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def _admitted(self, metric: int, raw: AttrValues) -> tuple[AttrValues, str | None]:
+        cached = self._cache[metric].get(raw)
+        if cached is None:
+            cached = self._admit(metric, raw)
+        return cached
+
+    def _admit(self, metric: int, raw: AttrValues) -> tuple[AttrValues, str | None]:
         """Apply the attribute set, the name/queue caps and the series cap to ``raw``."""
         spec = mt.METRICS[metric]
         if len(raw) != len(spec.attributes):
             msg = f"{spec.name} takes {len(spec.attributes)} attribute values, got {len(raw)}"
             raise ValueError(msg)
-        keep = self._settings.attributes if spec.recorded_in != "self" else None
+        keep = self._keys[metric]
         overflowed: str | None = None
-        attrs: dict[str, str] = {}
-        with self._lock:
+        values: list[str] = []
+        with self._admit_lock:
             for key, value in zip(spec.attributes, raw, strict=True):
-                if keep is not None and key not in keep:
+                if key not in keep:
                     continue
                 text = value if isinstance(value, str) else str(value)
-                if key == mt.TASK_NAME:
-                    text, capped = _capped(text, self._task_names, self._settings.max_task_names)
-                    overflowed = overflowed or ("task_name" if capped else None)
-                elif key == mt.QUEUE:
-                    text, capped = _capped(text, self._queues, self._settings.max_queues)
-                    overflowed = overflowed or ("queue" if capped else None)
-                attrs[key] = text
+                if spec.recorded_in != "self":
+                    if key == mt.TASK_NAME:
+                        cap = self._settings.max_task_names
+                        text, capped = _capped(text, self._task_names, cap)
+                        overflowed = overflowed or ("task_name" if capped else None)
+                    elif key == mt.QUEUE:
+                        text, capped = _capped(text, self._queues, self._settings.max_queues)
+                        overflowed = overflowed or ("queue" if capped else None)
+                values.append(text)
+            admitted = tuple(values)
             series = self._series[metric]
-            identity = frozenset(attrs.items())
-            if identity not in series:
+            if admitted not in series:
                 if len(series) >= self._settings.max_series_per_metric:
-                    attrs = dict.fromkeys(attrs, mt.OVERFLOW_VALUE)
+                    admitted = (mt.OVERFLOW_VALUE,) * len(admitted)
                     overflowed = "series"
-                    identity = frozenset(attrs.items())
-                series.add(identity)
-            result: tuple[Attributes, str | None] = (attrs, overflowed)
+                series.add(admitted)
+            result = (admitted, overflowed)
             cache = self._cache[metric]
             # Hostile input (a flood of distinct task names) must not grow the cache
             # without bound: past a generous size, admission is recomputed per call.
@@ -242,6 +574,3 @@ def _capped(value: str, seen: set[str], cap: int) -> tuple[str, bool]:
     seen.add(value)
     return value, False
 
-
-def _no_sync_record(_value: float, _attrs: Attributes, **_kwargs: object) -> None:
-    """Observable instruments are read by callbacks; nothing records into them."""

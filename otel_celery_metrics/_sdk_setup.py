@@ -1,6 +1,9 @@
 """The only module that touches the OpenTelemetry SDK.
 
-Three jobs:
+Four jobs:
+- :func:`attach_histograms`: hand the histograms :class:`~otel_celery_metrics._recorder.Recorder`
+  aggregates itself to every metric reader of the SDK meter provider at collection time
+  (the OpenTelemetry "metric producer" idea; this SDK has no public producer API);
 - :func:`setup_metrics`: the short in-code setup for applications that configure
   OpenTelemetry themselves instead of running ``opentelemetry-instrument``;
 - :func:`tune_prometheus_readers`: our deliberate choice for the Prometheus path under
@@ -8,7 +11,7 @@ Three jobs:
 - :func:`silence_exporting_readers`: in a prefork pool child, stop the child's copy of a
   periodic (OTLP/console) reader from exporting; the main process exports for everyone.
 
-The two functions that adjust existing readers reach into SDK internals (the SDK has no
+The functions that adjust existing readers reach into SDK internals (the SDK has no
 public way to change a reader after construction). They check what they touch and, when
 the SDK changed shape, log once and leave the reader as it is.
 """
@@ -16,10 +19,14 @@ the SDK changed shape, log once and leave the reader as it is.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from otel_celery_metrics.settings import Settings
+
+if TYPE_CHECKING:
+    from otel_celery_metrics._recorder import HistogramPoint
 
 _logger = logging.getLogger("otel_celery_metrics")
 
@@ -55,6 +62,166 @@ def tune_prometheus_readers(provider: Any, scope_labels: bool) -> int:
         collector._scope_info_enabled = scope_labels
         tuned += 1
     return tuned
+
+
+HistogramSource = Callable[[bool], "Sequence[HistogramPoint]"]
+
+
+def attach_histograms(
+    provider: Any, source: HistogramSource, scope_name: str, scope_version: str
+) -> int | None:
+    """Make every reader of ``provider`` include ``source``'s histograms when it collects.
+
+    ``source(reset_interval)`` returns cumulative :class:`HistogramPoint` s. Each reader
+    gets them in its preferred temporality (cumulative, or delta against what that
+    reader was handed last time) inside the instrumentation scope ``scope_name``.
+    Returns how many of the readers want delta temporality; None, changing nothing, when
+    ``provider`` is not an SDK meter provider with readers this can hook (the caller then
+    records histograms through the API).
+    """
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+        from opentelemetry.sdk.metrics._internal.instrument import _Histogram
+        from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReader
+    except ImportError:
+        return None
+    if not isinstance(provider, SdkMeterProvider):
+        return None
+    readers = _readers(provider)
+    if not readers or not all(
+        isinstance(r, MetricReader) and callable(getattr(r, "_collect", None))
+        and isinstance(getattr(r, "_instrument_class_temporality", None), dict)
+        for r in readers
+    ):
+        return None
+    resource = getattr(getattr(provider, "_sdk_config", None), "resource", None)
+    if resource is None:
+        return None
+    deltas = 0
+    for reader in readers:
+        delta = (
+            reader._instrument_class_temporality.get(_Histogram)
+            is AggregationTemporality.DELTA
+        )
+        producer = _HistogramProducer(source, scope_name, scope_version, resource, delta)
+        reader._collect = producer.wrap(reader._collect)
+        deltas += delta
+    return deltas
+
+
+_Cumulative = tuple[tuple[int, ...], float, int]  # bucket counts, sum, count
+
+
+class _HistogramProducer:
+    """One reader's view of the aggregated histograms (delta readers remember the last)."""
+
+    def __init__(
+        self, source: HistogramSource, scope_name: str, scope_version: str, resource: Any,
+        delta: bool,
+    ) -> None:
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        self._source = source
+        self._scope = InstrumentationScope(scope_name, scope_version)
+        self._resource = resource
+        self._delta = delta
+        # Delta readers: what this reader was handed last, per series.
+        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], _Cumulative] = {}
+        self._last_time = time.time_ns()
+        self._failed_once = False
+
+    def wrap(self, collect: Callable[..., Any]) -> Callable[..., Any]:
+        def collect_with_histograms(reader: Any, timeout_millis: float = 10_000) -> Any:
+            data = collect(reader, timeout_millis=timeout_millis)
+            try:
+                return self._merge(data)
+            except Exception as exc:
+                if not self._failed_once:
+                    self._failed_once = True
+                    _logger.error(
+                        "otel-celery-metrics: adding task histograms to a collection failed "
+                        "(%s: %s); logged once", type(exc).__name__, exc, exc_info=exc,
+                    )
+                return data
+
+        return collect_with_histograms
+
+    def _metrics(self) -> list[Any]:
+        from opentelemetry.sdk.metrics._internal.exemplar import Exemplar
+        from opentelemetry.sdk.metrics.export import (
+            AggregationTemporality,
+            Histogram,
+            HistogramDataPoint,
+            Metric,
+        )
+
+        now = time.time_ns()
+        by_name: dict[str, tuple[Any, list[Any]]] = {}
+        for p in self._source(self._delta):
+            counts, total, count = p.bucket_counts, p.sum, p.count
+            start, low, high = p.start_time_unix_nano, p.min, p.max
+            if self._delta:
+                identity = (p.spec.name, tuple(p.attributes.items()))
+                last = self._last.get(identity)
+                self._last[identity] = (counts, total, count)
+                if last is not None:
+                    counts = tuple(c - b for c, b in zip(counts, last[0], strict=True))
+                    total, count = total - last[1], count - last[2]
+                    start = max(start, self._last_time)
+                if count == 0:
+                    continue
+                low, high = p.interval_min, p.interval_max
+            point = HistogramDataPoint(
+                attributes=p.attributes, start_time_unix_nano=start, time_unix_nano=now,
+                count=count, sum=total, bucket_counts=counts, explicit_bounds=p.bounds,
+                min=low, max=high,
+                exemplars=[
+                    Exemplar({}, value, at, span_id=span_id, trace_id=trace_id)
+                    for value, at, trace_id, span_id in p.exemplars
+                ],
+            )
+            by_name.setdefault(p.spec.name, (p.spec, []))[1].append(point)
+        self._last_time = now
+        temporality = (
+            AggregationTemporality.DELTA if self._delta else AggregationTemporality.CUMULATIVE
+        )
+        return [
+            Metric(
+                name=name, description=spec.description, unit=spec.unit,
+                data=Histogram(data_points=points, aggregation_temporality=temporality),
+            )
+            for name, (spec, points) in by_name.items()
+        ]
+
+    def _merge(self, data: Any) -> Any:
+        from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+
+        ours = self._metrics()
+        if not ours:
+            return data
+        if data is None or not data.resource_metrics:
+            scope = ScopeMetrics(scope=self._scope, metrics=ours, schema_url="")
+            return MetricsData(
+                resource_metrics=[
+                    ResourceMetrics(resource=self._resource, scope_metrics=[scope], schema_url="")
+                ]
+            )
+        first, *rest = data.resource_metrics
+        scopes = list(first.scope_metrics)
+        for i, scope_metrics in enumerate(scopes):
+            if scope_metrics.scope.name == self._scope.name:
+                scopes[i] = ScopeMetrics(
+                    scope=scope_metrics.scope,
+                    metrics=[*scope_metrics.metrics, *ours],
+                    schema_url=scope_metrics.schema_url,
+                )
+                break
+        else:
+            scopes.append(ScopeMetrics(scope=self._scope, metrics=ours, schema_url=""))
+        merged = ResourceMetrics(
+            resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url
+        )
+        return MetricsData(resource_metrics=[merged, *rest])
 
 
 class _NullExporter:

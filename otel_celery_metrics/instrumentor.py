@@ -1,4 +1,4 @@
-"""``CeleryMetricsInstrumentor``: wires the metric table, receivers and prefork bridge.
+"""``CeleryMetricsInstrumentor``: wires the metric table, outcomes, receivers and prefork bridge.
 
 Found by ``opentelemetry-instrument`` through the ``celery_metrics`` entry point (not
 ``celery``, which opentelemetry-instrumentation-celery owns), so
@@ -22,6 +22,7 @@ from opentelemetry.metrics import MeterProvider, get_meter, get_meter_provider
 
 from otel_celery_metrics import _worker_state
 from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._outcomes import RequestHooks, SpanJoin, TaskOutcomes
 from otel_celery_metrics._prefork import ForkBridge, SwitchableSink
 from otel_celery_metrics._receivers import TaskReceivers
 from otel_celery_metrics._recorder import Recorder
@@ -43,6 +44,8 @@ class _Wiring:
     sink: SwitchableSink
     receivers: TaskReceivers
     bridge: ForkBridge
+    hooks: RequestHooks
+    exemplars: _ExemplarSwitch
 
 
 class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -78,27 +81,110 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 mt.TASKS_PREFETCHED.name: lambda: _worker_state.prefetched(default_queue),
             },
         )
-        sink = SwitchableSink(recorder)
+        delta_readers = _attach_histograms(provider, recorder)
+        if delta_readers is None:
+            recorder.use_api_for_histograms(meter)
+        else:
+            recorder.track_interval = delta_readers > 0
+        spans = SpanJoin()
+        sink = SwitchableSink(recorder, spans)
         # Failures inside metrics code count as dropped measurements, through whatever
         # sink this process has (a pool child's failures reach the main process too).
         failures.on_failure = lambda n: sink.emit(_DROPPED, n, ("internal_error",))
-        receivers = TaskReceivers(sink, failures, default_queue=default_queue)
         bridge = ForkBridge(
-            recorder, sink, failures, on_pool_child_start=lambda: _silence_child_readers(provider)
+            recorder, sink, spans, failures,
+            on_pool_child_start=lambda: _silence_child_readers(provider),
         )
+        recorder.before_collect = bridge.drain_now
+        outcomes = TaskOutcomes(recorder, failures, default_queue=default_queue)
+        hooks = RequestHooks(outcomes)
+        receivers = TaskReceivers(sink, failures, default_queue=default_queue, outcomes=outcomes)
+        exemplars = _ExemplarSwitch(settings, receivers, outcomes, bridge)
+        hooks.install()
         receivers.connect()
         bridge.install()
+        exemplars.install()
         _tune_readers(provider, settings)
         _limit_exporter_logs()
-        self._wiring = _Wiring(recorder, sink, receivers, bridge)
+        self._wiring = _Wiring(recorder, sink, receivers, bridge, hooks, exemplars)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         wiring = self._wiring
         if wiring is None:
             return
+        wiring.exemplars.uninstall()
         wiring.receivers.disconnect()
+        wiring.hooks.uninstall()
         wiring.bridge.uninstall()
         self._wiring = None
+
+
+class _ExemplarSwitch:
+    """Turns on exemplar span capture when the worker starts, if there are spans to link.
+
+    Decided at ``worker_init`` (main process, before the pool forks), when every
+    instrumentor has run: the spans come from opentelemetry-instrumentation-celery, which
+    ``opentelemetry-instrument`` may load after us. Without it there is no task span, and
+    the two per-task receivers would be pure cost.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        receivers: TaskReceivers,
+        outcomes: TaskOutcomes,
+        bridge: ForkBridge,
+    ) -> None:
+        self._settings = settings
+        self._receivers = receivers
+        self._outcomes = outcomes
+        self._bridge = bridge
+        self.enabled = False
+
+    def install(self) -> None:
+        from celery import signals
+
+        signals.worker_init.connect(
+            self._on_worker_init, weak=False, dispatch_uid=f"otel_celery_metrics.{id(self)}"
+        )
+
+    def uninstall(self) -> None:
+        from celery import signals
+
+        signals.worker_init.disconnect(dispatch_uid=f"otel_celery_metrics.{id(self)}")
+
+    def _on_worker_init(self, **_: Any) -> None:
+        try:
+            if self._settings.exemplars != "off" and _celery_tasks_traced():
+                self.enable()
+        except Exception as exc:  # noqa: BLE001 - exemplars are optional
+            _logger.warning("otel-celery-metrics: exemplars not enabled: %s", exc)
+
+    def enable(self) -> None:
+        if self.enabled:
+            return
+        self._outcomes.take_span = self._bridge.take_span
+        self._receivers.connect_exemplars()
+        self.enabled = True
+
+
+def _celery_tasks_traced() -> bool:
+    """True when opentelemetry-instrumentation-celery creates task spans in this worker."""
+    try:
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    except ImportError:
+        return False
+    return bool(CeleryInstrumentor().is_instrumented_by_opentelemetry)  # type: ignore[no-untyped-call]
+
+
+def _attach_histograms(provider: Any, recorder: Recorder) -> int | None:
+    try:
+        from otel_celery_metrics._sdk_setup import attach_histograms
+
+        return attach_histograms(provider, recorder.histogram_points, METER_NAME, __version__)
+    except Exception as exc:  # noqa: BLE001 - fall back to recording through the API
+        _logger.warning("otel-celery-metrics: recording histograms through the API: %s", exc)
+        return None
 
 
 def _tune_readers(provider: Any, settings: Settings) -> None:

@@ -86,8 +86,9 @@ TASK_RUNTIME = MetricSpec(
     name="celery.task.runtime",
     kind=InstrumentKind.HISTOGRAM,
     unit="s",
-    description="Execution time of tasks that ran to completion "
-    "(any outcome but a lost worker), from task_prerun to task_postrun.",
+    description="Execution time of tasks that ran to an end (any outcome but a lost worker): "
+    "Celery's own runtime for successes (its 'succeeded in' figure); for other outcomes, "
+    "from the pool process accepting the task to its result reaching the worker.",
     attributes=(TASK_NAME, QUEUE),
     buckets=DEFAULT_SECONDS_BUCKETS,
 )
@@ -103,7 +104,10 @@ TASKS_RECEIVED = MetricSpec(
     name="celery.tasks.received",
     kind=InstrumentKind.COUNTER,
     unit="{task}",
-    description="Task messages received by the worker from the broker.",
+    description="Task messages the worker took from the broker (unknown task names count as "
+    "REJECTED instead). In-process this includes messages then discarded as revoked or "
+    "expired; the standalone exporter counts task-received events, which Celery does not "
+    "send for those.",
     attributes=(TASK_NAME, QUEUE),
 )
 TASK_QUEUE_WAIT = MetricSpec(

@@ -54,6 +54,10 @@ class Settings:
     default_queue: str = "unknown"
     #: Whether Prometheus series carry ``otel_scope_name``/``otel_scope_version`` labels.
     prometheus_scope_labels: bool = False
+    #: ``auto``: link runtime points to the task's trace (exemplars) when
+    #: opentelemetry-instrumentation-celery traces the worker; ``off``: never (no
+    #: per-task work in pool processes at all).
+    exemplars: str = "auto"
 
 
 def _parse_buckets(raw: str) -> tuple[float, ...]:
@@ -101,6 +105,13 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _parse_exemplars(raw: str) -> str:
+    lowered = raw.strip().lower()
+    if lowered in ("auto", "off"):
+        return lowered
+    raise ValueError("expected auto or off")
+
+
 def _parse_queue(raw: str) -> str:
     if not raw.strip():
         raise ValueError("expected a non-empty queue name")
@@ -116,6 +127,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "attributes": _parse_attributes,
     "default_queue": _parse_queue,
     "prometheus_scope_labels": _parse_bool,
+    "exemplars": _parse_exemplars,
 }
 
 

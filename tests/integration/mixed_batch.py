@@ -16,8 +16,9 @@ EXPECTED_STATES = {
 }
 #: Executions that ran from task_prerun to task_postrun.
 EXECUTED = 6 + 3 + 4 + 1 + 2
-#: Messages that reached execution (revoked ones are discarded on arrival).
-RECEIVED = EXECUTED
+#: Messages the worker took from the broker: every execution and the two revoked ones it
+#: discarded on arrival.
+RECEIVED = EXECUTED + 2
 TOTAL_TERMINAL = sum(EXPECTED_STATES.values())
 
 

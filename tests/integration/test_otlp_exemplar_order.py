@@ -4,8 +4,9 @@ Celery calls a signal's receivers in connection order, and which of our instrume
 opentelemetry-instrumentation-celery connects first depends on entry-point discovery. Ours
 look the span up at task_prerun and again at task_postrun, so one of the two sees the task
 span open either way. Checked here in one process with the real instrumentations and
-Celery's real signal dispatch (``task.apply()``), each order in turn; the worker-process
-version of the same claim is in test_otlp_pipeline.py (whatever order
+Celery's real signal dispatch (``task.apply()`` runs the traced task), then the task's
+outcome recorded from a real worker request with that task id, each order in turn; the
+worker-process version of the same claim is in test_otlp_pipeline.py (whatever order
 ``opentelemetry-instrument`` produces there).
 """
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.integration
 def app() -> Celery:
     app = Celery("exemplar_order", broker="memory://")
 
-    @app.task(name="order.work")
+    @app.task(name="order.work", shared=False)
     def work(x: int) -> int:
         return x * 2
 
@@ -68,6 +69,30 @@ def _runtime_exemplars(reader: InMemoryMetricReader) -> list[Any]:
     ]
 
 
+class _Pool:
+    apply_async = None
+
+
+def _finish_in_worker(app: Celery, task: Any, task_id: str) -> None:
+    """What the worker's main process does with the pool's result for ``task_id``."""
+    import time
+
+    from celery.worker import strategy
+    from celery.worker.request import Request
+    from kombu import Message
+
+    request_cls = strategy.create_request_cls(Request, task, _Pool(), "host", None, app=app)
+    message = Message(
+        body=b'[[21], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]',
+        headers={"lang": "py", "task": task.name, "id": task_id, "root_id": task_id},
+        content_type="application/json", content_encoding="utf-8",
+        delivery_info={"routing_key": "celery"},
+    )
+    request = request_cls(message, on_ack=lambda *_: None, app=app, task=task, hostname="host")
+    request.on_accepted(1, time.monotonic())
+    request.on_success((0, 42, 0.001))
+
+
 @pytest.mark.parametrize("first", ["ours", "tracing"])
 def test_runtime_exemplar_names_the_task_span_whichever_receivers_run_first(
     app: Celery, providers: tuple[Any, ...], first: str
@@ -81,8 +106,14 @@ def test_runtime_exemplar_names_the_task_span_whichever_receivers_run_first(
     )
     for connect in (ours, tracing) if first == "ours" else (tracing, ours):
         connect()
+    from celery import signals
 
-    app.tasks["order.work"].apply(args=(21,))
+    # What a worker sends once every instrumentor has run: exemplars switch on here.
+    signals.worker_init.send(sender=None)
+
+    task = app.tasks["order.work"]
+    task.apply(args=(21,), task_id="order-1")
+    _finish_in_worker(app, task, "order-1")
 
     (span,) = [s for s in spans.get_finished_spans() if s.name == "run/order.work"]
     exemplars = _runtime_exemplars(reader)

@@ -11,9 +11,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._outcomes import SpanJoin
 from otel_celery_metrics._prefork import ForkBridge, SwitchableSink, _ChildForwarder
 from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics._sdk_setup import attach_histograms
 from otel_celery_metrics.settings import Settings
 
 TASKS = mt.METRIC_INDEX[mt.TASKS.name]
@@ -87,8 +89,11 @@ def test_measurements_from_a_forked_child_reach_the_parent_recorder() -> None:
     provider = MeterProvider(metric_readers=[reader])
     failures = FailureLog()
     recorder = Recorder(provider.get_meter("t"), Settings(), failures)
-    sink = SwitchableSink(recorder)
-    bridge = ForkBridge(recorder, sink, failures)
+    attach_histograms(provider, recorder.histogram_points, "t", "0")
+    spans = SpanJoin()
+    sink = SwitchableSink(recorder, spans)
+    bridge = ForkBridge(recorder, sink, spans, failures)
+    recorder.before_collect = bridge.drain_now
     pytest.importorskip("celery")
     bridge.install()
     try:
@@ -99,9 +104,10 @@ def test_measurements_from_a_forked_child_reach_the_parent_recorder() -> None:
 
                 signals.worker_process_init.send(sender=None)
                 assert bridge.forwarding
-                for _ in range(100):
+                for i in range(100):
                     sink.emit(TASKS, 1, ("child.task", "q", "SUCCESS"))
                     sink.emit(RUNTIME, 0.25, ("child.task", "q"))
+                    sink.span(f"task-{i}", 1000 + i, 2000 + i)
                     sink.flush()
             finally:
                 os._exit(0)
@@ -123,6 +129,9 @@ def test_measurements_from_a_forked_child_reach_the_parent_recorder() -> None:
                                  ("state", "SUCCESS")})] == 1
         assert _points(reader, "celery.task.runtime")[
             frozenset({("task_name", "child.task"), ("queue", "q")})] == 100
+        # Exemplar spans wait for their task's outcome, which looks them up by id.
+        assert bridge.take_span("task-7") == (1007, 2007)
+        assert bridge.take_span("task-7") is None
     finally:
         bridge.uninstall()
         provider.shutdown()
@@ -133,7 +142,8 @@ def test_undecodable_datagram_is_counted_not_raised() -> None:
     provider = MeterProvider(metric_readers=[reader])
     failures = FailureLog()
     recorder = Recorder(provider.get_meter("t"), Settings(), failures)
-    bridge = ForkBridge(recorder, SwitchableSink(recorder), failures)
+    spans = SpanJoin()
+    bridge = ForkBridge(recorder, SwitchableSink(recorder, spans), spans, failures)
     bridge._decode_all([b"\x00not marshal"])
     assert _points(reader, "otel_celery_metrics.dropped")[
         frozenset({("reason", "undecodable")})] == 1

@@ -12,6 +12,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics._sdk_setup import attach_histograms
 from otel_celery_metrics.settings import Settings
 
 TASKS = mt.METRIC_INDEX[mt.TASKS.name]
@@ -30,6 +31,7 @@ class Harness:
         self.recorder = Recorder(
             self.provider.get_meter("test"), settings, self.failures, **kwargs  # type: ignore[arg-type]
         )
+        assert attach_histograms(self.provider, self.recorder.histogram_points, "test", "0") == 0
 
     def points(self, spec: mt.MetricSpec) -> Points:
         """Attribute set -> value (counters) or point (histograms) of ``spec``."""
@@ -198,3 +200,49 @@ def test_a_failing_observer_does_not_break_collection(
     # Two collections, two failures counted, one log line.
     assert h.failures.count == 2
     assert len(caplog.records) == 1
+
+
+def test_delta_readers_get_only_what_happened_since_their_last_collection() -> None:
+    from opentelemetry.sdk.metrics import Histogram
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+    delta = InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA})
+    cumulative = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[delta, cumulative])
+    recorder = Recorder(provider.get_meter("test"), Settings())
+    assert attach_histograms(provider, recorder.histogram_points, "test", "0") == 1
+    recorder.track_interval = True
+
+    def runtime(reader: InMemoryMetricReader) -> object:
+        data = reader.get_metrics_data()
+        for rm in data.resource_metrics if data else ():
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name == mt.TASK_RUNTIME.name:
+                        return metric.data
+        return None
+
+    recorder.task_ended("t", "q", "SUCCESS", 1.0)
+    recorder.task_ended("t", "q", "SUCCESS", 3.0)
+    first = runtime(delta)
+    assert first.aggregation_temporality is AggregationTemporality.DELTA  # type: ignore[attr-defined]
+    (point,) = first.data_points  # type: ignore[attr-defined]
+    assert (point.count, point.sum, point.min, point.max) == (2, 4.0, 1.0, 3.0)
+    recorder.task_ended("t", "q", "SUCCESS", 2.0)
+    (point,) = runtime(delta).data_points  # type: ignore[attr-defined]
+    assert (point.count, point.sum, point.min, point.max) == (1, 2.0, 2.0, 2.0)
+    assert runtime(delta) is None  # nothing new: no point
+    (point,) = runtime(cumulative).data_points  # type: ignore[attr-defined]
+    assert (point.count, point.sum, point.min, point.max) == (3, 6.0, 1.0, 3.0)
+    provider.shutdown()
+
+
+def test_traced_runtime_points_carry_their_span_as_an_exemplar(harness: Harness) -> None:
+    harness.recorder.task_ended("t", "q", "SUCCESS", 0.02, span=(0xABC, 0xDEF))
+    harness.recorder.task_ended("t", "q", "SUCCESS", 0.03)
+    (point,) = harness.points(mt.TASK_RUNTIME).values()
+    (exemplar,) = point.exemplars  # type: ignore[attr-defined]
+    assert (exemplar.trace_id, exemplar.span_id, exemplar.value) == (0xABC, 0xDEF, 0.02)
+    # Handed out once, as the SDK's reservoirs do.
+    (point,) = harness.points(mt.TASK_RUNTIME).values()
+    assert list(point.exemplars) == []  # type: ignore[attr-defined]

@@ -1,0 +1,384 @@
+"""Task outcomes from Celery's own request callbacks, in the process that owns the request.
+
+Why not the task signals: under the prefork pool, ``task_prerun``/``task_postrun`` fire
+in the pool children, so a signal-based design must ship every measurement from each
+child to the worker's main process and pay Celery's signal dispatch in every task. But
+the main process already learns everything it needs, without any help from the child:
+for every execution, the pool hands the result tuple ``(failed, retval, runtime)`` back
+to the main process' :class:`celery.worker.request.Request` (``on_success``), the
+moment a child starts a task is reported to ``on_accepted``, and a lost child, a hard
+time limit or a termination arrives at ``on_failure``/``on_timeout``. Recording there
+costs the task nothing at all, loses nothing when a child is recycled or killed, and is
+the same code for every pool: solo and threads call the same callbacks in-process.
+
+:func:`install_request_hooks` makes Celery's worker build its per-task request classes
+(``celery.worker.strategy.create_request_cls``) as subclasses whose callbacks first call
+:class:`TaskOutcomes`. Nothing here knows which process it runs in.
+
+Tasks run outside a worker (``task.apply()``, eager mode) have no request and are not
+counted: these are worker metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._recorder import AttrValues, SpanIds
+from otel_celery_metrics._safety import FailureLog
+
+#: Message header carrying the producer's wall-clock publish time (seconds since epoch).
+PUBLISHED_AT_HEADER = "otel_celery_published_at"
+#: Request field the worker's main process sets when a message is received (the
+#: queue-wait reference when the producer is not instrumented).
+RECEIVED_AT_FIELD = "otel_celery_received_at"
+
+_TASKS = mt.METRIC_INDEX[mt.TASKS.name]
+_FAILURES = mt.METRIC_INDEX[mt.TASK_FAILURES.name]
+
+# Bound on remembered task ids (failures being reported, failures already counted,
+# exemplar spans waiting for their outcome): protection against sequences we did not
+# foresee, never reached in normal operation.
+_MAX_REMEMBERED = 10_000
+
+
+class Emitter(Protocol):
+    """What outcomes are recorded into (a Recorder)."""
+
+    def emit(
+        self, metric: int, value: float, attrs: AttrValues, span: SpanIds | None = None
+    ) -> None: ...
+
+    def task_received(self, name: str, queue: str) -> None: ...
+
+    def task_ended(
+        self,
+        name: str,
+        queue: str,
+        state: str,
+        runtime: float | None,
+        *,
+        span: SpanIds | None = None,
+        wait: tuple[str, float] | None = None,
+    ) -> None: ...
+
+
+def queue_of(delivery_info: Any, default: str) -> str:
+    """The queue a message was delivered from: its routing key (Celery's default routing
+    uses the queue name as routing key), else ``default``."""
+    if isinstance(delivery_info, dict):
+        key = delivery_info.get("routing_key")
+        if key:
+            return str(key)
+    return default
+
+
+def _eta_timestamp(eta: Any) -> float | None:
+    if not eta:
+        return None
+    try:
+        if isinstance(eta, datetime):
+            return eta.timestamp()
+        return datetime.fromisoformat(str(eta)).timestamp()
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def wait_reference(fields: dict[str, Any], eta: Any) -> tuple[float | None, str]:
+    """When a task's wait for execution started, and from what (publish, eta, received)."""
+    published = fields.get(PUBLISHED_AT_HEADER)
+    eta_at = _eta_timestamp(eta) if eta else None
+    if isinstance(published, (int, float)):
+        if eta_at is not None and eta_at > published:
+            return eta_at, "eta"
+        return float(published), "publish"
+    received = fields.get(RECEIVED_AT_FIELD)
+    if isinstance(received, (int, float)):
+        if eta_at is not None and eta_at > received:
+            return eta_at, "eta"
+        return float(received), "received"
+    return None, ""
+
+
+class SpanJoin:
+    """Exemplar spans by task id, waiting for the task's outcome (bounded)."""
+
+    def __init__(self, limit: int = _MAX_REMEMBERED) -> None:
+        self._spans: OrderedDict[str, SpanIds] = OrderedDict()
+        self._lock = threading.Lock()
+        self._limit = limit
+
+    def put(self, task_id: str, span: SpanIds) -> None:
+        with self._lock:
+            self._spans[task_id] = span
+            if len(self._spans) > self._limit:
+                self._spans.popitem(last=False)
+
+    def take(self, task_id: str) -> SpanIds | None:
+        if not self._spans:
+            return None
+        with self._lock:
+            return self._spans.pop(task_id, None)
+
+
+def _exception_name(exc: Any) -> str:
+    # An exception Celery could not pickle comes back wrapped, carrying its class name.
+    wrapped = getattr(exc, "exc_cls_name", None)
+    if isinstance(wrapped, str) and wrapped:
+        return wrapped
+    return type(exc).__name__
+
+
+class TaskOutcomes:
+    """Turns request callbacks (and main-process task_failure signals) into measurements."""
+
+    def __init__(
+        self,
+        recorder: Emitter,
+        failures: FailureLog,
+        default_queue: str = "unknown",
+        take_span: Callable[[str], SpanIds | None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._recorder = recorder
+        self._failures = failures
+        self._default_queue = default_queue
+        self._wall_clock = wall_clock
+        #: Where the span a task ran in comes from (exemplars); None when they are off.
+        self.take_span = take_span
+        # Ids of requests whose failure Celery is reporting from this process right now
+        # (a lost pool child, a hard time limit): the task_failure signal for them counts.
+        self._reporting: dict[str, tuple[str, str, tuple[str, float] | None]] = {}
+        # Celery 5.7 reports a hard time limit twice (on_timeout and the pool's error
+        # callback both send task_failure): count each task once.
+        self._counted: OrderedDict[str, None] = OrderedDict()
+        from billiard.einfo import ExceptionWithTraceback
+        from celery.exceptions import Ignore, Reject, Retry  # Celery is an extra
+
+        self._retry, self._ignore, self._reject = Retry, Ignore, Reject
+        self._wrapped = ExceptionWithTraceback
+
+    # -- where a request's task name and queue come from --------------------------------------
+
+    def _name_queue(self, request: Any) -> tuple[str, str]:
+        queue = queue_of(request.delivery_info, self._default_queue)
+        return request.task.name, queue
+
+    # -- request callbacks ----------------------------------------------------------------------
+
+    def received(self, request: Any, name: str) -> None:
+        """The worker took a message of task ``name`` from the broker (a request is built
+        for every one, including those then discarded as revoked or expired)."""
+        try:
+            fields = request.request_dict
+            # The queue-wait reference when the producer is not instrumented.
+            fields[RECEIVED_AT_FIELD] = self._wall_clock()
+            delivery_info = request.delivery_info
+            queue = delivery_info.get("routing_key") if delivery_info.__class__ is dict else None
+            self._recorder.task_received(name, str(queue or self._default_queue))
+        except Exception as exc:  # noqa: BLE001 - metrics never break a worker
+            self._failures.record("counting a received task", exc)
+
+    def finished(self, request: Any, failed__retval__runtime: Any, name: str) -> None:
+        """The task ``name`` ran to an end in its pool process (``Request.on_success``).
+
+        The per-task hot path in the worker's main process: the common case (a success,
+        no ETA) is written inline; everything rarer goes through helper methods.
+        """
+        try:
+            failed, retval, runtime = failed__retval__runtime
+            delivery_info = request.delivery_info
+            queue = delivery_info.get("routing_key") if delivery_info.__class__ is dict else None
+            if not queue:
+                queue = self._default_queue
+            state = "SUCCESS"
+            if failed:
+                outcome = self._failed_state(name, queue, retval)
+                if outcome is None:
+                    return  # the pool process exited; Celery reports it as a lost worker
+                state = outcome
+            started = request.time_start
+            if runtime.__class__ is not float:
+                # Celery times successful executions only. For the other outcomes: from
+                # the pool process accepting the task to its result reaching us (the
+                # pool's hand-over adds well under a millisecond to that).
+                runtime = max(0.0, self._wall_clock() - started) if started else None
+            wait = None
+            if started is not None:
+                # Inline for the usual message (no ETA, a float reference); _wait() else.
+                fields = request.request_dict
+                wait_from = "publish"
+                reference = fields.get(PUBLISHED_AT_HEADER)
+                if reference is None:
+                    wait_from = "received"
+                    reference = fields.get(RECEIVED_AT_FIELD)
+                if reference.__class__ is float and not request.eta:
+                    wait = (wait_from, started - reference if started > reference else 0.0)
+                else:
+                    wait = self._wait(request)
+            take_span = self.take_span
+            span = take_span(request.id) if take_span is not None else None
+            self._recorder.task_ended(name, str(queue), state, runtime, span=span, wait=wait)
+        except Exception as exc:  # noqa: BLE001 - metrics never break a worker
+            self._failures.record("recording a task's outcome", exc)
+
+
+    def _failed_state(self, name: str, queue: str, retval: Any) -> str | None:
+        """The terminal state of an execution that raised; counts failures by class."""
+        exc = retval.exception
+        if isinstance(exc, self._wrapped):
+            exc = exc.exc
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            return None
+        if isinstance(exc, self._retry):
+            return "RETRY"
+        if isinstance(exc, self._ignore):
+            return "IGNORED"
+        if isinstance(exc, self._reject):
+            if not exc.requeue:
+                # Celery records this as a failure and sends task_failure for it.
+                self._recorder.emit(_FAILURES, 1, (name, queue, "Reject"))
+            return "REJECTED"
+        self._recorder.emit(_FAILURES, 1, (name, queue, _exception_name(exc)))
+        return "FAILURE"
+
+    @staticmethod
+    def _wait(request: Any) -> tuple[str, float] | None:
+        """(wait_from, seconds) the task waited before a pool process accepted it.
+
+        Recorded together with the task's outcome (one call, one lock per task): Celery
+        stamps the acceptance time on the request (``time_start``) and it stays there.
+        """
+        started = request.time_start
+        if started is None:
+            return None
+        reference, wait_from = wait_reference(request.request_dict, request.eta)
+        if reference is None:
+            return None
+        # Producer and worker clocks can disagree; a negative wait means skew, not time
+        # travel, so it is clamped at 0.
+        wait = started - reference
+        return wait_from, wait if wait > 0 else 0.0
+
+    def reporting_failure(self, request: Any) -> None:
+        """Celery is about to report a failure for ``request`` from this process (a lost
+        pool child, a hard time limit): a task_failure signal now is that task's end."""
+        try:
+            if len(self._reporting) < _MAX_REMEMBERED:
+                self._reporting[request.id] = (*self._name_queue(request), self._wait(request))
+        except Exception as exc:  # noqa: BLE001
+            self._failures.record("noting a failure being reported", exc)
+
+    def reported(self, request: Any) -> None:
+        self._reporting.pop(getattr(request, "id", None), None)  # type: ignore[arg-type]
+
+    def on_failure_signal(self, task_id: Any = None, exception: Any = None, **_: Any) -> None:
+        """``task_failure`` receiver: counts only failures Celery reports for a request
+        in this process (see :meth:`reporting_failure`). Failures raised by the task
+        itself are counted in :meth:`finished`, from the result the pool hands back."""
+        try:
+            noted = self._reporting.get(task_id)
+            if noted is None or task_id in self._counted:
+                return
+            self._counted[task_id] = None
+            if len(self._counted) > _MAX_REMEMBERED:
+                self._counted.popitem(last=False)
+            name, queue, wait = noted
+            self._recorder.emit(_FAILURES, 1, (name, queue, _exception_name(exception)))
+            self._recorder.task_ended(name, queue, "FAILURE", None, wait=wait)
+        except Exception as exc:  # noqa: BLE001
+            self._failures.record("task_failure receiver", exc)
+
+
+def instrumented_request_class(base: type, outcomes: TaskOutcomes, task_name: str) -> type:
+    """A subclass of Celery's per-task request class whose callbacks tell ``outcomes``.
+
+    Our code runs before Celery's in ``on_success`` (Celery may re-raise a child's exit
+    there). Every
+    ``outcomes`` method catches its own errors: a request callback never fails because
+    of metrics.
+    """
+    base_init = base.__init__  # type: ignore[misc]
+    base_success = base.on_success  # type: ignore[attr-defined]
+    base_failure = base.on_failure  # type: ignore[attr-defined]
+    base_timeout = base.on_timeout  # type: ignore[attr-defined]
+    finished, received = outcomes.finished, outcomes.received
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        base_init(self, *args, **kwargs)
+        received(self, task_name)
+
+    # Celery builds one request class per registered task, so the name is fixed here
+    # (the task's registered name, not a message's shadow name: bounded by the registry).
+    def on_success(self: Any, failed__retval__runtime: Any, **kwargs: Any) -> Any:
+        finished(self, failed__retval__runtime, task_name)
+        return base_success(self, failed__retval__runtime, **kwargs)
+
+    def on_failure(
+        self: Any, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        if return_ok:  # from on_success: the outcome was recorded there
+            return base_failure(self, exc_info, send_failed_event, return_ok)
+        outcomes.reporting_failure(self)
+        try:
+            return base_failure(self, exc_info, send_failed_event, return_ok)
+        finally:
+            outcomes.reported(self)
+
+    def on_timeout(self: Any, soft: Any, timeout: Any) -> Any:
+        if soft:
+            return base_timeout(self, soft, timeout)
+        outcomes.reporting_failure(self)
+        try:
+            return base_timeout(self, soft, timeout)
+        finally:
+            outcomes.reported(self)
+
+    namespace = {
+        "__init__": __init__,
+        "on_success": on_success,
+        "on_failure": on_failure,
+        "on_timeout": on_timeout,
+        "__module__": base.__module__,
+        "__doc__": base.__doc__,
+    }
+    return type(base.__name__, (base,), namespace)
+
+
+class RequestHooks:
+    """Makes the worker build instrumented request classes; undone by :meth:`uninstall`."""
+
+    def __init__(self, outcomes: TaskOutcomes) -> None:
+        self._outcomes = outcomes
+        self._original: Callable[..., type] | None = None
+
+    def install(self) -> None:
+        from celery.worker import strategy
+
+        if self._original is not None:
+            return
+        original = strategy.create_request_cls
+        outcomes = self._outcomes
+
+        def create_request_cls(base: Any, task: Any, *args: Any, **kwargs: Any) -> type:
+            cls: type = original(base, task, *args, **kwargs)
+            try:
+                return instrumented_request_class(cls, outcomes, str(task.name))
+            except Exception:  # noqa: BLE001 - an unexpected request class stays as it is
+                return cls
+
+        create_request_cls.__wrapped__ = original  # type: ignore[attr-defined]
+        strategy.create_request_cls = create_request_cls
+        self._original = original
+
+    def uninstall(self) -> None:
+        from celery.worker import strategy
+
+        if self._original is not None:
+            strategy.create_request_cls = self._original
+            self._original = None

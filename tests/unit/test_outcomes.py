@@ -1,0 +1,268 @@
+"""Task outcomes from Celery's real request classes and callbacks, recorded into a real SDK.
+
+No worker and no broker: the requests are built by Celery's own
+``strategy.create_request_cls`` (with our hooks installed) from kombu messages, and their
+callbacks are called the way a pool calls them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from billiard.einfo import ExceptionInfo
+from celery import Celery
+from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded, WorkerLostError
+from kombu import Message
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._outcomes import (
+    PUBLISHED_AT_HEADER,
+    RECEIVED_AT_FIELD,
+    RequestHooks,
+    TaskOutcomes,
+)
+from otel_celery_metrics._receivers import TaskReceivers
+from otel_celery_metrics._recorder import Recorder
+from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics._sdk_setup import attach_histograms
+from otel_celery_metrics.settings import Settings
+
+NAME = "app.work"
+
+
+class _Pool:
+    apply_async = None
+
+
+class World:
+    """A Celery app, our outcomes wired to an SDK reader, and a request factory."""
+
+    def __init__(self) -> None:
+        self.app = Celery("outcomes", broker="memory://", set_as_current=False)
+        self.app.conf.task_ignore_result = True
+
+        @self.app.task(name=NAME, shared=False)
+        def work() -> None:
+            return None
+
+        self.app.finalize()
+        self.task = self.app.tasks[NAME]
+        self.reader = InMemoryMetricReader()
+        self.provider = MeterProvider(metric_readers=[self.reader])
+        self.failures = FailureLog()
+        self.recorder = Recorder(self.provider.get_meter("t"), Settings(), self.failures)
+        attach_histograms(self.provider, self.recorder.histogram_points, "t", "0")
+        self.outcomes = TaskOutcomes(self.recorder, self.failures, default_queue="dq")
+        self.hooks = RequestHooks(self.outcomes)
+        self.hooks.install()
+        self.receivers = TaskReceivers(
+            self.recorder, self.failures, "dq", outcomes=self.outcomes  # type: ignore[arg-type]
+        )
+        self.receivers.connect()
+        from celery.worker import strategy
+        from celery.worker.request import Request
+
+        self.request_cls = strategy.create_request_cls(
+            Request, self.task, _Pool(), "host", None, app=self.app
+        )
+        self.count = 0
+
+    def close(self) -> None:
+        self.receivers.disconnect()
+        self.hooks.uninstall()
+        self.provider.shutdown()
+
+    def request(self, queue: str | None = "q1", **headers: Any) -> Any:
+        self.count += 1
+        task_id = f"id-{self.count}"
+        message = Message(
+            body=b'[[], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]',
+            headers={"lang": "py", "task": NAME, "id": task_id, "root_id": task_id,
+                     "retries": 0, "eta": None, "expires": None, **headers},
+            content_type="application/json", content_encoding="utf-8",
+            delivery_info={"routing_key": queue, "exchange": ""} if queue else {},
+        )
+        return self.request_cls(message, on_ack=lambda *_: None, app=self.app, task=self.task,
+                                hostname="host")
+
+    def points(self, spec: mt.MetricSpec) -> dict[frozenset[tuple[str, str]], Any]:
+        data = self.reader.get_metrics_data()
+        out: dict[frozenset[tuple[str, str]], Any] = {}
+        for rm in data.resource_metrics if data else ():
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name == spec.name:
+                        for p in metric.data.data_points:
+                            key = frozenset((p.attributes or {}).items())
+                            out[key] = getattr(p, "value", p)
+        return out
+
+    def states(self) -> dict[str, float]:
+        return {dict(k)["state"]: v for k, v in self.points(mt.TASKS).items() if v}
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = World()
+    yield w
+    w.close()
+
+
+def einfo(exc: BaseException) -> ExceptionInfo:
+    try:
+        raise exc
+    except BaseException:  # noqa: BLE001
+        return ExceptionInfo()
+
+
+def accept(request: Any, seconds_ago: float = 0.0) -> None:
+    request.on_accepted(4242, time.monotonic() - seconds_ago)
+
+
+def test_a_success_counts_its_state_runtime_and_queue_wait(world: World) -> None:
+    request = world.request()
+    # Received (and stamped by us) 3 s before a pool process accepted it.
+    assert abs(request.request_dict[RECEIVED_AT_FIELD] - time.time()) < 1.0
+    request.request_dict[RECEIVED_AT_FIELD] -= 3.0
+    assert type(request).__mro__[1] is world.request_cls.__mro__[1]  # ours wraps Celery's
+    accept(request)
+    request.on_success((0, "result", 0.25))
+    assert world.states() == {"SUCCESS": 1}
+    received = {k: v for k, v in world.points(mt.TASKS_RECEIVED).items() if v}
+    assert received == {frozenset({("task_name", NAME), ("queue", "q1")}): 1}
+    ((attrs, runtime),) = world.points(mt.TASK_RUNTIME).items()
+    assert dict(attrs) == {"task_name": NAME, "queue": "q1"}
+    assert runtime.count == 1
+    assert runtime.sum == 0.25  # Celery's own runtime, as in its "succeeded in" line
+    ((attrs, wait),) = world.points(mt.TASK_QUEUE_WAIT).items()
+    assert dict(attrs)["wait_from"] == "received"
+    assert 2.9 < wait.sum < 4.0
+
+
+def test_queue_wait_counts_from_publish_then_a_later_eta(world: World) -> None:
+    published = world.request(**{PUBLISHED_AT_HEADER: time.time() - 5.0})
+    accept(published)
+    published.on_success((0, None, 0.1))
+    eta = (time.time() - 1.0)
+    from datetime import datetime, timezone
+
+    later = world.request(**{PUBLISHED_AT_HEADER: time.time() - 60.0,
+                             "eta": datetime.fromtimestamp(eta, timezone.utc).isoformat()})
+    accept(later)
+    later.on_success((0, None, 0.1))
+    waits = {dict(k)["wait_from"]: p.sum for k, p in world.points(mt.TASK_QUEUE_WAIT).items()}
+    assert 4.9 < waits["publish"] < 6.0
+    assert 0.9 < waits["eta"] < 2.0
+
+
+def test_a_negative_wait_from_clock_skew_is_clamped_at_zero(world: World) -> None:
+    request = world.request(**{PUBLISHED_AT_HEADER: time.time() + 30.0})
+    accept(request)
+    request.on_success((0, None, 0.1))
+    ((_, wait),) = world.points(mt.TASK_QUEUE_WAIT).items()
+    assert wait.sum == 0
+
+
+@pytest.mark.parametrize(
+    ("exc", "state", "failure_class"),
+    [
+        (ValueError("boom"), "FAILURE", "ValueError"),
+        (Retry("again"), "RETRY", None),
+        (Ignore(), "IGNORED", None),
+        (Reject("no", requeue=False), "REJECTED", "Reject"),
+        (Reject("later", requeue=True), "REJECTED", None),
+    ],
+)
+def test_raised_outcomes_count_their_state_and_runtime(
+    world: World, exc: BaseException, state: str, failure_class: str | None
+) -> None:
+    request = world.request()
+    accept(request, seconds_ago=2.0)
+    # What a pool hands back for an execution that raised: Celery timed nothing.
+    request.on_success((1, einfo(exc), None))
+    assert world.states() == {state: 1}
+    failures = {dict(k)["exception_type"]: v for k, v in world.points(mt.TASK_FAILURES).items()}
+    assert failures == ({failure_class: 1} if failure_class else {})
+    ((_, runtime),) = world.points(mt.TASK_RUNTIME).items()
+    assert runtime.count == 1
+    assert 1.9 < runtime.sum < 3.0  # from acceptance to the result
+
+
+def test_a_lost_pool_process_counts_one_failure_without_runtime(world: World) -> None:
+    request = world.request()
+    accept(request)
+    request.on_failure(einfo(WorkerLostError("lost")))
+    assert world.states() == {"FAILURE": 1}
+    failures = {dict(k)["exception_type"]: v for k, v in world.points(mt.TASK_FAILURES).items()}
+    assert failures == {"WorkerLostError": 1}
+    runtime = world.points(mt.TASK_RUNTIME)
+    assert all(p.count == 0 for p in runtime.values())
+    # It did wait in the queue before it started: that point is recorded.
+    assert sum(p.count for p in world.points(mt.TASK_QUEUE_WAIT).values()) == 1
+
+
+def test_a_hard_time_limit_reported_twice_by_celery_counts_once(world: World) -> None:
+    request = world.request()
+    accept(request)
+    request.on_timeout(False, 5.0)
+    request.on_failure(einfo(TimeLimitExceeded(5.0)))
+    assert world.states() == {"FAILURE": 1}
+    failures = {dict(k)["exception_type"]: v for k, v in world.points(mt.TASK_FAILURES).items()}
+    assert failures == {"TimeLimitExceeded": 1}
+
+
+def test_a_soft_time_limit_warning_counts_nothing(world: World) -> None:
+    request = world.request()
+    accept(request)
+    request.on_timeout(True, 1.0)
+    assert world.states() == {}
+
+
+def test_task_failure_signals_from_a_task_itself_are_left_to_the_result(world: World) -> None:
+    # Under solo/threads, task_failure fires in-process while the task fails; the
+    # result's on_success counts it (once).
+    from celery import signals
+
+    request = world.request()
+    accept(request)
+    signals.task_failure.send(sender=world.task, task_id=request.id, exception=ValueError())
+    request.on_success((1, einfo(ValueError("x")), None))
+    assert world.states() == {"FAILURE": 1}
+
+
+def test_a_message_without_routing_key_counts_under_the_default_queue(world: World) -> None:
+    request = world.request(queue=None)
+    accept(request)
+    request.on_success((0, None, 0.1))
+    assert sorted(dict(k)["queue"] for k in world.points(mt.TASKS)) == ["dq"]
+
+
+def test_a_broken_recorder_never_breaks_celery_callbacks(world: World) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("recorder broken")
+
+    world.outcomes._recorder = type("R", (), {"task_ended": broken, "emit": broken})()
+    request = world.request()
+    accept(request)
+    request.on_success((0, None, 0.1))  # must not raise
+    request2 = world.request()
+    accept(request2)
+    request2.on_success((1, einfo(ValueError()), None))
+    assert world.failures.count >= 2
+
+
+def test_uninstalling_restores_celerys_request_class_factory(world: World) -> None:
+    from celery.worker import strategy
+    from celery.worker.request import Request
+
+    world.hooks.uninstall()
+    plain = strategy.create_request_cls(Request, world.task, _Pool(), "host", None, app=world.app)
+    assert "otel_celery_metrics" not in plain.on_success.__module__
+    world.hooks.install()
+    ours = strategy.create_request_cls(Request, world.task, _Pool(), "host", None, app=world.app)
+    assert ours.on_success.__module__ == "otel_celery_metrics._outcomes"

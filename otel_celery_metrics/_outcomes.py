@@ -113,6 +113,10 @@ class SpanJoin:
         self._lock = threading.Lock()
         self._limit = limit
 
+    def reinit_locks(self) -> None:
+        """A new lock, in a forked child (see ``Recorder.reinit_locks``)."""
+        self._lock = threading.Lock()
+
     def put(self, task_id: str, span: SpanIds) -> None:
         with self._lock:
             self._spans[task_id] = span

@@ -17,7 +17,10 @@ process-specific lives here:
   no extra thread, and a span always arrives before its task's result: the child sends it
   before it hands the result to the pool;
 - a child's exit hook makes one non-blocking send and nothing else (see
-  :meth:`ForkBridge._on_child_shutdown` for why nothing may delay that exit).
+  :meth:`ForkBridge._on_child_shutdown` for why nothing may delay that exit);
+- forks never copy a lock that another thread holds mid-collection
+  (:class:`CollectionFence`), and our own locks are new in every child: a lock copied
+  while held is never released in the child, and whatever then takes it there hangs.
 
 Guarantees and limits (``docs/prefork.md``): sends never block a task
 (``MSG_DONTWAIT``); a refused send is retried from a short-lived thread with backoff;
@@ -29,12 +32,13 @@ this private to the worker's process tree.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import marshal
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from otel_celery_metrics import metric_table as mt
@@ -59,6 +63,60 @@ _MARSHAL_VERSION = 4
 
 def _noop() -> None:
     return None
+
+
+class CollectionFence:
+    """Keeps a fork from happening while a metric collection is in progress.
+
+    A collection (a scrape, a periodic OTLP export) holds the SDK's metric locks and ours
+    while it runs in a reader's thread. ``os.fork`` copies those locks as they are; in the
+    child, a lock copied while held is never released, so the first thing there that
+    records a metric on a new series, or collects, waits forever. Seen here: a pool
+    child's silenced reader thread stuck for good, and, with the SDK's own metrics on
+    (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``), the child's span processor stuck
+    with it so none of that child's spans were ever exported. Collections take the fence
+    (:meth:`collecting`); a fork waits for running ones to finish (at most ``max_wait``
+    seconds: a collection stuck in a user's callback must not stall the pool) and keeps
+    new ones out until it is done.
+    """
+
+    def __init__(self, max_wait: float = 2.0) -> None:
+        self._max_wait = max_wait
+        self._cond = threading.Condition(threading.Lock())
+        self._running = 0
+        self._forking = False
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[None]:
+        with self._cond:
+            if self._forking:
+                self._cond.wait_for(lambda: not self._forking, timeout=self._max_wait)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                if not self._running:
+                    self._cond.notify_all()
+
+    def before_fork(self) -> bool:
+        """Wait until no collection runs; False if one still did after ``max_wait``."""
+        with self._cond:
+            self._forking = True
+            return self._cond.wait_for(lambda: self._running == 0, timeout=self._max_wait)
+
+    def after_fork_in_parent(self) -> None:
+        with self._cond:
+            self._forking = False
+            self._cond.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        # Collections of the parent do not exist here; its condition's lock may have
+        # been copied while held.
+        self._cond = threading.Condition(threading.Lock())
+        self._running = 0
+        self._forking = False
 
 
 class SwitchableSink:
@@ -245,8 +303,11 @@ class ForkBridge:
         *,
         max_pending: int = 50_000,
         on_pool_child_start: Callable[[], None] | None = None,
+        fence: CollectionFence | None = None,
     ) -> None:
         self._recorder = recorder
+        #: Collections take ``fence.collecting()`` (wired by the instrumentor).
+        self.fence = fence or CollectionFence()
         self._sink = sink
         self._spans = spans
         self._failures = failures
@@ -268,7 +329,11 @@ class ForkBridge:
         self._active = True
         if not self._fork_hooks_registered:
             # register_at_fork has no unregister; the hooks check _active instead.
-            os.register_at_fork(before=self._before_fork)
+            os.register_at_fork(
+                before=self._before_fork,
+                after_in_parent=self._after_fork_in_parent,
+                after_in_child=self._after_fork_in_child,
+            )
             atexit.register(self.drain_now)
             self._fork_hooks_registered = True
         from celery import signals
@@ -303,12 +368,42 @@ class ForkBridge:
     # -- main process ------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
-        if not self._active or self._forwarder is not None:
+        if not self._active:
             return
         try:
-            self._ensure_started()
+            if self._forwarder is None:
+                self._ensure_started()
         except Exception as exc:  # noqa: BLE001
             self._failures.record("starting the prefork bridge", exc)
+        try:
+            if not self.fence.before_fork():
+                self._failures.record(
+                    "waiting for a metric collection before a fork",
+                    TimeoutError("a collection was still running; forked anyway"),
+                )
+        except Exception as exc:  # noqa: BLE001
+            self._failures.record("waiting for a metric collection before a fork", exc)
+
+    def _after_fork_in_parent(self) -> None:
+        # Also after a failed fork: the fence must open again whatever happened.
+        with contextlib.suppress(Exception):
+            self.fence.after_fork_in_parent()
+
+    def _after_fork_in_child(self) -> None:
+        """Every fork's child (not only pool children): our locks start free.
+
+        The fence covered collections; this covers any other thread that held one of
+        our locks at the fork (a web server's request thread publishing a task, say).
+        """
+        if not self._active:
+            return
+        with contextlib.suppress(Exception):
+            self.fence.after_fork_in_child()
+            self._lock = threading.Lock()
+            self._read_lock = threading.Lock()
+            self._recorder.reinit_locks()
+            self._spans.reinit_locks()
+            self._failures.reinit_locks()
 
     def _ensure_started(self) -> None:
         with self._lock:

@@ -183,6 +183,12 @@ class Recorder:
 
     # -- instrument creation -------------------------------------------------------------
 
+    def reinit_locks(self) -> None:
+        """New locks, in a forked child: a copy may have been taken while another thread
+        of the parent held one, and would then never be released in the child."""
+        self._lock = threading.Lock()
+        self._admit_lock = threading.Lock()
+
     def _kept_keys(self, spec: mt.MetricSpec) -> tuple[str, ...]:
         if spec.recorded_in == "self":
             return spec.attributes

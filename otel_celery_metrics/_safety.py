@@ -27,6 +27,10 @@ class FailureLog:
         #: Called with the number of failures each time one happens (a self-metric hook).
         self.on_failure: Callable[[int], None] | None = None
 
+    def reinit_locks(self) -> None:
+        """A new lock, in a forked child (see ``Recorder.reinit_locks``)."""
+        self._lock = threading.Lock()
+
     def record(self, where: str, exc: BaseException) -> None:
         self.count += 1
         key = (where, type(exc))

@@ -1,6 +1,6 @@
 """The only module that touches the OpenTelemetry SDK.
 
-Four jobs:
+Five jobs:
 - :func:`attach_histograms`: hand the histograms :class:`~otel_celery_metrics._recorder.Recorder`
   aggregates itself to every metric reader of the SDK meter provider at collection time
   (the OpenTelemetry "metric producer" idea; this SDK has no public producer API);
@@ -9,7 +9,10 @@ Four jobs:
 - :func:`tune_prometheus_readers`: our deliberate choice for the Prometheus path under
   ``opentelemetry-instrument`` (no ``otel_scope_*`` labels, see ``docs/configuration.md``);
 - :func:`silence_exporting_readers`: in a prefork pool child, stop the child's copy of a
-  periodic (OTLP/console) reader from exporting; the main process exports for everyone.
+  periodic (OTLP/console) reader from collecting and exporting; the main process exports
+  for everyone;
+- :func:`fence_collections`: run every collection inside the prefork bridge's fence, so
+  that no fork copies the SDK's locks mid-collection.
 
 The functions that adjust existing readers reach into SDK internals (the SDK has no
 public way to change a reader after construction). They check what they touch and, when
@@ -18,6 +21,7 @@ the SDK changed shape, log once and leave the reader as it is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -107,6 +111,42 @@ def attach_histograms(
         reader._collect = producer.wrap(reader._collect)
         deltas += delta
     return deltas
+
+
+def fence_collections(
+    provider: Any, collecting: Callable[[], contextlib.AbstractContextManager[None]]
+) -> int:
+    """Run every collection of ``provider``'s SDK readers inside ``collecting()``.
+
+    The prefork bridge uses it to keep forks out of collections (see
+    :class:`~otel_celery_metrics._prefork.CollectionFence`). Wraps the reader's collect
+    callback, outside :func:`attach_histograms`' wrapper, so the fence covers the SDK's
+    collection and ours. Returns how many readers are fenced.
+    """
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    except ImportError:
+        return 0
+    if not isinstance(provider, SdkMeterProvider):
+        return 0
+    fenced = 0
+    for reader in _readers(provider):
+        collect = getattr(reader, "_collect", None)
+        if not callable(collect):
+            continue
+        reader._collect = _fenced(collect, collecting)
+        fenced += 1
+    return fenced
+
+
+def _fenced(
+    collect: Callable[..., Any], collecting: Callable[[], contextlib.AbstractContextManager[None]]
+) -> Callable[..., Any]:
+    def fenced_collect(*args: Any, **kwargs: Any) -> Any:
+        with collecting():
+            return collect(*args, **kwargs)
+
+    return fenced_collect
 
 
 _Cumulative = tuple[tuple[int, ...], float, int]  # bucket counts, sum, count
@@ -254,8 +294,16 @@ def silence_exporting_readers(provider: Any) -> int:
     for reader in _readers(provider):
         if isinstance(reader, PeriodicExportingMetricReader) and hasattr(reader, "_exporter"):
             reader._exporter = _NullExporter()  # type: ignore[assignment]
+            # Nor collect: the child's copy of the provider holds the main process'
+            # pre-fork values, and a collection takes the SDK's locks (and ours) for
+            # nothing every interval in every child.
+            reader.collect = _no_collection  # type: ignore[misc,method-assign]
             silenced += 1
     return silenced
+
+
+def _no_collection(*_args: Any, **_kwargs: Any) -> None:
+    return None
 
 
 #: Loggers of the OTLP metric exporters (the gRPC base exporter is shared with traces, so

@@ -23,7 +23,7 @@ from opentelemetry.metrics import MeterProvider, get_meter, get_meter_provider
 from otel_celery_metrics import _worker_state
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._outcomes import RequestHooks, SpanJoin, TaskOutcomes
-from otel_celery_metrics._prefork import ForkBridge, SwitchableSink
+from otel_celery_metrics._prefork import CollectionFence, ForkBridge, SwitchableSink
 from otel_celery_metrics._receivers import TaskReceivers
 from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._safety import FailureLog
@@ -95,6 +95,8 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             recorder, sink, spans, failures,
             on_pool_child_start=lambda: _silence_child_readers(provider),
         )
+        # After _attach_histograms: the fence wraps our histogram producer too.
+        _fence_collections(provider, bridge.fence)
         recorder.before_collect = bridge.drain_now
         outcomes = TaskOutcomes(recorder, failures, default_queue=default_queue)
         hooks = RequestHooks(outcomes)
@@ -204,6 +206,15 @@ def _limit_exporter_logs() -> None:
         limit_exporter_logs()
     except Exception as exc:  # noqa: BLE001 - logging hygiene must not stop instrumenting
         _logger.warning("otel-celery-metrics: could not limit exporter logs: %s", exc)
+
+
+def _fence_collections(provider: Any, fence: CollectionFence) -> None:
+    try:
+        from otel_celery_metrics._sdk_setup import fence_collections
+
+        fence_collections(provider, fence.collecting)
+    except Exception as exc:  # noqa: BLE001 - fork safety must not stop instrumenting
+        _logger.warning("otel-celery-metrics: could not fence metric collections: %s", exc)
 
 
 def _silence_child_readers(provider: Any) -> None:

@@ -174,6 +174,10 @@ class Received:
         with self._lock:
             return len(self.metric_requests)
 
+    def trace_request_count(self) -> int:
+        with self._lock:
+            return len(self.trace_requests)
+
     def latest(self, metric: str, **attrs: str) -> dict[tuple[Attrs, Attrs], Point]:
         """The last point of every cumulative series of ``metric`` (per resource and
         attributes) whose attributes include ``attrs``: what a Collector's Prometheus

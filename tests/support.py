@@ -38,9 +38,16 @@ def free_port() -> int:
 
 
 def wait_for(
-    condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+    condition: Callable[[], T],
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str | Callable[[], str] = "",
 ) -> T:
-    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` seconds.
+
+    ``what`` names the condition in the failure message; a callable is asked only then,
+    for a report of the state that did not come (what arrived, a worker's log tail).
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     last_exc: BaseException | None = None
@@ -53,7 +60,8 @@ def wait_for(
         except Exception as exc:  # noqa: BLE001 - keep polling; report the last one
             last_exc = exc
         time.sleep(interval)
-    msg = f"timed out after {timeout}s waiting for {what or condition}: last={last!r}"
+    described = what() if callable(what) else what
+    msg = f"timed out after {timeout}s waiting for {described or condition}: last={last!r}"
     raise AssertionError(msg) from last_exc
 
 

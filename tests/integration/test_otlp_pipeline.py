@@ -31,6 +31,14 @@ def _run_spans(received: Received) -> list:  # type: ignore[type-arg]
     return [s for s in received.spans() if s.name.startswith("run/")]
 
 
+def _span_report(received: Received, worker: Worker) -> str:
+    """What a missing-span failure needs: which run spans came, and the worker's log."""
+    names = sorted(s.name for s in _run_spans(received))
+    return (f"every run span ({EXECUTED}); got {len(names)}: {names}\n"
+            f"span requests: {received.trace_request_count()}\n"
+            f"worker log tail:\n{worker.log_text()[-4000:]}")
+
+
 def _all_counted(received: Received) -> bool:
     return received.total(TASKS) >= sum(EXPECTED_STATES.values())
 
@@ -113,7 +121,8 @@ def test_metrics_spans_identity_and_exemplars_arrive_through_one_otlp_pipeline(
         send_mixed_batch(producer(redis_url), queue)
         rx = receiver.received
         wait_for(lambda: _all_counted(rx), timeout=30, what="all terminal states over OTLP")
-        wait_for(lambda: len(_run_spans(rx)) >= EXECUTED, timeout=15, what="every run span")
+        wait_for(lambda: len(_run_spans(rx)) >= EXECUTED, timeout=15,
+                 what=lambda: _span_report(rx, worker))
         # One more export after everything was counted: late duplicates would show here.
         seen = rx.metric_request_count()
         wait_for(lambda: rx.metric_request_count() > seen + 1, timeout=10, what="next export")

@@ -1,21 +1,34 @@
-"""The prefork bridge with real sockets and a real fork: bounded, counted, never blocking."""
+"""The prefork bridge with real sockets and real forks: bounded, counted, never blocking."""
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import socket
+import threading
 import time
 
 import pytest
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricExportResult,
+    PeriodicExportingMetricReader,
+)
 
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._outcomes import SpanJoin
 from otel_celery_metrics._prefork import ForkBridge, SwitchableSink, _ChildForwarder
 from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_setup import attach_histograms
+from otel_celery_metrics._sdk_setup import (
+    attach_histograms,
+    fence_collections,
+    silence_exporting_readers,
+)
 from otel_celery_metrics.settings import Settings
 
 TASKS = mt.METRIC_INDEX[mt.TASKS.name]
@@ -178,3 +191,155 @@ def test_a_refused_last_send_is_retried_without_another_task() -> None:
     receive_end.close()
     send_end.close()
     assert received == sent
+
+
+def _child_status(pid: int, timeout: float = 15.0) -> int:
+    """The child's wait status; kills it if it does not end in time (it hung)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung")
+
+
+def _installed_bridge(provider: MeterProvider) -> tuple[ForkBridge, Recorder, SwitchableSink]:
+    failures = FailureLog()
+    recorder = Recorder(provider.get_meter("t"), Settings(), failures)
+    attach_histograms(provider, recorder.histogram_points, "t", "0")
+    spans = SpanJoin()
+    sink = SwitchableSink(recorder, spans)
+    bridge = ForkBridge(recorder, sink, spans, failures)
+    fence_collections(provider, bridge.fence.collecting)
+    recorder.before_collect = bridge.drain_now
+    bridge.install()
+    return bridge, recorder, sink
+
+
+def test_a_fork_waits_for_a_running_collection_so_the_child_can_collect_and_record() -> None:
+    """A fork during a collection copies the SDK's metric locks held; the fence prevents it.
+
+    Without the fence the child below hangs on the copied locks: in the collection it
+    starts, and in recording a new instrument's first value (what the SDK's span
+    processor does with its own metrics on).
+    """
+    pytest.importorskip("celery")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    bridge, _recorder, sink = _installed_bridge(provider)
+    in_callback = threading.Event()
+    release = threading.Event()
+
+    def slow_callback(_options: CallbackOptions) -> list[Observation]:
+        in_callback.set()
+        release.wait(10)
+        return [Observation(1)]
+
+    gauge_meter = provider.get_meter("slow")
+    gauge_meter.create_observable_gauge("slow.gauge", callbacks=[slow_callback])
+    collector = threading.Thread(target=reader.get_metrics_data, daemon=True)
+    try:
+        collector.start()
+        assert in_callback.wait(10), "the collection did not start"
+        released_at: list[float] = []
+
+        def let_go() -> None:
+            time.sleep(0.3)
+            released_at.append(time.monotonic())
+            release.set()
+
+        threading.Thread(target=let_go, daemon=True).start()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                release.set()  # the child's own collection must not wait on the copy
+                provider.get_meter("child").create_counter("child.counter").add(1)
+                sink.emit(TASKS, 1, ("child.task", "q", "SUCCESS"))
+                reader.get_metrics_data()
+                code = 0
+            finally:
+                os._exit(code)
+        forked_at = time.monotonic()
+        assert os.waitstatus_to_exitcode(_child_status(pid)) == 0
+        assert released_at and forked_at >= released_at[0], "the fork did not wait"
+        collector.join(10)
+    finally:
+        release.set()
+        bridge.uninstall()
+        provider.shutdown()
+
+
+def test_our_locks_are_free_in_a_child_forked_while_another_thread_held_them() -> None:
+    """A web server's request thread publishing a task while the process forks, say."""
+    pytest.importorskip("celery")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    bridge, recorder, sink = _installed_bridge(provider)
+    held = threading.Event()
+    done = threading.Event()
+
+    def hold_the_recorder() -> None:
+        with recorder._lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold_the_recorder, daemon=True)
+    try:
+        holder.start()
+        assert held.wait(10)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                sink.emit(TASKS, 1, ("child.task", "q", "SUCCESS"))
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(_child_status(pid)) == 0
+    finally:
+        done.set()
+        holder.join(10)
+        bridge.uninstall()
+        provider.shutdown()
+
+
+def test_a_pool_childs_silenced_reader_neither_collects_nor_exports() -> None:
+    exported: list[object] = []
+
+    class Exporter(MetricExporter):
+        def __init__(self) -> None:
+            super().__init__()
+
+        def export(self, metrics_data: object, timeout_millis: float = 10_000,
+                   **_: object) -> MetricExportResult:
+            exported.append(metrics_data)
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout: float = 30_000, **_: object) -> None:
+            return None
+
+    reader = PeriodicExportingMetricReader(Exporter(), export_interval_millis=math.inf)
+    provider = MeterProvider(metric_readers=[reader])
+    collected: list[int] = []
+    provider.get_meter("t").create_observable_gauge(
+        "g", callbacks=[lambda _o: collected.append(1) or [Observation(1)]]
+    )
+    try:
+        reader.collect()
+        assert collected and exported  # it worked before
+        collected.clear()
+        exported.clear()
+        assert silence_exporting_readers(provider) == 1
+        reader.collect()
+        reader.force_flush()
+        assert not collected, "a silenced reader still runs collections"
+        assert not exported
+    finally:
+        provider.shutdown()

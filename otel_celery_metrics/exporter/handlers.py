@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
@@ -29,6 +30,10 @@ from otel_celery_metrics.exporter.tracker import TaskInfo, TaskTracker
 _logger = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 256
+#: Seconds a started task's queue wait waits for a task-sent that is late (see _started).
+SENT_EVENT_GRACE = 2.0
+#: Started tasks waiting for their task-sent at most; past it the oldest settle at once.
+MAX_AWAITING_SENT = 100_000
 UNKNOWN = "unknown"
 # Control characters (newlines, NUL, escapes) and lone surrogates (what JSON's \udcxx or
 # a non-UTF-8 decode leaves behind): neither belongs in a label value.
@@ -158,6 +163,9 @@ class EventHandlers:
         self.executing: dict[Key, int] = {}
         #: Wall-clock time of the last event handled (None before the first).
         self.last_event_at: float | None = None
+        #: Started tasks whose task-sent has not arrived yet, oldest first, with the time
+        #: after which their queue wait settles for the receipt time.
+        self._awaiting_sent: deque[tuple[float, TaskInfo]] = deque()
         self._table: dict[str, Callable[[Mapping[str, Any]], None]] = {
             "task-sent": self._sent,
             "task-received": self._task_received,
@@ -177,7 +185,13 @@ class EventHandlers:
 
     def handle(self, event: object) -> None:
         """Handle one decoded event. Never raises."""
-        self.last_event_at = self._clock()
+        now = self.last_event_at = self._clock()
+        if self._awaiting_sent and self._awaiting_sent[0][0] <= now:
+            # Any event will do as the clock tick: workers send heartbeats every 2 s.
+            try:
+                self._settle_overdue_waits(now)
+            except Exception as exc:  # noqa: BLE001
+                self._failures.record("settling queue waits", exc)
         if not isinstance(event, dict):
             self.drop(OTHER_TYPE, "invalid_field")
             return
@@ -257,6 +271,10 @@ class EventHandlers:
         name, queue = self._names(info)
         self._per_event["task-sent"].add(self._key(name, queue, hostname))
         self._published.add((name, queue))
+        if info.wait_start is not None:
+            # The task started before its task-sent arrived (see _started).
+            started, info.wait_start = info.wait_start, None
+            self._queue_wait(info, name, queue, started)
 
     def _task_received(self, event: Mapping[str, Any]) -> None:
         task_id = event_task_id(event)
@@ -289,6 +307,20 @@ class EventHandlers:
         info.started = started if started is not None else self._clock()
         if started is None:
             return
+        if info.sent is None:
+            # No task-sent yet. If its producer sends them, this one is late: the producer
+            # publishes it after the task message, on another connection, so a busy bus
+            # often delivers the worker's task-started (even its end) first. Wait a little
+            # for it rather than settle for the receipt time at once. (Producers that send
+            # none, Celery's default, only see their receipt-based waits a little later.)
+            info.wait_start = started
+            self._awaiting_sent.append((self._clock() + SENT_EVENT_GRACE, info))
+            if len(self._awaiting_sent) > MAX_AWAITING_SENT:
+                self._settle_wait(self._awaiting_sent.popleft()[1])
+            return
+        self._queue_wait(info, name, queue, started)
+
+    def _queue_wait(self, info: TaskInfo, name: str, queue: str, started: float) -> None:
         # Publish (or the ETA, when it is later) to start; else receipt to start.
         # Clamped at 0: producer and worker clocks disagree by small amounts.
         if info.sent is not None:
@@ -298,6 +330,22 @@ class EventHandlers:
                 self._hist.queue_wait(name, queue, "publish", max(0.0, started - info.sent))
         elif info.received is not None:
             self._hist.queue_wait(name, queue, "received", max(0.0, started - info.received))
+
+    def _settle_wait(self, info: TaskInfo) -> None:
+        """Record a waiting queue wait with what is known now (task-sent never came)."""
+        started, info.wait_start = info.wait_start, None
+        if started is None:
+            return  # task-sent came in time and recorded it
+        try:
+            name, queue = self._names(info)
+        except _Filtered:
+            return
+        self._queue_wait(info, name, queue, started)
+
+    def _settle_overdue_waits(self, now: float) -> None:
+        waiting = self._awaiting_sent
+        while waiting and waiting[0][0] <= now:
+            self._settle_wait(waiting.popleft()[1])
 
     def _end(self, info: TaskInfo, name: str, queue: str) -> None:
         if info.started is not None:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 
 class TaskInfo:
-    __slots__ = ("eta", "hostname", "name", "queue", "received", "sent", "started")
+    __slots__ = ("eta", "hostname", "name", "queue", "received", "sent", "started", "wait_start")
 
     def __init__(self, name: str, queue: str | None) -> None:
         self.name = name
@@ -30,6 +30,8 @@ class TaskInfo:
         self.started: float | None = None
         self.eta: float | None = None
         self.hostname: str | None = None
+        #: The task-started time of a queue wait that waits for a late task-sent.
+        self.wait_start: float | None = None
 
 
 class TaskTracker:

@@ -38,11 +38,20 @@ def test_exact_task_counts_from_a_real_worker(
     app.send_task("exp.retry", queue=queue)
 
     def settled() -> str | None:
+        # A scrape reads the histograms before the counters (two collectors, registry
+        # order): events handled in between show in the counters only, until the next
+        # scrape. And a task-sent event may arrive after its task ended (the producer
+        # publishes it on its own connection); its publish-based wait is recorded then.
+        # So wait for the histograms too.
         text = exporter.scrape()
+        ok = {"task_name": "exp.ok", "queue": queue}
         done = (
             total(text, "celery_task_succeeded_total", queue=queue) == 6
             and total(text, "celery_task_failed_total", queue=queue) == 2
             and total(text, "celery_task_retried_total", queue=queue) == 1
+            and value(text, "celery_task_runtime_seconds_count", **ok) == 5
+            and value(text, "celery_task_queue_wait_seconds_count", wait_from="publish",
+                      **ok) == 5
         )
         return text if done else None
 

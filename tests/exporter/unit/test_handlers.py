@@ -256,3 +256,52 @@ def test_danihodovic_names_switch(make_exporter, clock: FakeClock) -> None:
     # The unified series stay, so a dashboard built on them keeps working too.
     assert value(text, "celery_tasks_total", task_name="app.add", state="SUCCESS") == 1
     promtool_check(text)
+
+
+def test_a_task_sent_event_arriving_after_task_started_still_counts_from_publish(
+    make_exporter, clock: FakeClock
+) -> None:
+    """The producer publishes task-sent after the message, on its own connection: on a busy
+    bus the worker's task-started (even task-succeeded) often arrives first."""
+    exporter = make_exporter()
+    feed(exporter, lifecycle("first"))
+    sent, received, started, succeeded = lifecycle("late", t0=1_700_000_100.0)
+    feed(exporter, [received, started, succeeded])
+    labels = {"task_name": "app.add", "queue": "default"}
+    text = scrape(exporter)
+    assert value(text, "celery_task_queue_wait_seconds_count", wait_from="publish", **labels) == 1
+    assert value(text, "celery_task_queue_wait_seconds_count", wait_from="received",
+                 **labels) is None
+    clock.advance(0.5)
+    feed(exporter, [sent])
+    text = scrape(exporter)
+    assert value(text, "celery_task_queue_wait_seconds_count", wait_from="publish", **labels) == 2
+    assert value(
+        text, "celery_task_queue_wait_seconds_sum", wait_from="publish", **labels
+    ) == pytest.approx(4.0)
+    assert value(text, "celery_task_sent_total", **labels) == 2
+    # Nothing is left to settle later: a heartbeat past the grace changes nothing.
+    clock.advance(10)
+    feed(exporter, [{"type": "worker-heartbeat", "hostname": W, "timestamp": 1.0}])
+    assert value(scrape(exporter), "celery_task_queue_wait_seconds_count",
+                 wait_from="publish", **labels) == 2
+
+
+def test_a_task_sent_event_that_never_comes_settles_for_the_receipt_time(
+    make_exporter, clock: FakeClock
+) -> None:
+    """Also Celery's default: producers send no task-sent events (task_send_sent_event)."""
+    exporter = make_exporter()
+    _sent, received, started, _done = lifecycle("lost-sent", t0=1_700_000_100.0)
+    feed(exporter, [received, started])
+    # No task-sent: the queue is the worker's default one (the event carries none).
+    labels = {"task_name": "app.add", "wait_from": "received"}
+    heartbeat = {"type": "worker-heartbeat", "hostname": W, "timestamp": 1.0}
+    clock.advance(1.0)
+    feed(exporter, [heartbeat])
+    assert value(scrape(exporter), "celery_task_queue_wait_seconds_count", **labels) is None
+    clock.advance(1.5)  # past the grace: the next event settles it
+    feed(exporter, [heartbeat])
+    text = scrape(exporter)
+    assert value(text, "celery_task_queue_wait_seconds_count", **labels) == 1
+    assert value(text, "celery_task_queue_wait_seconds_sum", **labels) == pytest.approx(1.0)

@@ -97,18 +97,24 @@ def test_a_full_socket_never_blocks_and_drops_only_past_the_bound() -> None:
     assert dropped > 0
 
 
-def test_measurements_from_a_forked_child_reach_the_parent_recorder() -> None:
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
+def _installed_bridge(provider: MeterProvider) -> tuple[ForkBridge, Recorder, SwitchableSink]:
     failures = FailureLog()
     recorder = Recorder(provider.get_meter("t"), Settings(), failures)
     attach_histograms(provider, recorder.histogram_points, "t", "0")
     spans = SpanJoin()
     sink = SwitchableSink(recorder, spans)
     bridge = ForkBridge(recorder, sink, spans, failures)
+    fence_collections(provider, bridge.fence.collecting)
     recorder.before_collect = bridge.drain_now
-    pytest.importorskip("celery")
     bridge.install()
+    return bridge, recorder, sink
+
+
+def test_measurements_from_a_forked_child_reach_the_parent_recorder() -> None:
+    pytest.importorskip("celery")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    bridge, _recorder, sink = _installed_bridge(provider)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
@@ -204,19 +210,6 @@ def _child_status(pid: int, timeout: float = 15.0) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise AssertionError("the forked child hung")
-
-
-def _installed_bridge(provider: MeterProvider) -> tuple[ForkBridge, Recorder, SwitchableSink]:
-    failures = FailureLog()
-    recorder = Recorder(provider.get_meter("t"), Settings(), failures)
-    attach_histograms(provider, recorder.histogram_points, "t", "0")
-    spans = SpanJoin()
-    sink = SwitchableSink(recorder, spans)
-    bridge = ForkBridge(recorder, sink, spans, failures)
-    fence_collections(provider, bridge.fence.collecting)
-    recorder.before_collect = bridge.drain_now
-    bridge.install()
-    return bridge, recorder, sink
 
 
 def test_a_fork_waits_for_a_running_collection_so_the_child_can_collect_and_record() -> None:

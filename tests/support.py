@@ -65,6 +65,14 @@ def wait_for(
     raise AssertionError(msg) from last_exc
 
 
+def _children_of(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
 def scrape(port: int, host: str = "127.0.0.1") -> str:
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
         return str(resp.read().decode())
@@ -148,6 +156,23 @@ class Worker:
 
     def log_text(self) -> str:
         return Path(self._log.name).read_text(errors="replace")
+
+    def thread_stacks(self, timeout: float = 3.0) -> str:
+        """Every thread's stack of the worker and its pool children (for a hang report).
+
+        tests.apps.tasks_app makes SIGUSR2 dump them into the worker log.
+        """
+        pids = [self.proc.pid, *_children_of(self.proc.pid)]
+        before = len(self.log_text())
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        text = self.log_text()
+        while time.monotonic() < deadline and text.count("Current thread", before) < len(pids):
+            time.sleep(0.05)
+            text = self.log_text()
+        return f"pids {pids}:\n{text[before:]}"
 
     def wait_ready(self, timeout: float = 40.0) -> None:
         def ready() -> bool:

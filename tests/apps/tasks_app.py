@@ -5,12 +5,14 @@ The broker comes from TEST_BROKER_URL. Tasks cover every terminal state.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import time
 
 from celery import Celery
 from celery.exceptions import Ignore, Reject
+from celery.signals import worker_process_init
 
 app = Celery("tasks_app", broker=os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/15"))
 app.conf.update(
@@ -20,6 +22,17 @@ app.conf.update(
     worker_hijack_root_logger=False,
     task_default_queue=os.environ.get("TEST_QUEUE", "celery"),
 )
+
+
+# Diagnostics for rare hangs: SIGUSR2 makes a worker process (main or pool child) write the
+# stack of every thread to stderr, which tests.support.Worker keeps in the worker log.
+# (SIGUSR1 is Celery's own traceback dump, main process only.)
+faulthandler.register(signal.SIGUSR2, all_threads=True)
+
+
+@worker_process_init.connect(weak=False)
+def _stacks_on_sigusr2(**_: object) -> None:
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
 
 
 @app.task(name="tests.ok")

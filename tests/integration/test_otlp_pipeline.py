@@ -36,7 +36,8 @@ def _span_report(received: Received, worker: Worker) -> str:
     names = sorted(s.name for s in _run_spans(received))
     return (f"every run span ({EXECUTED}); got {len(names)}: {names}\n"
             f"span requests: {received.trace_request_count()}\n"
-            f"worker log tail:\n{worker.log_text()[-4000:]}")
+            f"worker log tail:\n{worker.log_text()[-4000:]}\n"
+            f"thread stacks:\n{worker.thread_stacks()[-12000:]}")
 
 
 def _all_counted(received: Received) -> bool:

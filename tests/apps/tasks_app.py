@@ -5,6 +5,7 @@ The broker comes from TEST_BROKER_URL. Tasks cover every terminal state.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -12,7 +13,6 @@ import time
 
 from celery import Celery
 from celery.exceptions import Ignore, Reject
-from celery.signals import worker_process_init
 
 app = Celery("tasks_app", broker=os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/15"))
 app.conf.update(
@@ -24,14 +24,12 @@ app.conf.update(
 )
 
 
-# Diagnostics for rare hangs: SIGUSR2 makes a worker process (main or pool child) write the
-# stack of every thread to stderr, which tests.support.Worker keeps in the worker log.
+# Diagnostics for rare hangs: SIGUSR2 makes a worker process write the stack of every
+# thread to stderr, which tests.support.Worker keeps in the worker log. Registered at
+# import, in the main process; pool children inherit the handler and the real stderr
+# descriptor with the fork (their sys.stderr is Celery's logging proxy, which has none).
 # (SIGUSR1 is Celery's own traceback dump, main process only.)
-faulthandler.register(signal.SIGUSR2, all_threads=True)
-
-
-@worker_process_init.connect(weak=False)
-def _stacks_on_sigusr2(**_: object) -> None:
+with contextlib.suppress(Exception):  # imported where stderr has no descriptor: no dumps
     faulthandler.register(signal.SIGUSR2, all_threads=True)
 
 

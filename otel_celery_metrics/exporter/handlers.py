@@ -272,9 +272,7 @@ class EventHandlers:
         self._per_event["task-sent"].add(self._key(name, queue, hostname))
         self._published.add((name, queue))
         if info.wait_start is not None:
-            # The task started before its task-sent arrived (see _started).
-            started, info.wait_start = info.wait_start, None
-            self._queue_wait(info, name, queue, started)
+            self._settle_wait(info)  # it started before this task-sent arrived (_started)
 
     def _task_received(self, event: Mapping[str, Any]) -> None:
         task_id = event_task_id(event)
@@ -332,10 +330,11 @@ class EventHandlers:
             self._hist.queue_wait(name, queue, "received", max(0.0, started - info.received))
 
     def _settle_wait(self, info: TaskInfo) -> None:
-        """Record a waiting queue wait with what is known now (task-sent never came)."""
+        """Record a waiting queue wait with what is known now: from publish once the late
+        task-sent came, from receipt when the grace ran out without it."""
         started, info.wait_start = info.wait_start, None
         if started is None:
-            return  # task-sent came in time and recorded it
+            return  # already settled (its task-sent came)
         try:
             name, queue = self._names(info)
         except _Filtered:

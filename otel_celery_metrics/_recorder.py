@@ -181,13 +181,13 @@ class Recorder:
         for attribute in mt.OVERFLOW_ATTRIBUTES:
             self._totals[_OVERFLOW_ATTRIBUTE][(attribute,)] = [0]
 
-    # -- instrument creation -------------------------------------------------------------
-
     def reinit_locks(self) -> None:
         """New locks, in a forked child: a copy may have been taken while another thread
         of the parent held one, and would then never be released in the child."""
         self._lock = threading.Lock()
         self._admit_lock = threading.Lock()
+
+    # -- instrument creation -------------------------------------------------------------
 
     def _kept_keys(self, spec: mt.MetricSpec) -> tuple[str, ...]:
         if spec.recorded_in == "self":

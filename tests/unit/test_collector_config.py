@@ -1,6 +1,7 @@
 """collector-config.yaml and the deployment examples in docs/deploy/ hang together.
 
-No Collector, Docker or cluster runs here, so these checks are structural: every file
+No Docker engine or cluster runs here, so these checks are structural (the real Collector
+and Prometheus run the same files in tests/integration/test_collector_*.py): every file
 parses, every pipeline names defined components (and every defined component is used),
 the components are ones current Collector releases accept under their current names, and
 the ports agree between the worker's variables, the Collector's receivers and exporter,

@@ -2,9 +2,6 @@
 // and .tools/bin/promtool3, beside Debian's Prometheus 2.42. Prometheus' Go module numbers
 // release 3.N.M as v0.3NN.M (v0.316.0 is 3.16.0). The binary has no web UI assets (they are
 // not part of the Go module); the HTTP API, which the tests use, is complete.
-module numbers release 3.N.M as v0.3NN.M (v0.316.0 is 3.16.0).
-// The binary has no web UI assets (they are not part of the Go module); the HTTP API, which the
-// tests use, is complete.
 module github.com/otel-celery-metrics/otel-celery-metrics/tools/prometheus3
 
 go 1.26.7

@@ -29,14 +29,14 @@ BROKERS = {"redis": REDIS_URL, "rabbitmq": RABBITMQ_URL}
 def broker_url(request: pytest.FixtureRequest) -> str:
     url = BROKERS[request.param]
     if not _answers(url):
-        pytest.fail(f"{request.param} broker at {url} does not answer (CI starts it)")
+        pytest.fail(f"{request.param} broker at {url} does not answer: scripts/setup starts it")
     return url
 
 
 @pytest.fixture
 def redis_url() -> str:
     if not _answers(REDIS_URL):
-        pytest.fail(f"Redis at {REDIS_URL} does not answer")
+        pytest.fail(f"Redis at {REDIS_URL} does not answer: scripts/setup starts it")
     return REDIS_URL
 
 

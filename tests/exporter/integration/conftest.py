@@ -147,14 +147,14 @@ def queue() -> str:
 @pytest.fixture
 def redis_url() -> str:
     if not answers("127.0.0.1", 6379):
-        pytest.fail(f"Redis at {REDIS_URL} does not answer")
+        pytest.fail(f"Redis at {REDIS_URL} does not answer: scripts/setup starts it")
     return REDIS_URL
 
 
 @pytest.fixture
 def rabbitmq_url() -> str:
     if not answers("127.0.0.1", 5672):
-        pytest.fail(f"RabbitMQ at {RABBITMQ_URL} does not answer")
+        pytest.fail(f"RabbitMQ at {RABBITMQ_URL} does not answer: scripts/setup starts it")
     return RABBITMQ_URL
 
 

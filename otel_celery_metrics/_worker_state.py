@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from otel_celery_metrics._receivers import queue_of
 from otel_celery_metrics._recorder import AttrValues
+from otel_celery_metrics._routing import delivered_queue
 
 
 def executing(default_queue: str) -> Iterator[tuple[float, AttrValues]]:
@@ -20,7 +20,7 @@ def executing(default_queue: str) -> Iterator[tuple[float, AttrValues]]:
     from celery.worker import state
 
     for request in list(state.active_requests):
-        yield 1.0, (str(request.name), queue_of(request.delivery_info, default_queue))
+        yield 1.0, (str(request.name), delivered_queue(request.delivery_info, default_queue))
 
 
 def prefetched(default_queue: str) -> Iterator[tuple[float, AttrValues]]:
@@ -30,4 +30,4 @@ def prefetched(default_queue: str) -> Iterator[tuple[float, AttrValues]]:
     active = set(state.active_requests)
     for request in list(state.reserved_requests):
         if request not in active:
-            yield 1.0, (str(request.name), queue_of(request.delivery_info, default_queue))
+            yield 1.0, (str(request.name), delivered_queue(request.delivery_info, default_queue))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 _logger = logging.getLogger(__name__)
@@ -157,13 +158,21 @@ def binding_matches(
     if exchange_type == "fanout":
         return True
     if exchange_type == "headers":
-        args = {k: v for k, v in (arguments or {}).items() if not str(k).startswith("x-")}
-        headers = headers or {}
-        hits = [k in headers and headers[k] == v for k, v in args.items()]
-        if (arguments or {}).get("x-match", "all") in ("any", "any-with-x"):
-            return any(hits)
-        return all(hits)
+        return _headers_match(arguments or {}, headers)
     return None
+
+
+def _headers_match(arguments: Mapping[str, Any], headers: Mapping[str, Any] | None) -> bool | None:
+    if headers is None:
+        return None  # the message's headers are not known (task-sent events)
+    hits = [
+        k in headers and headers[k] == v
+        for k, v in arguments.items()
+        if not str(k).startswith("x-")
+    ]
+    if arguments.get("x-match", "all") in ("any", "any-with-x"):
+        return any(hits)
+    return all(hits)
 
 
 def _bindings(queue: Any) -> list[tuple[Any, str, Mapping[str, Any] | None]]:
@@ -199,7 +208,85 @@ def published_queue(
             if getattr(bound, "name", bound) != exchange_name:
                 continue
             kind = str(getattr(bound, "type", "direct") or "direct")
-            headers_map = headers if isinstance(headers, Mapping) else None
+            headers_map = headers if isinstance(headers, Mapping) else {}
             if binding_matches(kind, binding_key, arguments, key, headers_map):
                 return str(name)
     return default
+
+
+# -- the standalone exporter: the same question from task-sent events and inspect replies
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One binding of a queue, as a worker's ``inspect active_queues`` reply shows it."""
+
+    exchange: str
+    exchange_type: str
+    key: str
+    arguments: Mapping[str, Any] | None = None
+
+
+def bindings_from_reply(queue: Mapping[str, Any]) -> tuple[Binding, ...]:
+    """The bindings of one queue of an ``active_queues`` reply (``Queue.as_dict``)."""
+
+    def exchange_of(value: Any) -> tuple[str, str]:
+        if isinstance(value, Mapping):
+            return str(value.get("name") or ""), str(value.get("type") or "direct")
+        return str(value or ""), "direct"
+
+    declared = queue.get("bindings")
+    if isinstance(declared, list) and declared:
+        out = []
+        for b in declared:
+            if isinstance(b, Mapping):
+                name, kind = exchange_of(b.get("exchange"))
+                out.append(Binding(name, kind, str(b.get("routing_key") or ""),
+                                   b.get("arguments") or None))
+        return tuple(out)
+    name, kind = exchange_of(queue.get("exchange"))
+    return (Binding(name, kind, str(queue.get("routing_key") or ""),
+                    queue.get("binding_arguments") or None),)
+
+
+def sent_destination(
+    resolved: str | None,
+    exchange: Any,
+    routing_key: Any,
+    known: Mapping[str, tuple[Binding, ...]],
+) -> str | None:
+    """The queue a task-sent event's message went to, or None when it cannot be told.
+
+    ``resolved`` is the event's ``queue`` (the queue Celery resolved); ``known`` the
+    bindings of the queues the workers consume. The resolved queue stands unless its
+    known bindings show that the event's exchange and routing key bypass it; then the
+    one known queue they reach, if exactly one does. The event carries no message
+    headers, so a headers exchange's bindings cannot be checked: the resolved queue
+    stands.
+    """
+    if exchange is None:
+        return resolved  # a producer that does not say where it published
+    exchange = str(exchange)
+    key = str(routing_key or "")
+    if not exchange:  # the anonymous exchange delivers to the queue the key names
+        return resolved if resolved == key else (key if key in known else None)
+
+    def reaches(bindings: tuple[Binding, ...]) -> bool | None:
+        verdicts = [
+            binding_matches(b.exchange_type, b.key, b.arguments, key, None)
+            for b in bindings
+            if b.exchange == exchange
+        ]
+        if any(v is True for v in verdicts):
+            return True
+        return None if any(v is None for v in verdicts) else False
+
+    own = known.get(resolved) if resolved is not None else None
+    if own is not None and reaches(own) is not False:
+        return resolved
+    reached = [name for name, bindings in known.items() if reaches(bindings)]
+    if len(reached) == 1:
+        return reached[0]
+    # No worker we know consumes the resolved queue, and the known bindings do not
+    # point elsewhere: Celery's resolved queue stands.
+    return resolved if own is None and not reached else None

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._routing import sent_destination
 from otel_celery_metrics._safety import FailureLog
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.liveness import Liveness
@@ -254,11 +255,12 @@ class EventHandlers:
     def _sent(self, event: Mapping[str, Any]) -> None:
         task_id = event_task_id(event)
         name = label(event, "name")
-        queue: str | None = None
-        if event.get("queue"):
-            queue = label(event, "queue")
-        elif event.get("routing_key"):
-            queue = label(event, "routing_key")
+        # Never the routing key: with a topic, fanout or headers exchange it is whatever
+        # the producer chose (a user id, say), not a queue.
+        resolved = label(event, "queue") if event.get("queue") else None
+        queue = sent_destination(
+            resolved, event.get("exchange"), event.get("routing_key"), self._liveness.bindings
+        )
         hostname = label(event, "hostname") if self._per_host else ""
         info = self._tracker.get(task_id)
         if info is None:
@@ -282,8 +284,10 @@ class EventHandlers:
         if info is None or info.name != name:
             queue = info.queue if info is not None else None
             info = self._tracker.remember(task_id, TaskInfo(name, queue))
-        if info.queue is None:
-            info.queue = self._liveness.sole_queue(hostname)
+        # A worker consuming one queue took the message from it, whatever task-sent said.
+        sole = self._liveness.sole_queue(hostname)
+        if sole is not None:
+            info.queue = sole
         info.received = number(event, "timestamp")
         eta = _eta(event.get("eta"))
         if eta is not None:

@@ -115,3 +115,18 @@ def test_without_the_hook_a_delivery_carries_no_queue() -> None:
     assert delivered_queue({"routing_key": "images.resize.user0"}, "unknown") == "unknown"
     assert delivered_queue({DELIVERED_FROM: "images"}, "unknown") == "images"
     assert delivered_queue(None, "unknown") == "unknown"
+
+
+def test_inspect_replies_give_each_queue_its_bindings() -> None:
+    from otel_celery_metrics._routing import Binding, bindings_from_reply, sent_destination
+
+    topic = IMAGES.as_dict(recurse=True)  # the shape of an active_queues reply
+    headers = Queue("big", Exchange("hx", type="headers"),
+                    binding_arguments={"x-match": "all", "kind": "img"}).as_dict(recurse=True)
+    known = {"images": bindings_from_reply(topic), "big": bindings_from_reply(headers)}
+    assert known["images"] == (Binding("media", "topic", "images.#"),)
+    assert sent_destination("celery", "media", "images.x.user3", known) == "images"
+    # task-sent carries no message headers: a headers binding cannot be checked.
+    assert sent_destination("big", "hx", "user4", known) == "big"
+    assert sent_destination(None, "hx", "user4", known) is None
+    assert sent_destination("q", None, None, known) == "q"  # no exchange in the event

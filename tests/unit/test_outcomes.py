@@ -251,6 +251,13 @@ def test_every_callback_labels_the_queue_the_message_was_consumed_from(world: Wo
     assert request.delivery_info[DELIVERED_FROM] == "images"
 
 
+def test_a_shadow_name_counts_under_the_registered_task_name(world: World) -> None:
+    request = world.request(shadow="report.for.user42")  # a name chosen per message
+    accept(request)
+    request.on_success((0, None, 0.1))
+    assert [dict(k)["task_name"] for k in world.points(mt.TASKS)] == [NAME]
+
+
 def test_an_unstamped_message_counts_under_the_default_queue_not_its_routing_key(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -297,3 +304,21 @@ def test_uninstalling_restores_celerys_request_class_factory(world: World) -> No
     world.hooks.install()
     ours = strategy.create_request_cls(Request, world.task, _Pool(), "host", None, app=world.app)
     assert ours.on_success.__module__ == "otel_celery_metrics._outcomes"
+
+
+def test_executing_and_prefetched_label_the_registered_name_and_consumed_queue(
+    world: World,
+) -> None:
+    from celery.worker import state
+
+    from otel_celery_metrics import _worker_state
+
+    request = world.request(queue="images", shadow="report.for.user42")
+    state.task_reserved(request)
+    try:
+        assert list(_worker_state.prefetched("dq")) == [(1.0, (NAME, "images"))]
+        state.task_accepted(request)
+        assert list(_worker_state.executing("dq")) == [(1.0, (NAME, "images"))]
+        assert list(_worker_state.prefetched("dq")) == []
+    finally:
+        state.task_ready(request)

@@ -231,8 +231,8 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
         "bindings the workers report (`inspect active_queues`): when the event's exchange "
         "and routing key bypass it, the one known queue they reach, else `--default-queue`. "
         "Worker events carry no queue: a worker consuming one queue labels what it "
-        "receives with it; otherwise the task's task-sent queue, or `--default-queue` when "
-        "its task-received arrives before its task-sent.",
+        "receives with it; for a worker consuming several, the task's task-sent queue (its "
+        "events wait up to 2 s for a late task-sent), else `--default-queue`.",
         bounded="Queue names come from configuration (`-Q`, `task_queues`, `task_routes`), "
         "never from a routing key, which with topic, fanout and headers exchanges is "
         "whatever the producer chose. Capped: OTEL_CELERY_METRICS_MAX_QUEUES / "
@@ -249,6 +249,8 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
             _T_RECEIVERS + "test_publish_stamps_the_header_and_counts_by_the_resolved_queue",
             _T_HANDLERS + "test_task_sent_labels_the_destination_queue_never_the_routing_key",
             _T_HANDLERS + "test_a_worker_with_one_queue_labels_what_it_received_with_it",
+            _T_HANDLERS
+            + "test_events_of_a_worker_with_several_queues_wait_for_their_late_task_sent",
             "tests/integration/test_queue_label.py::"
             "test_queue_label_is_the_consumed_queue_for_every_routing_style",
             _T_RECORDER + "test_queues_past_the_cap_become_overflow_and_are_counted",

@@ -211,6 +211,11 @@ class Liveness:
         with self._lock:
             return {q for info in self._workers.values() for q in info.queues}
 
+    def consumes_several(self, hostname: str) -> bool:
+        """Whether the worker is known (from inspect) to consume more than one queue."""
+        info = self._workers.get(hostname)
+        return info is not None and len(info.queues) > 1
+
     def sole_queue(self, hostname: str) -> str | None:
         info = self._workers.get(hostname)
         if info is not None and len(info.queues) == 1:

@@ -342,3 +342,29 @@ def test_a_worker_with_one_queue_labels_what_it_received_with_it(make_exporter) 
     text = scrape(exporter)
     assert value(text, "celery_task_received_total", task_name="app.add", queue="images") == 1
     assert value(text, "celery_task_succeeded_total", task_name="app.add", queue="images") == 1
+
+
+def test_events_of_a_worker_with_several_queues_wait_for_their_late_task_sent(
+    make_exporter, clock: FakeClock
+) -> None:
+    exporter = make_exporter()
+    exporter.handlers.handle({"type": "worker-online", "hostname": W, "timestamp": 1.0})
+    exporter.liveness.update_from_inspect({}, {W: ("images", "feeds")})
+    sent, *worker_events = lifecycle("t1", queue="images")
+    feed(exporter, worker_events)  # the worker's events come first, as on a busy bus
+    assert total(scrape(exporter), "celery_task_received_total") == 0  # held
+    feed(exporter, [sent])
+    text = scrape(exporter)
+    for metric in ("celery_task_received_total", "celery_task_started_total",
+                   "celery_task_succeeded_total"):
+        assert value(text, metric, task_name="app.add", queue="images") == 1, metric
+    assert total(text, "celery_task_received_total", queue="unknown") == 0
+
+    # A task-sent that never comes: once the grace ran out, the default queue.
+    _, *worker_events = lifecycle("t2", queue="images")
+    feed(exporter, worker_events)
+    clock.advance(2.5)
+    exporter.handlers.handle({"type": "worker-heartbeat", "hostname": W, "timestamp": 5.0})
+    text = scrape(exporter)
+    assert value(text, "celery_task_succeeded_total", task_name="app.add", queue="unknown") == 1
+    assert value(text, "celery_task_succeeded_total", task_name="app.add", queue="images") == 1

@@ -21,6 +21,7 @@ counted: these are worker metrics.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -30,7 +31,15 @@ from typing import Any, Protocol
 
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._recorder import AttrValues, SpanIds
+from otel_celery_metrics._routing import (
+    DELIVERED_FROM,
+    ConsumeHook,
+    delivered_queue,
+    fallback_queue,
+)
 from otel_celery_metrics._safety import FailureLog
+
+_logger = logging.getLogger(__name__)
 
 #: Message header carrying the producer's wall-clock publish time (seconds since epoch).
 PUBLISHED_AT_HEADER = "otel_celery_published_at"
@@ -66,16 +75,6 @@ class Emitter(Protocol):
         span: SpanIds | None = None,
         wait: tuple[str, float] | None = None,
     ) -> None: ...
-
-
-def queue_of(delivery_info: Any, default: str) -> str:
-    """The queue a message was delivered from: its routing key (Celery's default routing
-    uses the queue name as routing key), else ``default``."""
-    if isinstance(delivery_info, dict):
-        key = delivery_info.get("routing_key")
-        if key:
-            return str(key)
-    return default
 
 
 def _eta_timestamp(eta: Any) -> float | None:
@@ -166,12 +165,34 @@ class TaskOutcomes:
 
         self._retry, self._ignore, self._reject = Retry, Ignore, Reject
         self._wrapped = ExceptionWithTraceback
+        self._warned_unstamped = False
 
     # -- where a request's task name and queue come from --------------------------------------
 
     def _name_queue(self, request: Any) -> tuple[str, str]:
-        queue = queue_of(request.delivery_info, self._default_queue)
+        queue = delivered_queue(request.delivery_info, self._default_queue)
         return request.task.name, queue
+
+    def _delivered_from(self, request: Any) -> str:
+        """The queue ``request``'s message was consumed from (see :mod:`._routing`)."""
+        info = request.message.delivery_info
+        queue = info.get(DELIVERED_FROM) if info.__class__ is dict else None
+        if queue:
+            return str(queue)
+        # The worker started consuming before instrumentation wrapped its consumers.
+        queue = fallback_queue(
+            info, request.task.app.amqp.queues.consume_from, self._default_queue
+        )
+        if not self._warned_unstamped:
+            self._warned_unstamped = True
+            _logger.error(
+                "otel-celery-metrics: a message arrived through a queue consumer started "
+                "before instrumentation; its queue label is %r (the routing key only when "
+                "it names a queue this worker consumes, else the default queue). "
+                "Instrument before the worker starts consuming.",
+                queue,
+            )
+        return queue
 
     # -- request callbacks ----------------------------------------------------------------------
 
@@ -182,9 +203,11 @@ class TaskOutcomes:
             fields = request.request_dict
             # The queue-wait reference when the producer is not instrumented.
             fields[RECEIVED_AT_FIELD] = self._wall_clock()
-            delivery_info = request.delivery_info
-            queue = delivery_info.get("routing_key") if delivery_info.__class__ is dict else None
-            self._recorder.task_received(name, str(queue or self._default_queue))
+            queue = self._delivered_from(request)
+            # Celery's request keeps only exchange and routing key of the delivery; the
+            # queue goes with them, for every later callback and the worker state.
+            request.delivery_info[DELIVERED_FROM] = queue
+            self._recorder.task_received(name, queue)
         except Exception as exc:  # noqa: BLE001 - metrics never break a worker
             self._failures.record("counting a received task", exc)
 
@@ -197,7 +220,7 @@ class TaskOutcomes:
         try:
             failed, retval, runtime = failed__retval__runtime
             delivery_info = request.delivery_info
-            queue = delivery_info.get("routing_key") if delivery_info.__class__ is dict else None
+            queue = delivery_info.get(DELIVERED_FROM) if delivery_info.__class__ is dict else None
             if not queue:
                 queue = self._default_queue
             state = "SUCCESS"
@@ -355,10 +378,12 @@ def instrumented_request_class(base: type, outcomes: TaskOutcomes, task_name: st
 
 
 class RequestHooks:
-    """Makes the worker build instrumented request classes; undone by :meth:`uninstall`."""
+    """Makes the worker build instrumented request classes, and its queue consumers say
+    which queue each message came from (``consume``); undone by :meth:`uninstall`."""
 
-    def __init__(self, outcomes: TaskOutcomes) -> None:
+    def __init__(self, outcomes: TaskOutcomes, consume: ConsumeHook | None = None) -> None:
         self._outcomes = outcomes
+        self._consume = consume if consume is not None else ConsumeHook()
         self._original: Callable[..., type] | None = None
 
     def install(self) -> None:
@@ -366,6 +391,7 @@ class RequestHooks:
 
         if self._original is not None:
             return
+        self._consume.install()
         original = strategy.create_request_cls
         outcomes = self._outcomes
 
@@ -386,3 +412,4 @@ class RequestHooks:
         if self._original is not None:
             strategy.create_request_cls = self._original
             self._original = None
+        self._consume.uninstall()

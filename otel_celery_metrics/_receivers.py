@@ -15,6 +15,7 @@ fail, retry or slow down a user's task.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -26,12 +27,12 @@ from otel_celery_metrics._outcomes import (
     PUBLISHED_AT_HEADER,
     RECEIVED_AT_FIELD,
     TaskOutcomes,
-    queue_of,
 )
 from otel_celery_metrics._recorder import AttrValues
+from otel_celery_metrics._routing import delivered_queue, published_queue
 from otel_celery_metrics._safety import FailureLog
 
-__all__ = ["PUBLISHED_AT_HEADER", "RECEIVED_AT_FIELD", "TaskReceivers", "queue_of"]
+__all__ = ["PUBLISHED_AT_HEADER", "RECEIVED_AT_FIELD", "TaskReceivers"]
 
 # Bound on tasks started but not finished in one process (exemplar spans). Postrun always
 # follows prerun in the same process; this only protects against sequences not foreseen.
@@ -74,6 +75,8 @@ class TaskReceivers:
         self._default_queue = default_queue
         self._wall_clock = wall_clock
         self._outcomes = outcomes
+        # The destination queue of the message this thread is publishing now.
+        self._publishing = threading.local()
         # task id -> span sampled at prerun (or None). The span is looked up at prerun and,
         # if there was none, again at postrun: whichever of our receivers and the tracing
         # instrumentation's runs first, one lookup sees the task's span open.
@@ -124,21 +127,37 @@ class TaskReceivers:
 
     # -- producer side -----------------------------------------------------------------------
 
-    def on_before_publish(self, headers: Any = None, **_: Any) -> None:
+    def on_before_publish(
+        self,
+        headers: Any = None,
+        declare: Any = None,
+        exchange: Any = None,
+        routing_key: Any = None,
+        **_: Any,
+    ) -> None:
         try:
             # Protocol 2 headers travel to the worker and become task.request fields.
             if isinstance(headers, dict):
                 headers[PUBLISHED_AT_HEADER] = self._wall_clock()
+            # Only this signal names the queue Celery resolved (``declare``); the count
+            # waits for after_task_publish, in the same thread, so that it counts only
+            # messages actually published.
+            self._publishing.headers = headers
+            self._publishing.queue = published_queue(
+                declare, exchange, routing_key, headers, self._default_queue
+            )
         except Exception as exc:  # noqa: BLE001
             self._failures.record("before_task_publish receiver", exc)
 
-    def on_after_publish(
-        self, sender: Any = None, headers: Any = None, routing_key: Any = None, **_: Any
-    ) -> None:
+    def on_after_publish(self, sender: Any = None, headers: Any = None, **_: Any) -> None:
         try:
             name = headers.get("task") if isinstance(headers, dict) else None
             name = name or (sender if isinstance(sender, str) else "unknown")
-            queue = str(routing_key) if routing_key else self._default_queue
+            publishing = self._publishing
+            queue = self._default_queue
+            if getattr(publishing, "headers", None) is headers:
+                queue = publishing.queue
+                publishing.headers = publishing.queue = None
             self._sink.emit(_PUBLISHED, 1, (name, queue))
             self._sink.flush()
         except Exception as exc:  # noqa: BLE001
@@ -150,14 +169,14 @@ class TaskReceivers:
         try:
             # ``request`` is the task's Context here, ``sender`` the task.
             name = getattr(sender, "name", None) or getattr(request, "task", None)
-            queue = queue_of(getattr(request, "delivery_info", None), self._default_queue)
+            queue = delivered_queue(getattr(request, "delivery_info", None), self._default_queue)
             self._sink.emit(_TASKS, 1, (str(name), queue, "REVOKED"))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_revoked receiver", exc)
 
     def on_unknown(self, name: Any = None, message: Any = None, **_: Any) -> None:
         try:
-            queue = queue_of(getattr(message, "delivery_info", None), self._default_queue)
+            queue = delivered_queue(getattr(message, "delivery_info", None), self._default_queue)
             self._sink.emit(_TASKS, 1, (str(name), queue, "REJECTED"))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_unknown receiver", exc)
@@ -166,7 +185,7 @@ class TaskReceivers:
         try:
             headers = getattr(message, "headers", None) or {}
             name = headers.get("task") or "unknown"
-            queue = queue_of(getattr(message, "delivery_info", None), self._default_queue)
+            queue = delivered_queue(getattr(message, "delivery_info", None), self._default_queue)
             self._sink.emit(_TASKS, 1, (str(name), queue, "REJECTED"))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_rejected receiver", exc)

@@ -10,9 +10,16 @@ children, so no measurement has to cross processes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
-from otel_celery_metrics._receivers import queue_of
 from otel_celery_metrics._recorder import AttrValues
+from otel_celery_metrics._routing import delivered_queue
+
+
+def _task_name(request: Any) -> str:
+    # The registered task's name, as every other metric: ``request.name`` is the
+    # message's shadow name when it has one (chosen per message, unbounded).
+    return str(request.task.name)
 
 
 def executing(default_queue: str) -> Iterator[tuple[float, AttrValues]]:
@@ -20,7 +27,7 @@ def executing(default_queue: str) -> Iterator[tuple[float, AttrValues]]:
     from celery.worker import state
 
     for request in list(state.active_requests):
-        yield 1.0, (str(request.name), queue_of(request.delivery_info, default_queue))
+        yield 1.0, (_task_name(request), delivered_queue(request.delivery_info, default_queue))
 
 
 def prefetched(default_queue: str) -> Iterator[tuple[float, AttrValues]]:
@@ -30,4 +37,4 @@ def prefetched(default_queue: str) -> Iterator[tuple[float, AttrValues]]:
     active = set(state.active_requests)
     for request in list(state.reserved_requests):
         if request not in active:
-            yield 1.0, (str(request.name), queue_of(request.delivery_info, default_queue))
+            yield 1.0, (_task_name(request), delivered_queue(request.delivery_info, default_queue))

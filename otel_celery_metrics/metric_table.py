@@ -37,7 +37,8 @@ DEFAULT_SECONDS_BUCKETS: tuple[float, ...] = (
 
 # Attribute keys. Every one is bounded: a task *name* (not id), a queue, a state out of
 # Celery's fixed set, an exception *class* name, and where a queue-wait point was measured
-# from. Never task ids, arguments, results, exception messages or producer hostnames.
+# from. Never task ids, arguments, results, exception messages, routing keys or producer
+# hostnames. ATTRIBUTE_SOURCES says where each value comes from and what bounds it.
 TASK_NAME = "task_name"
 QUEUE = "queue"
 STATE = "state"
@@ -45,6 +46,10 @@ EXCEPTION_TYPE = "exception_type"
 WAIT_FROM = "wait_from"
 REASON = "reason"
 ATTRIBUTE = "attribute"
+# Exporter only.
+HOSTNAME = "hostname"
+EVENT_TYPE = "type"
+PROBE = "probe"
 
 #: Attribute keys users may narrow the set to (``OTEL_CELERY_METRICS_ATTRIBUTES``).
 NARROWABLE_ATTRIBUTES: tuple[str, ...] = (TASK_NAME, QUEUE, STATE, EXCEPTION_TYPE, WAIT_FROM)
@@ -166,6 +171,176 @@ DROP_REASONS: tuple[str, ...] = ("pool_buffer_full", "undecodable", "internal_er
 #: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
 OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "series")
 
+@dataclass(frozen=True)
+class AttributeSource:
+    """Where one attribute's values come from, and why there are few of them.
+
+    ``tests`` name the tests (``path::function``) that check each source; a unit test
+    fails when one of them does not exist.
+    """
+
+    key: str
+    in_process: str
+    exporter: str
+    bounded: str
+    tests: tuple[str, ...]
+
+
+_T_ROUTING = "tests/unit/test_routing.py::"
+_T_OUTCOMES = "tests/unit/test_outcomes.py::"
+_T_RECEIVERS = "tests/unit/test_receivers.py::"
+_T_RECORDER = "tests/unit/test_recorder.py::"
+_T_HANDLERS = "tests/exporter/unit/test_handlers.py::"
+
+#: Every attribute key of :data:`METRICS` and :data:`EXPORTER_METRICS`, documented.
+ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
+    AttributeSource(
+        TASK_NAME,
+        in_process="Worker: the registered name of the task whose request class Celery "
+        "built (one per registered task; a message's shadow name is not used); for a "
+        "message naming no registered task (REJECTED), the name it carries. Producer: the "
+        "`task` header of the published message.",
+        exporter="The `name` of the task-sent or task-received event, kept per task id "
+        "for the later events (`unknown` when the exporter never saw either).",
+        bounded="The app's task registry. Names that are not registered (unknown tasks, "
+        "send_task by name) are capped: OTEL_CELERY_METRICS_MAX_TASK_NAMES / "
+        "`--max-task-names`, then `__overflow__`.",
+        tests=(
+            _T_OUTCOMES + "test_a_shadow_name_counts_under_the_registered_task_name",
+            _T_OUTCOMES
+            + "test_executing_and_prefetched_label_the_registered_name_and_consumed_queue",
+            _T_RECORDER + "test_task_names_past_the_cap_become_overflow_and_are_counted",
+            _T_HANDLERS + "test_counts_every_event_once_under_seed_and_unified_names",
+        ),
+    ),
+    AttributeSource(
+        QUEUE,
+        in_process="Worker: the queue the worker consumed the message from. kombu calls "
+        "one consumer callback per queue; the instrumentation wraps `kombu.Queue.consume` "
+        "so that callback writes its queue's name into the message's `delivery_info`: "
+        "exact for every pool, broker, exchange type (direct, topic, fanout, headers) and "
+        "routing style (default, `task_routes`, `queue=`, `exchange=`+`routing_key=`). "
+        "Only a message from a consumer started before instrumentation has no such "
+        "name: then the routing key if it is the name of a queue the worker consumes, "
+        "else OTEL_CELERY_METRICS_DEFAULT_QUEUE (an ERROR is logged once). Producer "
+        "(`celery.tasks.published`): the queue Celery resolved (`queue=`, `task_routes`, "
+        "the default queue) when one of its bindings takes the message's exchange, "
+        "routing key and headers; else the default queue. A message that an exchange "
+        "copies to several queues is counted once, under the resolved queue.",
+        exporter="task-sent's `queue` (the queue Celery resolved), checked against the "
+        "bindings the workers report (`inspect active_queues`): when the event's exchange "
+        "and routing key bypass it, the one known queue they reach, else `--default-queue`. "
+        "Worker events carry no queue: a worker consuming one queue labels what it "
+        "receives with it; for a worker consuming several, the task's task-sent queue (its "
+        "events wait up to 2 s for a late task-sent), else `--default-queue`.",
+        bounded="Queue names come from configuration (`-Q`, `task_queues`, `task_routes`), "
+        "never from a routing key, which with topic, fanout and headers exchanges is "
+        "whatever the producer chose. Capped: OTEL_CELERY_METRICS_MAX_QUEUES / "
+        "`--max-queues`, then `__overflow__`.",
+        tests=(
+            _T_ROUTING + "test_consumers_stamp_the_queue_a_message_came_from_not_its_routing_key",
+            _T_OUTCOMES + "test_every_callback_labels_the_queue_the_message_was_consumed_from",
+            _T_OUTCOMES
+            + "test_an_unstamped_message_counts_under_the_default_queue_not_its_routing_key",
+            _T_OUTCOMES
+            + "test_an_unstamped_message_whose_routing_key_names_a_consumed_queue_counts_there",
+            _T_ROUTING
+            + "test_the_producer_labels_the_resolved_queue_only_when_the_message_reaches_it",
+            _T_RECEIVERS + "test_publish_stamps_the_header_and_counts_by_the_resolved_queue",
+            _T_HANDLERS + "test_task_sent_labels_the_destination_queue_never_the_routing_key",
+            _T_HANDLERS + "test_a_worker_with_one_queue_labels_what_it_received_with_it",
+            _T_HANDLERS
+            + "test_events_of_a_worker_with_several_queues_wait_for_their_late_task_sent",
+            "tests/integration/test_queue_label.py::"
+            "test_queue_label_is_the_consumed_queue_for_every_routing_style",
+            _T_RECORDER + "test_queues_past_the_cap_become_overflow_and_are_counted",
+        ),
+    ),
+    AttributeSource(
+        STATE,
+        in_process="Which request callback ended the task and, for an execution that "
+        "raised, Celery's control-flow exception (Retry, Ignore, Reject); REVOKED and "
+        "REJECTED from the worker's task_revoked, task_unknown and task_rejected signals.",
+        exporter="The event type (task-succeeded, task-failed, task-retried, "
+        "task-rejected, task-revoked).",
+        bounded="A fixed set (see Attribute values).",
+        tests=(
+            _T_OUTCOMES + "test_raised_outcomes_count_their_state_and_runtime",
+            _T_RECEIVERS + "test_revoked_unknown_and_rejected_messages_count_their_state",
+            _T_HANDLERS + "test_retry_revoke_reject_and_executing",
+        ),
+    ),
+    AttributeSource(
+        EXCEPTION_TYPE,
+        in_process="The class name of the exception the task raised (the wrapped class's "
+        "name for an exception Celery could not pickle); never its message.",
+        exporter="The class name at the start of task-failed's `exception` text "
+        "(`KeyError('...')` gives `KeyError`); `unknown` if there is none.",
+        bounded="The exception classes of the tasks' code; within the per-metric series cap "
+        "(OTEL_CELERY_METRICS_MAX_SERIES_PER_METRIC).",
+        tests=(
+            _T_OUTCOMES + "test_raised_outcomes_count_their_state_and_runtime",
+            _T_HANDLERS + "test_counts_every_event_once_under_seed_and_unified_names",
+        ),
+    ),
+    AttributeSource(
+        WAIT_FROM,
+        in_process="The reference the wait was measured from: the producer's publish "
+        "header, the task's ETA when later, or the worker's receipt time.",
+        exporter="The same, from task-sent's timestamp, the ETA, or task-received.",
+        bounded="A fixed set: publish, eta, received.",
+        tests=(
+            _T_OUTCOMES + "test_queue_wait_counts_from_publish_then_a_later_eta",
+            _T_HANDLERS + "test_queue_wait_counts_from_eta_when_it_is_later_than_publish",
+        ),
+    ),
+    AttributeSource(
+        REASON,
+        in_process="Why measurements were lost (dropped) or, on the exporter's "
+        "events.dropped, why an event was not counted.",
+        exporter="As in-process, for the exporter's own reasons.",
+        bounded="Fixed sets written in the code.",
+        tests=(
+            "tests/unit/test_prefork_bridge.py::"
+            "test_a_full_socket_never_blocks_and_drops_only_past_the_bound",
+            _T_HANDLERS + "test_a_malformed_event_is_dropped_and_counted_never_raised",
+        ),
+    ),
+    AttributeSource(
+        ATTRIBUTE,
+        in_process="The attribute whose cap replaced a value (overflow).",
+        exporter="-",
+        bounded="A fixed set: task_name, queue, series.",
+        tests=(_T_RECORDER + "test_series_past_the_cap_fold_into_one_all_overflow_series",),
+    ),
+    AttributeSource(
+        HOSTNAME,
+        in_process="-",
+        exporter="The `hostname` of worker events (the node name, celery@host).",
+        bounded="Live workers; capped by `--max-workers` and forgotten once their "
+        "heartbeats stop.",
+        tests=(
+            "tests/exporter/unit/test_liveness.py::test_worker_cap_counts_overflow",
+            "tests/exporter/unit/test_service.py::"
+            "test_a_forgotten_workers_hostname_labelled_task_series_are_removed",
+        ),
+    ),
+    AttributeSource(
+        EVENT_TYPE,
+        in_process="-",
+        exporter="The event's `type`; types Celery does not define count as `other`.",
+        bounded="Celery's event types plus `other`.",
+        tests=(_T_HANDLERS + "test_a_malformed_event_is_dropped_and_counted_never_raised",),
+    ),
+    AttributeSource(
+        PROBE,
+        in_process="-",
+        exporter="The background probe: `queues` or `inspect`.",
+        bounded="A fixed set.",
+        tests=("tests/exporter/unit/test_service.py::test_self_metrics_before_any_event",),
+    ),
+)
+
 #: Every metric, in the order they are documented.
 METRICS: tuple[MetricSpec, ...] = (
     TASKS,
@@ -248,7 +423,19 @@ def render_reference() -> str:
         f"- Overflow value (task name, queue, or every attribute past the series cap): "
         f"`{OVERFLOW_VALUE}`.",
         "",
+        "## Where attribute values come from",
+        "",
+        "No attribute ever holds a task id, arguments, results, an exception message, a "
+        "routing key or a producer's hostname.",
+        "",
+        "| Attribute | In-process (worker, producer) | Standalone exporter | Why it is bounded |",
+        "| --- | --- | --- | --- |",
     ]
+    for source in ATTRIBUTE_SOURCES:
+        lines.append(
+            f"| `{source.key}` | {source.in_process} | {source.exporter} | {source.bounded} |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -259,10 +446,6 @@ def render_reference() -> str:
 # entries below exist only in the exporter (broker backlog, worker liveness read from
 # heartbeats, the exporter's own health). The in-process Recorder never creates them.
 # ---------------------------------------------------------------------------------------
-
-HOSTNAME = "hostname"
-EVENT_TYPE = "type"
-PROBE = "probe"
 
 _EXPORTER = "exporter"
 

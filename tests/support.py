@@ -115,6 +115,7 @@ class Worker:
         app: str = "tests.apps.tasks_app",
         instrument: bool = True,
         metrics_port: int | None = None,
+        events: bool = False,
     ) -> None:
         self.queue = queue
         self.port = metrics_port or free_port()
@@ -141,8 +142,9 @@ class Worker:
         cmd = [
             str(BIN / "celery"), "-A", app, "worker", "-P", pool, "-Q", queue,
             "-n", self.node, "--loglevel=INFO", "--without-gossip", "--without-mingle",
-            "--without-heartbeat",
         ]
+        # Task events and heartbeats, for a standalone exporter watching the same worker.
+        cmd += ["-E"] if events else ["--without-heartbeat"]
         if pool in ("prefork", "threads"):
             cmd += ["-c", str(concurrency)]
         cmd += list(extra_args)

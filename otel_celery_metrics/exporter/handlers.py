@@ -21,8 +21,10 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._routing import sent_destination
 from otel_celery_metrics._safety import FailureLog
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
+from otel_celery_metrics.exporter.held import HeldEvents
 from otel_celery_metrics.exporter.liveness import Liveness
 from otel_celery_metrics.exporter.store import Caps, CounterStore, Key
 from otel_celery_metrics.exporter.tracker import TaskInfo, TaskTracker
@@ -48,6 +50,8 @@ WORKER_EVENTS = ("worker-online", "worker-heartbeat", "worker-offline")
 #: Types known to Celery that carry nothing we measure; counted as received only.
 IGNORED_EVENTS = ("task-cancelled",)
 KNOWN_TYPES = frozenset(TASK_EVENTS + WORKER_EVENTS + IGNORED_EVENTS)
+#: Events a worker sends about a task; they carry no queue (see held.py).
+_HELD_KINDS = frozenset(TASK_EVENTS) - {"task-sent"}
 OTHER_TYPE = "other"
 
 
@@ -166,6 +170,8 @@ class EventHandlers:
         #: Started tasks whose task-sent has not arrived yet, oldest first, with the time
         #: after which their queue wait settles for the receipt time.
         self._awaiting_sent: deque[tuple[float, TaskInfo]] = deque()
+        #: Worker events waiting for their task's task-sent to name the queue.
+        self._held = HeldEvents(SENT_EVENT_GRACE, MAX_AWAITING_SENT, clock)
         self._table: dict[str, Callable[[Mapping[str, Any]], None]] = {
             "task-sent": self._sent,
             "task-received": self._task_received,
@@ -192,6 +198,9 @@ class EventHandlers:
                 self._settle_overdue_waits(now)
             except Exception as exc:  # noqa: BLE001
                 self._failures.record("settling queue waits", exc)
+        if self._held.due(now):
+            for held in self._held.overdue(now):
+                self._replay(held)
         if not isinstance(event, dict):
             self.drop(OTHER_TYPE, "invalid_field")
             return
@@ -202,6 +211,13 @@ class EventHandlers:
             return
         assert isinstance(kind, str)
         self._received.add((kind,))
+        if kind in _HELD_KINDS and self._hold(event):
+            return
+        self._dispatch(kind, handler, event)
+
+    def _dispatch(
+        self, kind: str, handler: Callable[[Mapping[str, Any]], None], event: Mapping[str, Any]
+    ) -> None:
         try:
             handler(event)
         except InvalidEvent:
@@ -211,6 +227,28 @@ class EventHandlers:
         except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
             self.drop(kind, "internal_error")
             self._failures.record(f"handling a {kind} event", exc)
+
+    def _hold(self, event: Mapping[str, Any]) -> bool:
+        """Hold a worker event of a task whose queue only its (late) task-sent can name:
+        the worker consumes several queues and the task-sent has not arrived."""
+        task_id = event.get("uuid")
+        if not isinstance(task_id, str):
+            return False
+        if not self._held.holding(task_id):
+            info = self._tracker.get(task_id)
+            if info is not None and info.sent is not None:
+                return False
+            hostname = event.get("hostname")
+            if not isinstance(hostname, str) or not self._liveness.consumes_several(hostname):
+                return False
+        for released in self._held.hold(task_id, event):
+            self._replay(released)
+        return True
+
+    def _replay(self, events: list[Mapping[str, Any]]) -> None:
+        for event in events:
+            kind = event["type"]
+            self._dispatch(kind, self._table[kind], event)
 
     def forget_worker(self, hostname: str) -> None:
         """Remove a forgotten worker's series from the hostname-labelled task counters."""
@@ -254,11 +292,12 @@ class EventHandlers:
     def _sent(self, event: Mapping[str, Any]) -> None:
         task_id = event_task_id(event)
         name = label(event, "name")
-        queue: str | None = None
-        if event.get("queue"):
-            queue = label(event, "queue")
-        elif event.get("routing_key"):
-            queue = label(event, "routing_key")
+        # Never the routing key: with a topic, fanout or headers exchange it is whatever
+        # the producer chose (a user id, say), not a queue.
+        resolved = label(event, "queue") if event.get("queue") else None
+        queue = sent_destination(
+            resolved, event.get("exchange"), event.get("routing_key"), self._liveness.bindings
+        )
         hostname = label(event, "hostname") if self._per_host else ""
         info = self._tracker.get(task_id)
         if info is None:
@@ -273,6 +312,7 @@ class EventHandlers:
         self._published.add((name, queue))
         if info.wait_start is not None:
             self._settle_wait(info)  # it started before this task-sent arrived (_started)
+        self._replay(self._held.release(task_id))  # worker events that waited for it
 
     def _task_received(self, event: Mapping[str, Any]) -> None:
         task_id = event_task_id(event)
@@ -282,8 +322,10 @@ class EventHandlers:
         if info is None or info.name != name:
             queue = info.queue if info is not None else None
             info = self._tracker.remember(task_id, TaskInfo(name, queue))
-        if info.queue is None:
-            info.queue = self._liveness.sole_queue(hostname)
+        # A worker consuming one queue took the message from it, whatever task-sent said.
+        sole = self._liveness.sole_queue(hostname)
+        if sole is not None:
+            info.queue = sole
         info.received = number(event, "timestamp")
         eta = _eta(event.get("eta"))
         if eta is not None:

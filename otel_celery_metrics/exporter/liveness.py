@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from otel_celery_metrics._routing import Binding
 from otel_celery_metrics.exporter.store import Caps
 
 _logger = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class Liveness:
         #: Workers forgotten so far; the instruments rebuild their observable state
         #: when many went, so the SDK's per-metric memory stays flat too.
         self.forgotten_total = 0
+        #: Queue -> its bindings, from the last inspect reply (what task-sent events are
+        #: checked against: :func:`otel_celery_metrics._routing.sent_destination`).
+        self.bindings: Mapping[str, tuple[Binding, ...]] = {}
 
     # -- events ----------------------------------------------------------------------------
 
@@ -127,8 +131,16 @@ class Liveness:
                 info.processed_marker = info.processed
 
     def update_from_inspect(
-        self, processes: dict[str, int], queues: dict[str, tuple[str, ...]]
+        self,
+        processes: dict[str, int],
+        queues: dict[str, tuple[str, ...]],
+        bindings: Mapping[str, tuple[Binding, ...]] | None = None,
     ) -> None:
+        """``bindings``: queue -> its bindings, for telling a task-sent's destination."""
+        if bindings:
+            # Replaced whole (readers take the reference without the lock): the queues
+            # the workers that answered consume now.
+            self.bindings = dict(bindings)
         with self._lock:
             for hostname, info in self._workers.items():
                 if hostname in processes:
@@ -198,6 +210,11 @@ class Liveness:
     def queues(self) -> set[str]:
         with self._lock:
             return {q for info in self._workers.values() for q in info.queues}
+
+    def consumes_several(self, hostname: str) -> bool:
+        """Whether the worker is known (from inspect) to consume more than one queue."""
+        info = self._workers.get(hostname)
+        return info is not None and len(info.queues) > 1
 
     def sole_queue(self, hostname: str) -> str | None:
         info = self._workers.get(hostname)

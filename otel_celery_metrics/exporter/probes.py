@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from otel_celery_metrics._routing import Binding, bindings_from_reply
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.liveness import Liveness
 
@@ -152,11 +153,15 @@ class InspectProbe:
             _logger.warning("inspect probe failed: %s", self.result.last_error)
             return
         queues: dict[str, tuple[str, ...]] = {}
+        bindings: dict[str, tuple[Binding, ...]] = {}
         for hostname, infos in queues_reply.items():
             if isinstance(infos, list):
                 queues[str(hostname)] = tuple(
                     str(i["name"]) for i in infos if isinstance(i, dict) and "name" in i
                 )
+                for i in infos:
+                    if isinstance(i, dict) and "name" in i:
+                        bindings[str(i["name"])] = bindings_from_reply(i)
         processes: dict[str, int] = {}
         for hostname, stats in stats_reply.items():
             pool = stats.get("pool") if isinstance(stats, dict) else None
@@ -166,7 +171,7 @@ class InspectProbe:
                     processes[str(hostname)] = len(procs)
                 elif isinstance(pool.get("max-concurrency"), int):
                     processes[str(hostname)] = int(pool["max-concurrency"])
-        self._liveness.update_from_inspect(processes, queues)
+        self._liveness.update_from_inspect(processes, queues, bindings)
         result = ProbeResult()
         result.values = {h: (n, None) for h, n in processes.items()}
         result.taken_at = self._clock()

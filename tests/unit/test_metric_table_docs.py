@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics.settings import documented_variables
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
 
 
 def test_metrics_reference_is_generated_from_the_metric_table() -> None:
@@ -35,6 +37,25 @@ def test_metric_names_are_unique_and_described() -> None:
         assert spec.description.strip(), spec.name
         if spec.kind is mt.InstrumentKind.HISTOGRAM:
             assert spec.buckets and list(spec.buckets) == sorted(set(spec.buckets)), spec.name
+
+
+def test_every_attribute_says_where_its_values_come_from_and_what_bounds_them() -> None:
+    used = {a for spec in mt.METRICS + mt.EXPORTER_METRICS for a in spec.attributes}
+    documented = [source.key for source in mt.ATTRIBUTE_SOURCES]
+    assert sorted(documented) == sorted(used)
+    for source in mt.ATTRIBUTE_SOURCES:
+        assert source.in_process and source.exporter and source.bounded, source.key
+        assert source.tests, f"{source.key}: no test checks where its values come from"
+
+
+@pytest.mark.parametrize(
+    "test_id", sorted({t for source in mt.ATTRIBUTE_SOURCES for t in source.tests})
+)
+def test_every_test_an_attribute_source_names_exists(test_id: str) -> None:
+    path, _, function = test_id.partition("::")
+    module = ast.parse((REPO / path).read_text())
+    names = {n.name for n in ast.walk(module) if isinstance(n, ast.FunctionDef)}
+    assert function in names, f"{test_id} does not exist"
 
 
 def test_our_names_do_not_collide_with_the_tracing_instrumentation() -> None:

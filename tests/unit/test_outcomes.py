@@ -28,6 +28,7 @@ from otel_celery_metrics._outcomes import (
 )
 from otel_celery_metrics._receivers import TaskReceivers
 from otel_celery_metrics._recorder import Recorder
+from otel_celery_metrics._routing import DELIVERED_FROM
 from otel_celery_metrics._safety import FailureLog
 from otel_celery_metrics._sdk_setup import attach_histograms
 from otel_celery_metrics.settings import Settings
@@ -77,7 +78,8 @@ class World:
         self.hooks.uninstall()
         self.provider.shutdown()
 
-    def request(self, queue: str | None = "q1", **headers: Any) -> Any:
+    def request(self, queue: str | None = "q1", routing_key: str = "rk.user42",
+                **headers: Any) -> Any:
         self.count += 1
         task_id = f"id-{self.count}"
         message = Message(
@@ -85,7 +87,11 @@ class World:
             headers={"lang": "py", "task": NAME, "id": task_id, "root_id": task_id,
                      "retries": 0, "eta": None, "expires": None, **headers},
             content_type="application/json", content_encoding="utf-8",
-            delivery_info={"routing_key": queue, "exchange": ""} if queue else {},
+            # As the consume hook stamps it; the routing key is never the label.
+            delivery_info=(
+                {"routing_key": f"rk.{queue}.user42", "exchange": "x", DELIVERED_FROM: queue}
+                if queue else {"routing_key": routing_key, "exchange": "x"}
+            ),
         )
         return self.request_cls(message, on_ack=lambda *_: None, app=self.app, task=self.task,
                                 hostname="host")
@@ -235,11 +241,43 @@ def test_task_failure_signals_from_a_task_itself_are_left_to_the_result(world: W
     assert world.states() == {"FAILURE": 1}
 
 
-def test_a_message_without_routing_key_counts_under_the_default_queue(world: World) -> None:
-    request = world.request(queue=None)
+def test_every_callback_labels_the_queue_the_message_was_consumed_from(world: World) -> None:
+    request = world.request(queue="images")
     accept(request)
     request.on_success((0, None, 0.1))
+    for spec in (mt.TASKS, mt.TASKS_RECEIVED, mt.TASK_RUNTIME):
+        assert [dict(k)["queue"] for k in world.points(spec)] == ["images"], spec.name
+    # It travels with Celery's request (the worker state and pool children see it too).
+    assert request.delivery_info[DELIVERED_FROM] == "images"
+
+
+def test_a_shadow_name_counts_under_the_registered_task_name(world: World) -> None:
+    request = world.request(shadow="report.for.user42")  # a name chosen per message
+    accept(request)
+    request.on_success((0, None, 0.1))
+    assert [dict(k)["task_name"] for k in world.points(mt.TASKS)] == [NAME]
+
+
+def test_an_unstamped_message_counts_under_the_default_queue_not_its_routing_key(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("ERROR"):
+        for _ in range(2):
+            request = world.request(queue=None)  # routing key "rk.user42", no stamp
+            accept(request)
+            request.on_success((0, None, 0.1))
     assert sorted(dict(k)["queue"] for k in world.points(mt.TASKS)) == ["dq"]
+    errors = [r for r in caplog.records if "before instrumentation" in r.getMessage()]
+    assert len(errors) == 1  # said once, not per message
+
+
+def test_an_unstamped_message_whose_routing_key_names_a_consumed_queue_counts_there(
+    world: World,
+) -> None:
+    request = world.request(queue=None, routing_key="celery")  # the app's default queue
+    accept(request)
+    request.on_success((0, None, 0.1))
+    assert [dict(k)["queue"] for k in world.points(mt.TASKS)] == ["celery"]
 
 
 def test_a_broken_recorder_never_breaks_celery_callbacks(world: World) -> None:
@@ -266,3 +304,21 @@ def test_uninstalling_restores_celerys_request_class_factory(world: World) -> No
     world.hooks.install()
     ours = strategy.create_request_cls(Request, world.task, _Pool(), "host", None, app=world.app)
     assert ours.on_success.__module__ == "otel_celery_metrics._outcomes"
+
+
+def test_executing_and_prefetched_label_the_registered_name_and_consumed_queue(
+    world: World,
+) -> None:
+    from celery.worker import state
+
+    from otel_celery_metrics import _worker_state
+
+    request = world.request(queue="images", shadow="report.for.user42")
+    state.task_reserved(request)
+    try:
+        assert list(_worker_state.prefetched("dq")) == [(1.0, (NAME, "images"))]
+        state.task_accepted(request)
+        assert list(_worker_state.executing("dq")) == [(1.0, (NAME, "images"))]
+        assert list(_worker_state.prefetched("dq")) == []
+    finally:
+        state.task_ready(request)

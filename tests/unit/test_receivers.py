@@ -17,6 +17,7 @@ from otel_celery_metrics._receivers import (
     PUBLISHED_AT_HEADER,
     TaskReceivers,
 )
+from otel_celery_metrics._routing import DELIVERED_FROM
 from otel_celery_metrics._safety import FailureLog
 
 WALL = 1_700_000_000.0
@@ -68,7 +69,7 @@ def make(sink: ListSink | None = None) -> tuple[TaskReceivers, ListSink, Clock, 
 
 
 def fake_task(name: str = "app.add", queue: str | None = "q1", **request: Any) -> Any:
-    delivery_info = {"routing_key": queue} if queue else {}
+    delivery_info = {"routing_key": "rk", DELIVERED_FROM: queue} if queue else {}
     return SimpleNamespace(
         name=name, request=SimpleNamespace(delivery_info=delivery_info, eta=None, **request)
     )
@@ -77,10 +78,12 @@ def fake_task(name: str = "app.add", queue: str | None = "q1", **request: Any) -
 def test_revoked_unknown_and_rejected_messages_count_their_state() -> None:
     receivers, sink, _, _ = make()
     receivers.on_revoked(sender=SimpleNamespace(name="app.add"),
-                         request=SimpleNamespace(delivery_info={"routing_key": "q1"}))
+                         request=SimpleNamespace(delivery_info={"routing_key": "k.1",
+                                                                DELIVERED_FROM: "q1"}))
     receivers.on_unknown(name="app.nope", message=SimpleNamespace(delivery_info={}))
     receivers.on_rejected(message=SimpleNamespace(headers={"task": "app.bad"},
-                                                  delivery_info={"routing_key": "q2"}))
+                                                  delivery_info={"routing_key": "k.2",
+                                                                 DELIVERED_FROM: "q2"}))
     assert [(a["task_name"], a["queue"], a["state"]) for _, a in sink.named(mt.TASKS)] == [
         ("app.add", "q1", "REVOKED"),
         ("app.nope", "default-q", "REJECTED"),
@@ -88,13 +91,18 @@ def test_revoked_unknown_and_rejected_messages_count_their_state() -> None:
     ]
 
 
-def test_publish_stamps_the_header_and_counts_by_routing_key() -> None:
+def test_publish_stamps_the_header_and_counts_by_the_resolved_queue() -> None:
+    from kombu import Exchange, Queue
+
     receivers, sink, _, _ = make()
+    images = Queue("images", Exchange("media", type="topic"), routing_key="images.#")
     headers: dict[str, Any] = {"task": "app.add"}
-    receivers.on_before_publish(headers=headers)
-    receivers.on_after_publish(sender="app.add", headers=headers, routing_key="q1")
+    receivers.on_before_publish(headers=headers, declare=[images], exchange="media",
+                                routing_key="images.resize.user0")
+    receivers.on_after_publish(sender="app.add", headers=headers, exchange="media",
+                               routing_key="images.resize.user0")
     assert headers[PUBLISHED_AT_HEADER] == WALL
-    assert sink.named(mt.TASKS_PUBLISHED) == [(1, {"task_name": "app.add", "queue": "q1"})]
+    assert sink.named(mt.TASKS_PUBLISHED) == [(1, {"task_name": "app.add", "queue": "images"})]
     assert sink.flushes == 1  # a pool child sends it right away
 
 

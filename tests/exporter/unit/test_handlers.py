@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.exposition import generate_latest
 
 from otel_celery_metrics.exporter.service import Exporter
-from tests.exporter.support import FakeClock, promtool_check, total, value
+from tests.exporter.support import FakeClock, promtool_check, samples, total, value
 
 W = "celery@host-a"
 
@@ -305,3 +305,66 @@ def test_a_task_sent_event_that_never_comes_settles_for_the_receipt_time(
     text = scrape(exporter)
     assert value(text, "celery_task_queue_wait_seconds_count", **labels) == 1
     assert value(text, "celery_task_queue_wait_seconds_sum", **labels) == pytest.approx(1.0)
+
+
+def _sent(task_id: str, queue: str, exchange: str, routing_key: str) -> dict[str, Any]:
+    return {"type": "task-sent", "uuid": task_id, "name": "app.img", "queue": queue,
+            "exchange": exchange, "routing_key": routing_key, "hostname": "web-1",
+            "timestamp": 1_700_000_000.0}
+
+
+def test_task_sent_labels_the_destination_queue_never_the_routing_key(make_exporter) -> None:
+    from otel_celery_metrics._routing import Binding
+
+    exporter = make_exporter()
+    exporter.liveness.update_from_inspect({}, {}, {
+        "images": (Binding("media", "topic", "images.#"),),
+        "celery": (Binding("celery", "direct", "celery"),),
+    })
+    # Celery's routing: the resolved queue (a topic route, the anonymous exchange).
+    exporter.handlers.handle(_sent("a", "images", "media", "images.resize.user0"))
+    exporter.handlers.handle(_sent("b", "celery", "", "celery"))
+    # exchange= + routing_key= past the resolved default queue: the one queue they reach.
+    exporter.handlers.handle(_sent("c", "celery", "media", "images.crop.user1"))
+    # A key no known binding takes: the default queue, not the key.
+    exporter.handlers.handle(_sent("d", "celery", "media", "videos.user2"))
+    text = scrape(exporter)
+    sent = {ls["queue"]: v for n, ls, v in samples(text) if n == "celery_task_sent_total"}
+    assert sent == {"images": 2, "celery": 1, "unknown": 1}
+
+
+def test_a_worker_with_one_queue_labels_what_it_received_with_it(make_exporter) -> None:
+    exporter = make_exporter()
+    exporter.handlers.handle({"type": "worker-online", "hostname": W, "timestamp": 1.0})
+    exporter.liveness.update_from_inspect({}, {W: ("images",)})
+    events = lifecycle("t1", queue="celery")  # task-sent said its resolved queue
+    feed(exporter, events)
+    text = scrape(exporter)
+    assert value(text, "celery_task_received_total", task_name="app.add", queue="images") == 1
+    assert value(text, "celery_task_succeeded_total", task_name="app.add", queue="images") == 1
+
+
+def test_events_of_a_worker_with_several_queues_wait_for_their_late_task_sent(
+    make_exporter, clock: FakeClock
+) -> None:
+    exporter = make_exporter()
+    exporter.handlers.handle({"type": "worker-online", "hostname": W, "timestamp": 1.0})
+    exporter.liveness.update_from_inspect({}, {W: ("images", "feeds")})
+    sent, *worker_events = lifecycle("t1", queue="images")
+    feed(exporter, worker_events)  # the worker's events come first, as on a busy bus
+    assert total(scrape(exporter), "celery_task_received_total") == 0  # held
+    feed(exporter, [sent])
+    text = scrape(exporter)
+    for metric in ("celery_task_received_total", "celery_task_started_total",
+                   "celery_task_succeeded_total"):
+        assert value(text, metric, task_name="app.add", queue="images") == 1, metric
+    assert total(text, "celery_task_received_total", queue="unknown") == 0
+
+    # A task-sent that never comes: once the grace ran out, the default queue.
+    _, *worker_events = lifecycle("t2", queue="images")
+    feed(exporter, worker_events)
+    clock.advance(2.5)
+    exporter.handlers.handle({"type": "worker-heartbeat", "hostname": W, "timestamp": 5.0})
+    text = scrape(exporter)
+    assert value(text, "celery_task_succeeded_total", task_name="app.add", queue="unknown") == 1
+    assert value(text, "celery_task_succeeded_total", task_name="app.add", queue="images") == 1

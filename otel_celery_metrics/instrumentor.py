@@ -24,6 +24,7 @@ from otel_celery_metrics import _worker_state
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._outcomes import RequestHooks, SpanJoin, TaskOutcomes
 from otel_celery_metrics._prefork import CollectionFence, ForkBridge, SwitchableSink
+from otel_celery_metrics._process_role import Role, process_role
 from otel_celery_metrics._receivers import TaskReceivers
 from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._safety import FailureLog
@@ -53,7 +54,10 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     ``instrument()`` keyword arguments, all optional: ``meter_provider``, ``settings``
     (a :class:`Settings`; default: parsed from ``environ``), ``environ`` (default
-    :data:`os.environ`).
+    :data:`os.environ`), ``role`` (a :class:`Role`; default: from this process' command
+    line). In a ``celery multi`` launcher, a ``celery worker --detach`` process that is
+    about to re-execute itself, and short-lived commands (``celery inspect``, ``call``,
+    ...) it does nothing and logs nothing: they neither serve nor export metrics.
     """
 
     _wiring: _Wiring | None = None
@@ -62,6 +66,9 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
+        role: Role = kwargs.get("role") or process_role()
+        if not role.serves_metrics:
+            return
         settings = kwargs.get("settings")
         if settings is None:
             environ: Mapping[str, str] = kwargs.get("environ") or os.environ

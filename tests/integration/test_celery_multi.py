@@ -72,6 +72,7 @@ def _env(broker_url: str, port: int) -> dict[str, str]:
             "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
             "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "celery,redis,urllib,urllib3,requests",
+            "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel,celery_worker",
         }
     )
     return env
@@ -199,6 +200,14 @@ def test_celery_multi_start_3_serves_each_node_on_its_own_port_and_restart_keeps
     called = multi.celery("-A", APP, "call", "tests.ok", "--queue", multi.queues[0])
     _assert_printed_nothing_about_metrics(called)
     _wait_exact_counts(multi, [2, 3, 4])
+
+    # One identity per node (what OTLP would carry too): the node's name, its own id.
+    identities = [
+        dict(next(labels for (name, labels) in _node_samples(multi, n) if name == "target_info"))
+        for n in range(1, NODES + 1)
+    ]
+    assert [i["celery_worker_hostname"] for i in identities] == multi.nodes
+    assert len({i["service_instance_id"] for i in identities}) == NODES
 
     pinged = multi.celery("-A", APP, "inspect", "ping", "--timeout", "10")
     _assert_printed_nothing_about_metrics(pinged)

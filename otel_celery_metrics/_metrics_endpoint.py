@@ -114,16 +114,20 @@ class MetricsServer:
     ``serve(host, port)`` binds and starts serving, raising :class:`OSError` when it
     cannot (default: ``prometheus_client.start_http_server`` on the global registry, as
     opentelemetry-exporter-prometheus does). ``wait(seconds)`` waits between attempts and
-    returns True to give up (default: until :meth:`stop`).
+    returns True to give up (default: until :meth:`stop`). With ``hold_messages`` its log
+    lines wait for :meth:`release_messages`: a worker's logging is set up only later, and
+    a detached ``celery multi`` node's stderr is ``/dev/null`` until then.
     """
 
     def __init__(
         self,
         endpoint: Endpoint,
         serve: Callable[[str, int], object] = _start_http_server,
+        *,
         wait: Callable[[float], bool] | None = None,
         first_retry: float = FIRST_RETRY_SECONDS,
         max_retry: float = MAX_RETRY_SECONDS,
+        hold_messages: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self._serve = serve
@@ -133,17 +137,20 @@ class MetricsServer:
         self._max_retry = max_retry
         self.serving = False
         self.thread: threading.Thread | None = None
+        self._messages_lock = threading.Lock()
+        self._held: list[tuple[int, str]] | None = [] if hold_messages else None
 
     def start(self) -> bool:
         """Serve now if the port is free (True); else retry in the background (False)."""
         try:
             self._serve(self.endpoint.host, self.endpoint.port)
         except OSError as exc:
-            _logger.error("%s", self._busy_message(exc))  # one line: a busy port is no bug
+            self._log(logging.ERROR, self._busy_message(exc))  # one line: no bug, no trace
         except Exception as exc:  # noqa: BLE001 - metrics must never stop a worker
-            _logger.error(
-                "otel-celery-metrics: cannot serve /metrics on %s: %s: %s",
-                self.endpoint.where(), type(exc).__name__, exc,
+            self._log(
+                logging.ERROR,
+                f"otel-celery-metrics: cannot serve /metrics on {self.endpoint.where()}: "
+                f"{type(exc).__name__}: {exc}",
             )
             return False
         else:
@@ -158,6 +165,20 @@ class MetricsServer:
     def stop(self) -> None:
         """Stop retrying (a server already serving keeps serving until the process ends)."""
         self._stopped.set()
+
+    def release_messages(self) -> None:
+        """Log the lines held so far, and log later ones as they come."""
+        with self._messages_lock:
+            held, self._held = self._held or [], None
+        for level, message in held:
+            _logger.log(level, "%s", message)
+
+    def _log(self, level: int, message: str) -> None:
+        with self._messages_lock:
+            if self._held is not None:
+                self._held.append((level, message))
+                return
+        _logger.log(level, "%s", message)
 
     def _busy_message(self, exc: OSError) -> str:
         reason = exc.strerror or str(exc)
@@ -178,13 +199,15 @@ class MetricsServer:
                     delay = min(delay * 2, self._max_retry)
                     continue
                 self.serving = True
-                _logger.warning(
-                    "otel-celery-metrics: now serving /metrics on %s (the port was busy "
-                    "at start)", self.endpoint.where(),
+                self._log(
+                    logging.WARNING,
+                    f"otel-celery-metrics: now serving /metrics on {self.endpoint.where()} "
+                    "(the port was busy at start)",
                 )
                 return
         except Exception as exc:  # noqa: BLE001 - a daemon thread must not die noisily
-            _logger.error(
-                "otel-celery-metrics: gave up serving /metrics on %s: %s: %s",
-                self.endpoint.where(), type(exc).__name__, exc,
+            self._log(
+                logging.ERROR,
+                f"otel-celery-metrics: gave up serving /metrics on {self.endpoint.where()}: "
+                f"{type(exc).__name__}: {exc}",
             )

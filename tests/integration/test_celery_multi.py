@@ -184,12 +184,30 @@ def _wait_exact_counts(multi: Multi, expected: list[int]) -> None:
 def test_celery_multi_start_3_serves_each_node_on_its_own_port_and_restart_keeps_them(
     multi: Multi,
 ) -> None:
-    started = multi.multi("start")
-    _assert_printed_nothing_about_metrics(started)
-    wait_for(lambda: len(multi.pids()) == NODES, timeout=60, what=multi.logs)
+    # Node 3's port is taken when the nodes start: node 3 says so in its log, naming
+    # itself and the port, and serves as soon as the port is free again.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", multi.port(3)))
+    holder.listen()
+    node3 = multi.nodes[2]
+    try:
+        started = multi.multi("start")
+        _assert_printed_nothing_about_metrics(started)
+        wait_for(lambda: len(multi.pids()) == NODES, timeout=60, what=multi.logs)
+        busy_line = wait_for(
+            lambda: [ln for ln in multi.log(node3).splitlines() if "cannot serve" in ln],
+            timeout=60, what=multi.logs,
+        )
+        assert len(busy_line) == 1, multi.logs()
+        assert f"/metrics on 127.0.0.1:{multi.port(3)} (celery multi node {node3})" in (
+            busy_line[0]
+        )
+    finally:
+        holder.close()
     for node in range(1, NODES + 1):
         wait_for(lambda n=node: _node_samples(multi, n), timeout=60, interval=0.3,
                  what=lambda n=node: f"node {n} /metrics on {multi.port(n)}\n{multi.logs()}")
+    wait_for(lambda: "now serving /metrics" in multi.log(node3), timeout=10, what=multi.logs)
 
     app = producer(multi.env["TEST_BROKER_URL"])
     for queue, count in zip(multi.queues, (1, 3, 4), strict=True):
@@ -213,7 +231,8 @@ def test_celery_multi_start_3_serves_each_node_on_its_own_port_and_restart_keeps
     _assert_printed_nothing_about_metrics(pinged)
     for node in multi.nodes:
         assert f"{node}: OK" in pinged.stdout, pinged.stdout
-    for node in multi.nodes:
+    # The launcher held no port while it started the nodes: node 1 got the base port.
+    for node in multi.nodes[:2]:
         assert "cannot serve" not in multi.log(node), multi.logs()
 
     before = multi.pids()

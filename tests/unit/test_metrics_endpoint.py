@@ -123,3 +123,24 @@ def test_an_unexpected_error_is_one_line_and_never_raises(log: pytest.LogCapture
 
     assert not MetricsServer(Endpoint("127.0.0.1", 9808), serve=broken).start()
     assert ["registry exploded" in r.getMessage() for r in log.records] == [True]
+
+
+def test_held_lines_wait_for_the_workers_logging_then_come_in_order(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    port = FakePort(busy=1)
+    server = MetricsServer(
+        Endpoint("127.0.0.1", 9808), serve=port.serve, wait=lambda _s: False,
+        hold_messages=True,
+    )
+    assert not server.start()
+    assert server.thread is not None
+    server.thread.join(10)
+    assert server.serving
+    assert log.records == []  # a detached node's stderr is /dev/null until Celery logs
+    server.release_messages()
+    assert [m.split(" /metrics")[0] for m in log.messages] == [
+        "otel-celery-metrics: cannot serve", "otel-celery-metrics: now serving",
+    ]
+    server.release_messages()  # idempotent
+    assert len(log.records) == 2

@@ -38,17 +38,18 @@ import socket
 from collections.abc import MutableMapping
 from typing import Any
 
-from otel_celery_metrics._metrics_endpoint import MULTI_MARKER
+from otel_celery_metrics._metrics_endpoint import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    HOST_VARIABLE,
+    MULTI_MARKER,
+    PORT_VARIABLE,
+)
 from otel_celery_metrics._process_role import Role, process_role
 
 _logger = logging.getLogger("otel_celery_metrics")
 
 EXPORTER_VARIABLE = "OTEL_METRICS_EXPORTER"
-HOST_VARIABLE = "OTEL_EXPORTER_PROMETHEUS_HOST"
-PORT_VARIABLE = "OTEL_EXPORTER_PROMETHEUS_PORT"
-#: The defaults opentelemetry-exporter-prometheus applies (the OpenTelemetry spec's).
-DEFAULT_HOST = "localhost"
-DEFAULT_PORT = 9464
 _PROMETHEUS = "prometheus"
 _HOOK_GROUP = "_opentelemetry_opamp"
 #: Our reader's name in the ``opentelemetry_metrics_exporter`` entry-point group
@@ -191,8 +192,18 @@ def pre_sdk_init(resource: Any) -> None:
 def post_sdk_init(resource: Any) -> None:
     """``post_sdk_init_function`` entry point: the SDK is configured; give
     ``OTEL_METRICS_EXPORTER`` back its value for the processes this one starts."""
-    _SWAP.restore(os.environ)
+    restore_metrics_exporters()
     _chain_other_hooks(resource, "post_sdk_init_function")
+
+
+def restore_metrics_exporters() -> None:
+    """Put back what :func:`pre_sdk_init` changed in ``OTEL_METRICS_EXPORTER`` (idempotent).
+
+    Also called by the instrumentor, which ``opentelemetry-instrument`` loads after the SDK
+    is configured: if another distribution's post-init function is registered first, the
+    SDK never calls ours, and a launcher's nodes would inherit ``none``.
+    """
+    _SWAP.restore(os.environ)
 
 
 def _chain_other_hooks(resource: Any, hook_name: str) -> None:

@@ -66,6 +66,7 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
+        _restore_metrics_exporters()
         role: Role = kwargs.get("role") or process_role()
         if not role.serves_metrics:
             return
@@ -184,6 +185,16 @@ def _celery_tasks_traced() -> bool:
     except ImportError:
         return False
     return bool(CeleryInstrumentor().is_instrumented_by_opentelemetry)  # type: ignore[no-untyped-call]
+
+
+def _restore_metrics_exporters() -> None:
+    # Normally done by the SDK's post-init hook already; see the function's docstring.
+    try:
+        from otel_celery_metrics._port_check import restore_metrics_exporters
+
+        restore_metrics_exporters()
+    except Exception as exc:  # noqa: BLE001 - must not stop instrumenting
+        _logger.warning("otel-celery-metrics: could not restore OTEL_METRICS_EXPORTER: %s", exc)
 
 
 def _attach_histograms(provider: Any, recorder: Recorder) -> int | None:

@@ -168,3 +168,26 @@ def test_the_post_hook_restores_os_environ_and_calls_other_registered_hooks(
     post_sdk_init("resource")
     assert os.environ["OTEL_METRICS_EXPORTER"] == "prometheus"
     assert called == ["resource", "resource"]
+
+
+def test_the_instrumentor_restores_the_variable_when_the_sdk_skipped_our_post_hook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from otel_celery_metrics.instrumentor import CeleryMetricsInstrumentor
+
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+    monkeypatch.setenv(MULTI_MARKER, "")  # so that the launcher's marker is undone too
+    monkeypatch.setattr(_port_check, "process_role", lambda: Role.MULTI_LAUNCHER)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    pre_sdk_init("resource")
+    assert os.environ["OTEL_METRICS_EXPORTER"] == "none"
+    # Another distribution's post-init function came first: ours never ran. The
+    # instrumentor, loaded after the SDK is configured, puts the value back.
+    instrumentor = CeleryMetricsInstrumentor()
+    instrumentor.instrument(meter_provider=MeterProvider(), role=Role.MULTI_LAUNCHER)
+    try:
+        assert os.environ["OTEL_METRICS_EXPORTER"] == "prometheus"
+    finally:
+        instrumentor.uninstrument()

@@ -175,11 +175,20 @@ def prepare_metrics_exporters(
             check_prometheus_port(environ)
         else:
             names = [n.strip() for n in environ.get(EXPORTER_VARIABLE, "").split(",")]
-            if _PROMETHEUS in names:
+            if _PROMETHEUS in names and _reader_registered():
                 ours = [_READER_ENTRY_POINT if n == _PROMETHEUS else n for n in names if n]
                 swap.replace(environ, ",".join(ours))
     except Exception as exc:  # noqa: BLE001 - never stop a process starting
         _logger.warning("otel-celery-metrics: could not prepare metric exporters: %s", exc)
+
+
+def _reader_registered() -> bool:
+    """Whether the SDK can find our reader: an exporter name it cannot find aborts its
+    whole configuration (say, metadata older than the code in a source checkout)."""
+    from importlib.metadata import entry_points
+
+    group = entry_points(group="opentelemetry_metrics_exporter", name=_READER_ENTRY_POINT)
+    return any(True for _ in group)
 
 
 def pre_sdk_init(resource: Any) -> None:

@@ -191,3 +191,13 @@ def test_the_instrumentor_restores_the_variable_when_the_sdk_skipped_our_post_ho
         assert os.environ["OTEL_METRICS_EXPORTER"] == "prometheus"
     finally:
         instrumentor.uninstrument()
+
+
+def test_without_our_reader_registered_a_worker_keeps_the_exporters_reader(
+    monkeypatch: pytest.MonkeyPatch, busy_port: int
+) -> None:
+    # An exporter name the SDK cannot find would abort its whole configuration.
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    environ = env_for(busy_port)
+    prepare_metrics_exporters(environ, Role.WORKER, ExporterSwap())
+    assert environ["OTEL_METRICS_EXPORTER"] == "prometheus"

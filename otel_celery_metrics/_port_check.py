@@ -1,25 +1,31 @@
-"""A busy Prometheus port: one clear error line, and the worker still instrumented.
+"""Our SDK hooks: which metric readers a process gets, decided before the SDK builds them.
 
-What happens without this module: under ``opentelemetry-instrument`` with
-``OTEL_METRICS_EXPORTER=prometheus``, the SDK configurator constructs
-opentelemetry-exporter-prometheus' ``_AutoPrometheusMetricReader``, which calls
-``prometheus_client.start_http_server`` in its constructor. On a busy port that raises
-``OSError: [Errno 98] Address already in use`` (no port in the message) out of the
-configurator; ``opentelemetry-instrument`` logs two ~25-line tracebacks and abandons the
-whole auto-instrumentation: no meter provider, and no instrumentor is loaded at all
-(neither ours nor any tracing one). Tasks still run, unobserved.
+Under ``opentelemetry-instrument`` every Python process configures the SDK, and with
+``OTEL_METRICS_EXPORTER=prometheus`` opentelemetry-exporter-prometheus' auto reader calls
+``prometheus_client.start_http_server`` in its constructor. Two problems follow:
 
-:func:`check_prometheus_port` runs before the SDK builds its readers. When the configured
-``OTEL_EXPORTER_PROMETHEUS_HOST:PORT`` cannot be bound it logs one error line naming the
-address and the variable, and takes ``prometheus`` out of ``OTEL_METRICS_EXPORTER`` so the
-SDK configures without it: the worker starts, other exporters and every instrumentation
-still load, only this worker's ``/metrics`` is missing.
+- Processes that are not workers bind the port too: the ``celery multi`` launcher (while
+  it starts the nodes that need that port), each node's short-lived ``--detach``
+  process, ``celery inspect``/``call``/... :func:`prepare_metrics_exporters` gives them
+  no metric reader at all (see ``_process_role``), and marks a launcher's environment so
+  its nodes each pick their own port (see ``_metrics_endpoint``). Workers and beat get
+  our reader (``_prometheus_reader``) in place of the auto reader.
+- On a busy port the auto reader raises ``OSError: [Errno 98] Address already in use``
+  (no port in the message) out of the configurator; ``opentelemetry-instrument`` logs two
+  ~25-line tracebacks and abandons the whole auto-instrumentation: no meter provider,
+  and no instrumentor at all. Our reader logs one line and retries in the background;
+  in other programs :func:`check_prometheus_port` logs one error line naming the address
+  and the variable and takes ``prometheus`` out of ``OTEL_METRICS_EXPORTER``, so the SDK
+  configures without it and every instrumentation still loads.
 
-It must run before ``_initialize_components`` imports the exporters, i.e. before our
-instrumentor exists (``_instrument`` is never reached when the configurator fails).
-:func:`pre_sdk_init` is shaped for the SDK's only hook at that point, the
-``_opentelemetry_opamp`` / ``pre_sdk_init_function`` entry point; it also calls any other
-distribution's function registered under that name, since the SDK calls only the first.
+This must happen before ``_initialize_components`` imports the exporters, i.e. before our
+instrumentor exists. :func:`pre_sdk_init` is shaped for the SDK's only hook at that
+point, the ``_opentelemetry_opamp`` / ``pre_sdk_init_function`` entry point, and
+:func:`post_sdk_init` for its ``post_sdk_init_function`` (which puts
+``OTEL_METRICS_EXPORTER`` back, so processes started later inherit the user's value).
+Both also call any other distribution's function registered under their name, since the
+SDK calls only the first. SDKs without these hooks (1.28 has none, 1.45 has both) call
+neither: there, every process binds the configured port as upstream does.
 
 Nothing runs at import; the environment is passed in or read only when called.
 """
@@ -32,17 +38,23 @@ import socket
 from collections.abc import MutableMapping
 from typing import Any
 
+from otel_celery_metrics._metrics_endpoint import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    HOST_VARIABLE,
+    MULTI_MARKER,
+    PORT_VARIABLE,
+)
+from otel_celery_metrics._process_role import Role, process_role
+
 _logger = logging.getLogger("otel_celery_metrics")
 
 EXPORTER_VARIABLE = "OTEL_METRICS_EXPORTER"
-HOST_VARIABLE = "OTEL_EXPORTER_PROMETHEUS_HOST"
-PORT_VARIABLE = "OTEL_EXPORTER_PROMETHEUS_PORT"
-#: The defaults opentelemetry-exporter-prometheus applies (the OpenTelemetry spec's).
-DEFAULT_HOST = "localhost"
-DEFAULT_PORT = 9464
 _PROMETHEUS = "prometheus"
 _HOOK_GROUP = "_opentelemetry_opamp"
-_HOOK_NAME = "pre_sdk_init_function"
+#: Our reader's name in the ``opentelemetry_metrics_exporter`` entry-point group
+#: (otel_celery_metrics._prometheus_reader, which imports the exporter: not imported here).
+_READER_ENTRY_POINT = "celery_metrics_prometheus"
 
 
 def prometheus_address(environ: MutableMapping[str, str]) -> tuple[str, str] | None:
@@ -112,22 +124,106 @@ def check_prometheus_port(environ: MutableMapping[str, str]) -> str | None:
         return None
 
 
+class ExporterSwap:
+    """Changes ``OTEL_METRICS_EXPORTER`` for the SDK's configuration only, then puts it back.
+
+    The variable is read by the SDK between our pre- and post-init hooks; every process
+    this one starts afterwards (``celery multi``'s nodes, the worker a ``--detach``
+    process re-executes as) must inherit the user's value, not ours.
+    """
+
+    def __init__(self) -> None:
+        self._original: dict[str, str | None] = {}
+
+    def replace(self, environ: MutableMapping[str, str], value: str) -> None:
+        self._original.setdefault(EXPORTER_VARIABLE, environ.get(EXPORTER_VARIABLE))
+        environ[EXPORTER_VARIABLE] = value
+
+    def restore(self, environ: MutableMapping[str, str]) -> None:
+        if EXPORTER_VARIABLE not in self._original:
+            return
+        original = self._original.pop(EXPORTER_VARIABLE)
+        if original is None:
+            environ.pop(EXPORTER_VARIABLE, None)
+        else:
+            environ[EXPORTER_VARIABLE] = original
+
+
+_SWAP = ExporterSwap()
+
+
+def prepare_metrics_exporters(
+    environ: MutableMapping[str, str], role: Role, swap: ExporterSwap = _SWAP
+) -> None:
+    """Decide, before the SDK builds its metric readers, what this process may start.
+
+    - A ``celery multi`` launcher, a ``celery worker --detach`` process about to
+      re-execute itself, and short-lived commands (``inspect``, ``call``, ...): no metric
+      reader at all (``OTEL_METRICS_EXPORTER=none`` for the SDK). A launcher also marks
+      its environment so that its nodes know they are ``celery multi`` nodes.
+    - A worker or beat with ``prometheus`` selected: our reader instead of the exporter's
+      auto reader (the node's own port; a busy port is retried in the background).
+    - Any other program: the busy-port check (:func:`check_prometheus_port`).
+    Never raises.
+    """
+    try:
+        if role is Role.MULTI_LAUNCHER:
+            environ[MULTI_MARKER] = "1"
+        if not role.serves_metrics:
+            swap.replace(environ, "none")
+        elif role is Role.OTHER_PROGRAM:
+            check_prometheus_port(environ)
+        else:
+            names = [n.strip() for n in environ.get(EXPORTER_VARIABLE, "").split(",")]
+            if _PROMETHEUS in names and _reader_registered():
+                ours = [_READER_ENTRY_POINT if n == _PROMETHEUS else n for n in names if n]
+                swap.replace(environ, ",".join(ours))
+    except Exception as exc:  # noqa: BLE001 - never stop a process starting
+        _logger.warning("otel-celery-metrics: could not prepare metric exporters: %s", exc)
+
+
+def _reader_registered() -> bool:
+    """Whether the SDK can find our reader: an exporter name it cannot find aborts its
+    whole configuration (say, metadata older than the code in a source checkout)."""
+    from importlib.metadata import entry_points
+
+    group = entry_points(group="opentelemetry_metrics_exporter", name=_READER_ENTRY_POINT)
+    return any(True for _ in group)
+
+
 def pre_sdk_init(resource: Any) -> None:
     """``_opentelemetry_opamp`` ``pre_sdk_init_function`` entry point: runs in
     ``opentelemetry-instrument``'s configurator before exporters are created."""
-    check_prometheus_port(os.environ)
-    _chain_other_hooks(resource)
+    prepare_metrics_exporters(os.environ, process_role())
+    _chain_other_hooks(resource, "pre_sdk_init_function")
 
 
-def _chain_other_hooks(resource: Any) -> None:
-    """The SDK calls only the first ``pre_sdk_init_function``; call the others (an OpAMP
-    client's) so registering ours never shadows theirs."""
+def post_sdk_init(resource: Any) -> None:
+    """``post_sdk_init_function`` entry point: the SDK is configured; give
+    ``OTEL_METRICS_EXPORTER`` back its value for the processes this one starts."""
+    restore_metrics_exporters()
+    _chain_other_hooks(resource, "post_sdk_init_function")
+
+
+def restore_metrics_exporters() -> None:
+    """Put back what :func:`pre_sdk_init` changed in ``OTEL_METRICS_EXPORTER`` (idempotent).
+
+    Also called by the instrumentor, which ``opentelemetry-instrument`` loads after the SDK
+    is configured: if another distribution's post-init function is registered first, the
+    SDK never calls ours, and a launcher's nodes would inherit ``none``.
+    """
+    _SWAP.restore(os.environ)
+
+
+def _chain_other_hooks(resource: Any, hook_name: str) -> None:
+    """The SDK calls only the first function registered under a hook name; call the
+    others (an OpAMP client's) so registering ours never shadows theirs."""
     try:
         from importlib.metadata import entry_points
 
-        for entry_point in entry_points(group=_HOOK_GROUP, name=_HOOK_NAME):
+        for entry_point in entry_points(group=_HOOK_GROUP, name=hook_name):
             if entry_point.value.startswith(__name__ + ":"):
                 continue
             entry_point.load()(resource)
     except Exception as exc:  # noqa: BLE001
-        _logger.warning("otel-celery-metrics: a %s hook failed: %s", _HOOK_NAME, exc)
+        _logger.warning("otel-celery-metrics: a %s hook failed: %s", hook_name, exc)

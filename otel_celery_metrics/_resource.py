@@ -41,6 +41,8 @@ from urllib.parse import unquote
 
 from opentelemetry.sdk.resources import Resource, ResourceDetector
 
+from otel_celery_metrics._process_role import celery_arguments, split_subcommand
+
 SERVICE_INSTANCE_ID = "service.instance.id"
 HOST_NAME = "host.name"
 CELERY_WORKER_HOSTNAME = "celery.worker.hostname"
@@ -49,11 +51,6 @@ CELERY_WORKER_HOSTNAME = "celery.worker.hostname"
 #: (``auto_envvar_prefix="CELERY"`` + subcommand ``worker`` + option ``hostname``).
 HOSTNAME_ENV = "CELERY_WORKER_HOSTNAME"
 
-# Celery's top-level options that take a value, so the word after them is not mistaken
-# for the subcommand (``celery -A worker worker`` names an app "worker").
-_GLOBAL_OPTIONS_WITH_VALUE = frozenset(
-    {"-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config", "--workdir"}
-)
 _FORMAT = re.compile(r"%([%\w])")
 
 _lock = threading.Lock()
@@ -62,44 +59,10 @@ _lock = threading.Lock()
 _instance_id: str | None = None
 
 
-def celery_arguments(argv: Sequence[str], orig_argv: Sequence[str] = ()) -> list[str] | None:
-    """The arguments after ``celery`` when this process runs the Celery CLI, else None.
-
-    At sitecustomize time ``sys.argv`` is ``['/path/celery', ...]`` for the console
-    script but ``['-m', ...]`` for ``python -m celery`` (the module name is only in
-    ``sys.orig_argv`` until runpy fills it in).
-    """
-    if not argv:
-        return None
-    first = argv[0]
-    if first == "-m":
-        orig = list(orig_argv)
-        if "-m" in orig and orig.index("-m") + 1 < len(orig):
-            module = orig[orig.index("-m") + 1]
-            return list(argv[1:]) if module == "celery" else None
-        return None
-    base = os.path.basename(first)
-    if base in ("celery", "celery.exe", "celery-script.py") or first.endswith(
-        os.path.join("celery", "__main__.py")
-    ):
-        return list(argv[1:])
-    return None
-
-
 def _worker_options(args: Sequence[str]) -> list[str] | None:
     """The arguments after the ``worker`` subcommand, or None for another subcommand."""
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg in _GLOBAL_OPTIONS_WITH_VALUE:
-            i += 2
-        elif arg.startswith("-") and arg != "--":
-            i += 1
-        elif arg == "worker":
-            return list(args[i + 1 :])
-        else:
-            return None  # another subcommand (beat, inspect, multi, ...) or "--"
-    return None
+    subcommand, options = split_subcommand(args)
+    return options if subcommand == "worker" else None
 
 
 def worker_hostname_option(args: Sequence[str], environ: Mapping[str, str]) -> str | None:

@@ -360,16 +360,14 @@ def _prometheus_reader(host: str, port: int, scope_labels: bool, registry: Any) 
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
 
+    from otel_celery_metrics._metrics_endpoint import Endpoint, MetricsServer
+
     reader = PrometheusMetricReader(scope_info_enabled=scope_labels, registry=registry)
-    try:
-        start_http_server(port=port, addr=host, registry=registry)
-    except OSError as exc:
-        # Tasks must still run: report once, clearly, and carry on without an endpoint.
-        _logger.error(  # one line, no traceback: a busy port is not a bug
-            "otel-celery-metrics: cannot serve /metrics on %s:%s (%s); tasks keep running "
-            "but this worker's metrics are not served. Choose a free port.",
-            host, port, exc.strerror or exc,
-        )
+    # Tasks must still run: a busy port is one error line and a retry in the background.
+    MetricsServer(
+        Endpoint(host, port, rule=f"prometheus_port={port}"),
+        serve=lambda h, p: start_http_server(port=p, addr=h, registry=registry),
+    ).start()
     return reader
 
 

@@ -24,6 +24,7 @@ from otel_celery_metrics import _worker_state
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._outcomes import RequestHooks, SpanJoin, TaskOutcomes
 from otel_celery_metrics._prefork import CollectionFence, ForkBridge, SwitchableSink
+from otel_celery_metrics._process_role import Role, process_role
 from otel_celery_metrics._receivers import TaskReceivers
 from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._safety import FailureLog
@@ -53,7 +54,10 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     ``instrument()`` keyword arguments, all optional: ``meter_provider``, ``settings``
     (a :class:`Settings`; default: parsed from ``environ``), ``environ`` (default
-    :data:`os.environ`).
+    :data:`os.environ`), ``role`` (a :class:`Role`; default: from this process' command
+    line). In a ``celery multi`` launcher, a ``celery worker --detach`` process that is
+    about to re-execute itself, and short-lived commands (``celery inspect``, ``call``,
+    ...) it does nothing and logs nothing: they neither serve nor export metrics.
     """
 
     _wiring: _Wiring | None = None
@@ -62,6 +66,10 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
+        _restore_metrics_exporters()
+        role: Role = kwargs.get("role") or process_role()
+        if not role.serves_metrics:
+            return
         settings = kwargs.get("settings")
         if settings is None:
             environ: Mapping[str, str] = kwargs.get("environ") or os.environ
@@ -177,6 +185,16 @@ def _celery_tasks_traced() -> bool:
     except ImportError:
         return False
     return bool(CeleryInstrumentor().is_instrumented_by_opentelemetry)  # type: ignore[no-untyped-call]
+
+
+def _restore_metrics_exporters() -> None:
+    # Normally done by the SDK's post-init hook already; see the function's docstring.
+    try:
+        from otel_celery_metrics._port_check import restore_metrics_exporters
+
+        restore_metrics_exporters()
+    except Exception as exc:  # noqa: BLE001 - must not stop instrumenting
+        _logger.warning("otel-celery-metrics: could not restore OTEL_METRICS_EXPORTER: %s", exc)
 
 
 def _attach_histograms(provider: Any, recorder: Recorder) -> int | None:

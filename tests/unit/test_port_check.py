@@ -1,4 +1,4 @@
-"""The busy-port preflight: one error line naming the port, and Prometheus taken out."""
+"""The SDK hooks: no reader outside workers and beat, ours in them, one line for a busy port."""
 
 from __future__ import annotations
 
@@ -11,11 +11,16 @@ from typing import Any
 import pytest
 
 from otel_celery_metrics import _port_check
+from otel_celery_metrics._metrics_endpoint import MULTI_MARKER
 from otel_celery_metrics._port_check import (
+    ExporterSwap,
     check_prometheus_port,
+    post_sdk_init,
     pre_sdk_init,
+    prepare_metrics_exporters,
     prometheus_address,
 )
+from otel_celery_metrics._process_role import Role
 from tests.support import free_port
 
 
@@ -98,3 +103,101 @@ def test_the_hook_checks_os_environ_and_calls_other_registered_hooks(
     pre_sdk_init("resource")
     assert called == ["resource"]
     assert os.environ["OTEL_METRICS_EXPORTER"] == "none"
+
+
+@pytest.mark.parametrize(
+    "role", [Role.MULTI_LAUNCHER, Role.DETACHING_WORKER, Role.SHORT_LIVED_COMMAND]
+)
+def test_processes_that_do_not_serve_get_no_metric_reader_and_later_ones_get_it_back(
+    role: Role, busy_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    environ = env_for(busy_port, "prometheus,otlp")
+    swap = ExporterSwap()
+    with caplog.at_level(logging.DEBUG):
+        prepare_metrics_exporters(environ, role, swap)
+        # What the SDK reads while it configures this process: nothing to bind or export,
+        # and not a word about the (busy) port.
+        assert environ["OTEL_METRICS_EXPORTER"] == "none"
+        swap.restore(environ)
+    assert caplog.records == []
+    # What the processes it starts afterwards inherit (celery multi's nodes, the worker a
+    # --detach process becomes): the user's value, and for a launcher the node marker.
+    assert environ["OTEL_METRICS_EXPORTER"] == "prometheus,otlp"
+    assert (MULTI_MARKER in environ) is (role is Role.MULTI_LAUNCHER)
+
+
+@pytest.mark.parametrize("role", [Role.WORKER, Role.BEAT])
+def test_workers_and_beat_get_our_prometheus_reader_and_keep_other_exporters(
+    role: Role, busy_port: int
+) -> None:
+    environ = env_for(busy_port, "otlp, prometheus")
+    swap = ExporterSwap()
+    prepare_metrics_exporters(environ, role, swap)
+    # No check here: our reader itself reports a busy port and retries.
+    assert environ["OTEL_METRICS_EXPORTER"] == "otlp,celery_metrics_prometheus"
+    swap.restore(environ)
+    assert environ["OTEL_METRICS_EXPORTER"] == "otlp, prometheus"
+
+
+def test_our_reader_is_the_registered_metric_exporter_of_that_name() -> None:
+    (entry,) = importlib.metadata.entry_points(
+        group="opentelemetry_metrics_exporter", name="celery_metrics_prometheus"
+    )
+    assert entry.value == "otel_celery_metrics._prometheus_reader:CeleryPrometheusReader"
+
+
+def test_an_unset_exporter_variable_is_unset_again_after_the_sdk_configured() -> None:
+    environ: dict[str, str] = {}
+    swap = ExporterSwap()
+    prepare_metrics_exporters(environ, Role.SHORT_LIVED_COMMAND, swap)
+    assert environ == {"OTEL_METRICS_EXPORTER": "none"}
+    swap.restore(environ)
+    assert environ == {}
+
+
+def test_the_post_hook_restores_os_environ_and_calls_other_registered_hooks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+    monkeypatch.setattr(_port_check, "process_role", lambda: Role.SHORT_LIVED_COMMAND)
+    called: list[Any] = []
+    theirs = SimpleNamespace(value="opamp_client:post", load=lambda: called.append)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [theirs])
+    pre_sdk_init("resource")
+    assert os.environ["OTEL_METRICS_EXPORTER"] == "none"
+    post_sdk_init("resource")
+    assert os.environ["OTEL_METRICS_EXPORTER"] == "prometheus"
+    assert called == ["resource", "resource"]
+
+
+def test_the_instrumentor_restores_the_variable_when_the_sdk_skipped_our_post_hook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from otel_celery_metrics.instrumentor import CeleryMetricsInstrumentor
+
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+    monkeypatch.setenv(MULTI_MARKER, "")  # so that the launcher's marker is undone too
+    monkeypatch.setattr(_port_check, "process_role", lambda: Role.MULTI_LAUNCHER)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    pre_sdk_init("resource")
+    assert os.environ["OTEL_METRICS_EXPORTER"] == "none"
+    # Another distribution's post-init function came first: ours never ran. The
+    # instrumentor, loaded after the SDK is configured, puts the value back.
+    instrumentor = CeleryMetricsInstrumentor()
+    instrumentor.instrument(meter_provider=MeterProvider(), role=Role.MULTI_LAUNCHER)
+    try:
+        assert os.environ["OTEL_METRICS_EXPORTER"] == "prometheus"
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_without_our_reader_registered_a_worker_keeps_the_exporters_reader(
+    monkeypatch: pytest.MonkeyPatch, busy_port: int
+) -> None:
+    # An exporter name the SDK cannot find would abort its whole configuration.
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    environ = env_for(busy_port)
+    prepare_metrics_exporters(environ, Role.WORKER, ExporterSwap())
+    assert environ["OTEL_METRICS_EXPORTER"] == "prometheus"

@@ -115,6 +115,7 @@ class Worker:
         app: str = "tests.apps.tasks_app",
         instrument: bool = True,
         metrics_port: int | None = None,
+        heartbeat: bool = False,
     ) -> None:
         self.queue = queue
         self.port = metrics_port or free_port()
@@ -141,8 +142,9 @@ class Worker:
         cmd = [
             str(BIN / "celery"), "-A", app, "worker", "-P", pool, "-Q", queue,
             "-n", self.node, "--loglevel=INFO", "--without-gossip", "--without-mingle",
-            "--without-heartbeat",
         ]
+        if not heartbeat:  # the standalone exporter needs heartbeats; nothing else does
+            cmd.append("--without-heartbeat")
         if pool in ("prefork", "threads"):
             cmd += ["-c", str(concurrency)]
         cmd += list(extra_args)

@@ -1,12 +1,13 @@
 """The operator kit on real data: every dashboard query and every rule expression, run through
 the HTTP API of a real Prometheus 2 and a real Prometheus 3 that load docs/deploy's rule files
-and scrape (a) a real instrumented prefork worker and (b) the standalone exporter reading the
-same worker's events, after one workload with successes, failures, retries, revokes, ETA
-tasks and a backlog.
+and scrape (a) a real instrumented prefork worker, directly and through the real Collector
+(the same worker exports both ways), and (b) the standalone exporter reading the same
+worker's events, after one workload with successes, failures, retries, revokes, ETA tasks
+and a backlog.
 
-No query may error; every query that should have data has it, per mode (the two modes are two
-scrape jobs: ``celery`` and ``celery-exporter``); the few that are empty on purpose are listed
-below with the reason, and asserted empty. One workload, both servers, many queries.
+No query may error; every query that should have data has it, per mode (each mode is a job:
+``celery``, ``tests-worker`` and ``celery-exporter``); the few that are empty on purpose are
+listed below with the reason, and asserted empty. One workload, both servers, many queries.
 """
 
 from __future__ import annotations
@@ -23,15 +24,19 @@ import yaml
 from tests.exporter.integration.conftest import ExporterProc
 from tests.exporter.support import total
 from tests.integration.mixed_batch import send_mixed_batch
-from tests.servers import Prometheus, running_prometheus, scrape_config
+from tests.integration.test_collector_sidecar import shipped_collector_job
+from tests.servers import Prometheus, running_collector, running_prometheus, scrape_config
 from tests.support import producer, running_worker, value, wait_for
 from tests.unit.test_operator_kit import RULE_FILES, load_build
 
 pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
 
-JOBS = {"inprocess": "celery", "exporter": "celery-exporter"}
-BOTH = ("inprocess", "exporter")
-INPROCESS = ("inprocess",)
+#: The three ways out, each a job in Prometheus: the worker's /metrics scraped directly; the
+#: same worker's OTLP through the real Collector (scraped with the shipped honor_labels job,
+#: so job = service.name); the standalone exporter reading the worker's events.
+JOBS = {"inprocess": "celery", "collector": "tests-worker", "exporter": "celery-exporter"}
+IN = ("inprocess", "collector")
+BOTH = (*IN, "exporter")
 EXPORTER = ("exporter",)
 #: Grafana's built-ins, as a dashboard at "last 15 minutes" with a 1s scrape would set them.
 RATE_INTERVAL, RANGE = "2m", "10m"
@@ -67,22 +72,21 @@ RULE_EXPECT: dict[str, tuple[str, ...]] = {
 TASK_VIEW_TASKS = ("tests.fail", "tests.sleep")
 #: (dashboard file, task, panel title, legend, mode) of queries that are empty in this
 #: workload although the mode fills them elsewhere, and why.
-EMPTY_ON_PURPOSE = {
-    ("celery-task.json", "tests.fail", "Published, received, finished per second", "published",
-     "inprocess"): "the test's producer is not instrumented (and tests.fail never retries)",
-    ("celery-task.json", "tests.sleep", "Published, received, finished per second", "published",
-     "inprocess"): "the test's producer is not instrumented",
-    ("celery-task.json", "tests.sleep", "Failures per second by exception", "{{exception_type}}",
-     "inprocess"): "tests.sleep never fails",
-    ("celery-task.json", "tests.sleep", "Failures per second by exception", "{{exception_type}}",
-     "exporter"): "tests.sleep never fails",
+EMPTY_ON_PURPOSE: dict[tuple[str, str, str, str, str], str] = {
+    ("celery-overview.json", ".*", "Scrape targets up", "{{instance}}", "collector"):
+        "Prometheus scrapes the Collector: its up has the Collector's job, not service.name",
+    **{("celery-task.json", task, "Published, received, finished per second", "published",
+        mode): "the test's producer is not instrumented (and neither task retries)"
+       for task in TASK_VIEW_TASKS for mode in IN},
+    **{("celery-task.json", "tests.sleep", "Failures per second by exception",
+        "{{exception_type}}", mode): "tests.sleep never fails" for mode in BOTH},
 }
 
 #: Not asserted either way: whether a collection happened to see tests.fail (it runs for
 #: microseconds) executing or prefetched is timing. tests.sleep proves the panel.
 TIMING_DEPENDENT = {
-    ("celery-task.json", "tests.fail", "Executing and waiting in workers", legend, "inprocess")
-    for legend in ("executing", "prefetched")
+    ("celery-task.json", "tests.fail", "Executing and waiting in workers", legend, mode)
+    for legend in ("executing", "prefetched") for mode in IN
 }
 
 
@@ -122,9 +126,17 @@ def test_every_dashboard_query_and_rule_expression_on_real_data(
     exporter = ExporterProc(redis_url)
     try:
         with contextlib.ExitStack() as stack:
+            # No traces leave the worker; the Collector's traces exporter needs an address.
+            collector = stack.enter_context(running_collector(tmp_path / "otelcol", "127.0.0.1:9"))
+            otlp = {"OTEL_METRICS_EXPORTER": "prometheus,otlp",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": collector.http_endpoint,
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                    "OTEL_METRIC_EXPORT_INTERVAL": "500",
+                    "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "celery_worker"}
             worker = stack.enter_context(running_worker(
-                redis_url, queue, concurrency=2, extra_args=("-E",), heartbeat=True))
+                redis_url, queue, concurrency=2, extra_args=("-E",), heartbeat=True, env=otlp))
             scrapes = [scrape_config(JOBS["inprocess"], f"127.0.0.1:{worker.port}"),
+                       shipped_collector_job(collector.prometheus_target),
                        scrape_config(JOBS["exporter"], f"127.0.0.1:{exporter.port}")]
             rule_files = {"rule_files": [str(p) for p in RULE_FILES]}
             servers = [stack.enter_context(running_prometheus(
@@ -152,8 +164,8 @@ def _workload(worker: Any, exporter: ExporterProc, redis_url: str, queue: str,
     # of a failing task before the failures the queries are about.
     for name, args in (("tests.ok", ()), ("tests.fail", ()), ("tests.sleep", (0.2,))):
         app.send_task(name, args=args, queue=queue, routing_key=queue)
-    seen = (f'count(celery_tasks_total{{queue="{queue}",state="FAILURE"}}) == 2',
-            'count(celery_task_runtime_seconds_count{task_name="tests.sleep"}) == 2')
+    seen = (f'count(celery_tasks_total{{queue="{queue}",state="FAILURE"}}) == {len(JOBS)}',
+            f'count(celery_task_runtime_seconds_count{{task_name="tests.sleep"}}) == {len(JOBS)}')
     for prom in servers:
         for promql in seen:
             wait_for(lambda p=prom, q=promql: query(p, q), timeout=40,  # type: ignore[misc]
@@ -170,8 +182,8 @@ def _workload(worker: Any, exporter: ExporterProc, redis_url: str, queue: str,
     busy = (f'celery_queue_messages{{queue="{queue}"}} > 0',
             f'sum(celery_tasks_prefetched{{queue="{queue}"}}) > 0',
             'job_hostname:celery_worker_saturation:ratio >= 1',
-            'count(sum by (job) (rate(celery_tasks_total{state="FAILURE"}[2m])) > 0) == 2',
-            'count(sum by (job) (rate(celery_tasks_total{task_name="tests.sleep"}[2m])) > 0) == 2')
+            *(f"count(sum by (job) (rate(celery_tasks_total{{{sel}}}[2m])) > 0) == {len(JOBS)}"
+              for sel in ('state="FAILURE"', 'task_name="tests.sleep"')))
     for prom in servers:
         for promql in busy:
             wait_for(lambda p=prom, q=promql: query(p, q), timeout=40,  # type: ignore[misc]
@@ -191,7 +203,7 @@ def _check_rules(prom: Prometheus) -> list[str]:
         got = _modes_in(query(prom, expr))
         if got != set(RULE_EXPECT[name]):
             failures.append(f"Prometheus {prom.version} rule {name}: data for {sorted(got)}, "
-                            f"expected {sorted(RULE_EXPECT[name])}")
+                            f"expected {sorted(RULE_EXPECT[name])}: {query(prom, expr)}")
         if ":" in name:  # a recording rule: the series Prometheus recorded
             recorded = _modes_in(query(prom, name))
             if recorded != set(RULE_EXPECT[name]):
@@ -212,7 +224,9 @@ def _check_dashboards(prom: Prometheus, build: Any, queue: str) -> list[str]:
                             key = (dash.file, task, panel.title, target.legend, mode)
                             if key in TIMING_DEPENDENT:
                                 continue
-                            expected = mode in target.modes and key not in EMPTY_ON_PURPOSE
+                            # build.py's "inprocess" covers both in-process ways out.
+                            modes = {*target.modes, *(IN if "inprocess" in target.modes else ())}
+                            expected = mode in modes and key not in EMPTY_ON_PURPOSE
                             if data != expected:
                                 failures.append(
                                     f"Prometheus {prom.version} {dash.file} '{panel.title}' "

@@ -3,7 +3,7 @@ the HTTP API of a real Prometheus 2 and a real Prometheus 3 that load docs/deplo
 and scrape (a) a real instrumented prefork worker, directly and through the real Collector
 (the same worker exports both ways), and (b) the standalone exporter reading the same
 worker's events, after one workload with successes, failures, retries, revokes, ETA tasks
-and a backlog.
+and a backlog; then the worker is killed and the worker-down condition must hold.
 
 No query may error; every query that should have data has it, per mode (each mode is a job:
 ``celery``, ``tests-worker`` and ``celery-exporter``); the few that are empty on purpose are
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,15 @@ def test_every_dashboard_query_and_rule_expression_on_real_data(
                 failures += _check_dashboards(prom, build, queue)
                 failures += _check_variables(prom, build, queue)
                 failures += _check_values(prom, queue)
+            # The one alert a healthy fleet cannot show: kill the worker, and the worker-down
+            # condition holds on the real staleness of its series (scrape fails: up 0; the
+            # exporter: no heartbeat within --worker-timeout).
+            worker.stop(signal.SIGKILL)
+            down = rule_expressions()["CeleryWorkerDown"]
+            for prom in servers:
+                wait_for(lambda p=prom: _modes_in(query(p, down)) == {"inprocess", "exporter"},
+                         timeout=30, what=lambda p=prom: f"Prometheus {p.version}: "
+                         f"{down} -> {query(p, down)}")
     finally:
         exporter.stop()
     assert not failures, "\n".join(failures)

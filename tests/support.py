@@ -116,6 +116,7 @@ class Worker:
         instrument: bool = True,
         metrics_port: int | None = None,
         events: bool = False,
+        heartbeat: bool = False,
     ) -> None:
         self.queue = queue
         self.port = metrics_port or free_port()
@@ -143,8 +144,12 @@ class Worker:
             str(BIN / "celery"), "-A", app, "worker", "-P", pool, "-Q", queue,
             "-n", self.node, "--loglevel=INFO", "--without-gossip", "--without-mingle",
         ]
-        # Task events and heartbeats, for a standalone exporter watching the same worker.
-        cmd += ["-E"] if events else ["--without-heartbeat"]
+        # Task events (-E) and heartbeats are for a standalone exporter watching the same
+        # worker; nothing else needs them.
+        if events:
+            cmd.append("-E")
+        if not (events or heartbeat):
+            cmd.append("--without-heartbeat")
         if pool in ("prefork", "threads"):
             cmd += ["-c", str(concurrency)]
         cmd += list(extra_args)

@@ -1,0 +1,424 @@
+"""Builds the Grafana dashboards in this directory and the panel list of docs/dashboards.md.
+
+    python docs/deploy/grafana/build.py          # rewrites celery-*.json and docs/dashboards.md
+
+Generated rather than hand-written: every panel is one entry below (title, the question it
+answers, its queries and which mode has data for them), so the JSON, the panel list in
+docs/dashboards.md and the tests (tests/unit/test_operator_kit.py checks these files are
+what this script writes and name only real series; tests/integration/test_operator_kit_e2e.py
+runs every query against real data, expecting data where ``modes`` says) cannot drift apart.
+Hand-edited Grafana JSON also carries thousands of lines of defaults a reviewer cannot read.
+
+Queries read raw series, not the recording rules, so the dashboards work before the rules
+are deployed and ``$__rate_interval`` follows the zoom. Selectors use ``=~`` on the
+multi-value variables (Grafana turns a selection into a regex).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent.parent / "dashboards.md"
+
+#: Which way out produces data for a query: in-process workers, the standalone exporter.
+BOTH = ("inprocess", "exporter")
+INPROCESS = ("inprocess",)
+EXPORTER = ("exporter",)
+#: Empty in the test workload on purpose (nothing dropped, no overflow).
+NONE: tuple[str, ...] = ()
+
+SEL = 'job=~"$job",queue=~"$queue",task_name=~"$task"'
+JOB = 'job=~"$job"'
+JOBQ = 'job=~"$job",queue=~"$queue"'
+TASK = 'job=~"$job",queue=~"$queue",task_name="$task"'
+
+
+@dataclass(frozen=True)
+class Target:
+    expr: str
+    legend: str
+    modes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    question: str
+    targets: tuple[Target, ...]
+    unit: str = "short"
+    kind: str = "timeseries"
+    width: int = 12
+
+
+@dataclass(frozen=True)
+class Row:
+    title: str
+    panels: tuple[Panel, ...]
+
+
+@dataclass
+class Dashboard:
+    uid: str
+    title: str
+    file: str
+    description: str
+    rows: tuple[Row, ...]
+    task_all: bool = True
+    tags: list[str] = field(default_factory=lambda: ["celery", "otel-celery-metrics"])
+
+
+def _quantiles(metric: str, sel: str, by: str, legend: str) -> tuple[Target, ...]:
+    by_le = f"{by}, le" if by else "le"
+    return tuple(
+        Target(
+            f"histogram_quantile({q}, sum by ({by_le}) (rate({metric}_bucket{{{sel}}}"
+            f"[$__rate_interval])))",
+            f"p{round(float(q) * 100)} {legend}".strip(),
+            BOTH,
+        )
+        for q in ("0.5", "0.95", "0.99")
+    )
+
+
+def _failure_ratio(sel: str, by: str) -> str:
+    """FAILURE / (SUCCESS + FAILURE): 0 for a task that never failed, absent without runs."""
+
+    def rate(state: str) -> str:
+        return f"sum by ({by}) (rate(celery_tasks_total{{{sel},{state}}}[$__rate_interval]))"
+
+    failed, succeeded = rate('state="FAILURE"'), rate('state="SUCCESS"')
+    finished = rate('state=~"SUCCESS|FAILURE"')
+    return f"({failed} or 0 * {succeeded}) / ({finished} > 0)"
+
+
+WORKERS_UP = Panel(
+    "Workers up",
+    "How many workers are alive? Exporter: heartbeats (celery_worker_up); in-process: "
+    "workers whose metrics are current.",
+    (Target(f"sum by (job) (celery_worker_up{{{JOB}}}) or count by (job) "
+            f"(group by (job, instance) (otel_celery_metrics_dropped_total{{{JOB}}}))",
+            "{{job}}", BOTH),),
+    kind="stat", width=6,
+)
+
+OVERVIEW = Dashboard(
+    uid="otel-celery-overview",
+    title="Celery: overview",
+    file="celery-overview.json",
+    description="Throughput, failures, latency, backlog, workers and the metrics pipeline "
+    "(otel-celery-metrics, in-process or standalone exporter).",
+    rows=(
+        Row("Throughput and failures", (
+            Panel("Task outcomes per second by state",
+                  "How many tasks end per second, and in which state (SUCCESS, FAILURE, RETRY, "
+                  "REVOKED, REJECTED, IGNORED)?",
+                  (Target(f"sum by (state) (rate(celery_tasks_total{{{SEL}}}[$__rate_interval]))",
+                          "{{state}}", BOTH),), unit="ops"),
+            Panel("Failure ratio by task",
+                  "Which tasks fail, as a share of their finished runs (FAILURE / SUCCESS + "
+                  "FAILURE)? A task that never failed reads 0.",
+                  (Target(_failure_ratio(SEL, "task_name"), "{{task_name}}", BOTH),),
+                  unit="percentunit"),
+            Panel("Failures per second by exception",
+                  "Which exception classes fail which tasks?",
+                  (Target(f"sum by (task_name, exception_type) (rate(celery_task_failures_total"
+                          f"{{{SEL}}}[$__rate_interval]))",
+                          "{{task_name}} {{exception_type}}", BOTH),), unit="ops"),
+            Panel("Tasks in the time range by state",
+                  "How many tasks ended in the selected time range, per state?",
+                  (Target(f"sum by (state) (increase(celery_tasks_total{{{SEL}}}[$__range]))",
+                          "{{state}}", BOTH),), kind="bargauge"),
+            Panel("Published and received per second",
+                  "Do workers take messages as fast as producers publish them? (Published "
+                  "needs instrumented producers or, with the exporter, task-sent events.)",
+                  (Target(f"sum by (queue) (rate(celery_tasks_published_total{{{SEL}}}"
+                          f"[$__rate_interval]))", "published {{queue}}", BOTH),
+                   Target(f"sum by (queue) (rate(celery_tasks_received_total{{{SEL}}}"
+                          f"[$__rate_interval]))", "received {{queue}}", BOTH)),
+                  unit="ops", width=24),
+        )),
+        Row("Latency", (
+            Panel("Runtime quantiles",
+                  "How long do tasks run (p50, p95, p99 over the selected tasks)?",
+                  _quantiles("celery_task_runtime_seconds", SEL, "", ""), unit="s"),
+            Panel("Queue wait quantiles by queue",
+                  "How long do tasks wait from publish (or their ETA) to start, per queue?",
+                  _quantiles("celery_task_queue_wait_seconds", SEL, "queue", "{{queue}}"),
+                  unit="s"),
+            Panel("Slowest tasks (p95 runtime)",
+                  "Which tasks take longest?",
+                  (Target("topk(10, histogram_quantile(0.95, sum by (task_name, le) "
+                          f"(rate(celery_task_runtime_seconds_bucket{{{SEL}}}[$__rate_interval]))))",
+                          "{{task_name}}", BOTH),), unit="s", width=24),
+        )),
+        Row("Backlog and workers", (
+            Panel("Broker backlog by queue (exporter)",
+                  "How many messages wait in the broker? Only the standalone exporter reads "
+                  "queue depth.",
+                  (Target(f"sum by (queue) (celery_queue_messages{{{JOBQ}}})", "{{queue}}",
+                          EXPORTER),)),
+            Panel("Tasks waiting inside workers (in-process)",
+                  "How many tasks did workers reserve but not start (prefetched, or waiting "
+                  "for their ETA)?",
+                  (Target(f"sum by (queue) (celery_tasks_prefetched{{{SEL}}})", "{{queue}}",
+                          INPROCESS),)),
+            WORKERS_UP,
+            Panel("Executing by worker",
+                  "How busy is each worker? In-process: per instance; exporter: per hostname "
+                  "from heartbeats.",
+                  (Target(f"sum by (instance) (celery_tasks_executing{{{SEL}}})",
+                          "{{instance}}", BOTH),
+                   Target(f"max by (hostname) (celery_worker_tasks_active{{{JOB}}})",
+                          "{{hostname}}", EXPORTER)), width=6),
+            Panel("Saturation",
+                  "Is any worker out of pool processes? Exporter: busy / pool size (1 = full); "
+                  "in-process: tasks held (executing + prefetched) per worker.",
+                  (Target(f"max by (hostname) (celery_worker_tasks_active{{{JOB}}}) / "
+                          f"(max by (hostname) (celery_worker_processes{{{JOB}}}) > 0)",
+                          "{{hostname}} busy/pool", EXPORTER),
+                   Target(f"sum by (instance) (celery_tasks_executing{{{SEL}}}) + "
+                          f"(sum by (instance) (celery_tasks_prefetched{{{SEL}}}) or "
+                          f"0 * sum by (instance) (celery_tasks_executing{{{SEL}}}))",
+                          "{{instance}} held", BOTH))),
+            Panel("Throughput per worker",
+                  "Is work spread over the workers? (For the exporter, one series for the "
+                  "fleet it watches.)",
+                  (Target(f"sum by (instance) (rate(celery_tasks_total{{{SEL}}}"
+                          f"[$__rate_interval]))", "{{instance}}", BOTH),), unit="ops"),
+        )),
+        Row("Pipeline health", (
+            Panel("Measurements dropped by reason",
+                  "Are we losing measurements before they are recorded (pool buffer full, "
+                  "undecodable, internal error)? Should be 0.",
+                  (Target(f"sum by (instance, reason) (rate(otel_celery_metrics_dropped_total"
+                          f"{{{JOB}}}[$__rate_interval]))", "{{instance}} {{reason}}",
+                          INPROCESS),), unit="ops", width=8),
+            Panel("Cardinality overflow by attribute",
+                  "Are task names, queues or series past their caps and folded into "
+                  "__overflow__? Should be 0.",
+                  (Target(f"sum by (instance, attribute) (rate(otel_celery_metrics_overflow_total"
+                          f"{{{JOB}}}[$__rate_interval]))", "{{instance}} {{attribute}}",
+                          INPROCESS),), unit="ops", width=8),
+            Panel("Scrape targets up",
+                  "Does Prometheus reach every /metrics endpoint (workers scraped directly, "
+                  "the exporter, or the Collector)?",
+                  (Target(f"up{{{JOB}}}", "{{instance}}", BOTH),), width=8),
+            Panel("Exporter: events received per second by type",
+                  "Does the exporter receive the event stream?",
+                  (Target(f"sum by (type) (rate(celery_exporter_events_received_total{{{JOB}}}"
+                          f"[$__rate_interval]))", "{{type}}", EXPORTER),), unit="ops", width=8),
+            Panel("Exporter: events not counted",
+                  "Which events did the exporter drop, and why (undecodable, invalid field, "
+                  "backlog full; filtered is on purpose)?",
+                  (Target(f"sum by (type, reason) (rate(celery_exporter_events_dropped_total"
+                          f"{{{JOB}}}[$__rate_interval]))", "{{type}} {{reason}}", NONE),),
+                  unit="ops", width=8),
+            Panel("Exporter: broker connection",
+                  "Is the exporter connected to the broker, and how often did it reconnect in "
+                  "the time range?",
+                  (Target(f"max by (instance) (celery_exporter_broker_connected{{{JOB}}})",
+                          "connected {{instance}}", EXPORTER),
+                   Target(f"sum by (instance) (increase(celery_exporter_broker_reconnects_total"
+                          f"{{{JOB}}}[$__range]))", "reconnects {{instance}}", EXPORTER)),
+                  width=8),
+            Panel("Exporter: age of events and probes",
+                  "Is the data current: seconds since the last event, age of the last queue "
+                  "and inspect probe?",
+                  (Target(f"max by (instance) (celery_exporter_last_event_age_seconds{{{JOB}}})",
+                          "last event {{instance}}", EXPORTER),
+                   Target(f"max by (instance, probe) (celery_exporter_probe_age_seconds{{{JOB}}})",
+                          "probe {{probe}}", EXPORTER)), unit="s", width=12),
+            Panel("Exporter: workers without task events",
+                  "Are there workers whose tasks the exporter cannot see (task events off)?",
+                  (Target(f"max by (instance) (celery_exporter_workers_without_task_events"
+                          f"{{{JOB}}})", "{{instance}}", EXPORTER),), width=12),
+        )),
+    ),
+)
+
+TASK_VIEW = Dashboard(
+    uid="otel-celery-task",
+    title="Celery: task",
+    file="celery-task.json",
+    description="One task: outcomes, failures, runtime and queue wait (otel-celery-metrics).",
+    task_all=False,
+    rows=(
+        Row("Outcomes", (
+            Panel("Outcomes per second by state",
+                  "How often does this task end, and how?",
+                  (Target(f"sum by (state) (rate(celery_tasks_total{{{TASK}}}[$__rate_interval]))",
+                          "{{state}}", BOTH),), unit="ops"),
+            Panel("Failure ratio",
+                  "What share of this task's finished runs fail?",
+                  (Target(_failure_ratio(TASK, "task_name"), "{{task_name}}", BOTH),),
+                  unit="percentunit"),
+            Panel("Failures per second by exception",
+                  "Which exceptions does this task raise?",
+                  (Target(f"sum by (exception_type) (rate(celery_task_failures_total{{{TASK}}}"
+                          f"[$__rate_interval]))", "{{exception_type}}", BOTH),), unit="ops"),
+            Panel("In the time range by state",
+                  "How many runs of this task ended in the time range, per state?",
+                  (Target(f"sum by (state) (increase(celery_tasks_total{{{TASK}}}[$__range]))",
+                          "{{state}}", BOTH),), kind="bargauge"),
+        )),
+        Row("Latency", (
+            Panel("Runtime quantiles", "How long does this task run?",
+                  _quantiles("celery_task_runtime_seconds", TASK, "", ""), unit="s"),
+            Panel("Runtime distribution",
+                  "How are runtimes spread over the buckets (a heatmap shows two populations "
+                  "that a quantile hides)?",
+                  (Target(f"sum by (le) (increase(celery_task_runtime_seconds_bucket{{{TASK}}}"
+                          f"[$__rate_interval]))", "{{le}}", BOTH),), kind="heatmap"),
+            Panel("Queue wait quantiles by reference",
+                  "How long does this task wait before it starts, measured from publish, "
+                  "from its ETA, or from receipt (producer not instrumented)?",
+                  _quantiles("celery_task_queue_wait_seconds", TASK, "wait_from",
+                             "{{wait_from}}"), unit="s", width=24),
+        )),
+        Row("Flow", (
+            Panel("Published, received, finished per second",
+                  "Does this task's flow balance: published, taken by workers, ended?",
+                  (Target(f"sum(rate(celery_tasks_published_total{{{TASK}}}[$__rate_interval]))",
+                          "published", BOTH),
+                   Target(f"sum(rate(celery_tasks_received_total{{{TASK}}}[$__rate_interval]))",
+                          "received", BOTH),
+                   Target(f"sum(rate(celery_tasks_total{{{TASK}}}[$__rate_interval]))",
+                          "ended", BOTH)), unit="ops"),
+            Panel("Executing and waiting in workers",
+                  "How many runs of this task execute now, and how many wait inside workers "
+                  "(in-process only)?",
+                  (Target(f"sum(celery_tasks_executing{{{TASK}}})", "executing", BOTH),
+                   Target(f"sum(celery_tasks_prefetched{{{TASK}}})", "prefetched", INPROCESS))),
+        )),
+    ),
+)
+
+DASHBOARDS = (OVERVIEW, TASK_VIEW)
+
+#: The series each variable lists values from (``label_values(<selector>, <label>)``).
+VARIABLE_SOURCES = {
+    "job": '{__name__=~"celery_tasks_total|otel_celery_metrics_dropped_total|'
+           'celery_exporter_broker_connected"}',
+    "queue": '{__name__=~"celery_tasks_total|celery_queue_messages",job=~"$job"}',
+    "task": 'celery_tasks_total{job=~"$job",queue=~"$queue"}',
+}
+
+
+def _variables(dash: Dashboard) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{
+        "name": "datasource", "label": "Data source", "type": "datasource",
+        "query": "prometheus", "current": {}, "hide": 0, "refresh": 1,
+    }]
+    for name, label in (("job", "job"), ("queue", "queue"), ("task", "task_name")):
+        multi = dash.task_all or name != "task"
+        out.append({
+            "name": name, "label": name, "type": "query",
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "definition": f"label_values({VARIABLE_SOURCES[name]}, {label})",
+            "query": {"query": f"label_values({VARIABLE_SOURCES[name]}, {label})",
+                      "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+            "refresh": 2, "sort": 1, "multi": multi, "includeAll": multi,
+            **({"allValue": ".*", "current": {"text": "All", "value": "$__all"}} if multi
+               else {"current": {}}),
+            "hide": 0,
+        })
+    return out
+
+
+def _panel(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
+    ds = {"type": "prometheus", "uid": "${datasource}"}
+    panel: dict[str, Any] = {
+        "id": pid, "type": p.kind, "title": p.title, "description": p.question,
+        "datasource": ds, "gridPos": {"h": 8, "w": p.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                    "tooltip": {"mode": "multi", "sort": "desc"}},
+        "targets": [
+            {"refId": chr(ord("A") + i), "datasource": ds, "expr": t.expr,
+             "legendFormat": t.legend, "range": True,
+             **({"format": "heatmap"} if p.kind == "heatmap" else {})}
+            for i, t in enumerate(p.targets)
+        ],
+    }
+    if p.kind == "heatmap":
+        panel["options"] = {"calculate": False, "yAxis": {"unit": "s"},
+                            "cellGap": 1, "color": {"scheme": "Oranges", "mode": "scheme"}}
+    if p.kind == "bargauge":
+        panel["options"] = {"displayMode": "gradient", "orientation": "horizontal",
+                            "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}
+        for t in panel["targets"]:
+            t["instant"], t["range"] = True, False
+    if p.kind == "stat":
+        panel["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "values": False},
+                            "colorMode": "value", "graphMode": "area"}
+    return panel
+
+
+def render(dash: Dashboard) -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    pid, y = 1, 0
+    for row in dash.rows:
+        panels.append({"id": pid, "type": "row", "title": row.title, "collapsed": False,
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        pid, y, x = pid + 1, y + 1, 0
+        for p in row.panels:
+            if x + p.width > 24:
+                x, y = 0, y + 8
+            panels.append(_panel(p, pid, x, y))
+            pid, x = pid + 1, x + p.width
+        y += 8
+    return {
+        "uid": dash.uid, "title": dash.title, "description": dash.description,
+        "tags": dash.tags, "timezone": "browser", "editable": True, "graphTooltip": 1,
+        "schemaVersion": 39, "version": 1, "refresh": "30s",
+        "time": {"from": "now-3h", "to": "now"},
+        "templating": {"list": _variables(dash)},
+        "annotations": {"list": []}, "links": [], "panels": panels,
+    }
+
+
+def render_json(dash: Dashboard) -> str:
+    return json.dumps(render(dash), indent=2) + "\n"
+
+
+MD_BEGIN = "<!-- panels: generated by docs/deploy/grafana/build.py -->"
+MD_END = "<!-- end of generated panels -->"
+_MODE_NOTE = {BOTH: "", INPROCESS: " *(in-process only)*", EXPORTER: " *(exporter only)*",
+              NONE: ""}
+
+
+def render_panel_list() -> str:
+    lines = [MD_BEGIN, ""]
+    for dash in DASHBOARDS:
+        lines += [f"### {dash.title} (`{dash.file}`)", ""]
+        for row in dash.rows:
+            lines += [f"**{row.title}**", ""]
+            for p in row.panels:
+                modes = {t.modes for t in p.targets}
+                note = _MODE_NOTE[modes.pop()] if len(modes) == 1 else ""
+                lines.append(f"- **{p.title}**{note}: {p.question}")
+            lines.append("")
+    lines.append(MD_END)
+    return "\n".join(lines)
+
+
+def docs_with_panel_list(text: str) -> str:
+    head, _, rest = text.partition(MD_BEGIN)
+    _, _, tail = rest.partition(MD_END)
+    return head + render_panel_list() + tail
+
+
+def main() -> None:
+    for dash in DASHBOARDS:
+        (HERE / dash.file).write_text(render_json(dash))
+    DOCS.write_text(docs_with_panel_list(DOCS.read_text()))
+    sys.stdout.write("wrote " + ", ".join(d.file for d in DASHBOARDS) + f" and {DOCS.name}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,7 @@ import atexit
 import contextlib
 import marshal
 import os
+import select
 import socket
 import threading
 import time
@@ -44,6 +45,7 @@ from typing import Any
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._outcomes import SpanJoin
 from otel_celery_metrics._recorder import AttrValues, Measurement, Recorder, SpanIds
+from otel_celery_metrics._relay import POINT, SPAN, PoolRelay
 from otel_celery_metrics._safety import FailureLog
 
 _DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
@@ -54,6 +56,12 @@ _SpanEntry = tuple[int, str, int, int]
 # Measurements per datagram: keeps each datagram far below the socket's size limit.
 _CHUNK = 256
 _MAX_DATAGRAM = 1 << 20
+# Bytes per datagram a child sends: relayed points and spans are larger than our own
+# measurements, and a datagram must fit the socket's send buffer (about 200 KiB by default).
+_MAX_SEND = 60_000
+# Send buffer asked for (the kernel caps it at net.core.wmem_max): every child writes
+# through the same socket.
+_SEND_BUFFER = 1 << 20
 # Seconds a child waits after a refused send before trying again (at its next task).
 _RETRY_DELAY = 0.005
 _MAX_RETRY_DELAY = 1.0
@@ -161,7 +169,7 @@ class _ChildForwarder:
         self._retry_in_background = retry_in_background
         self._lock = threading.Lock()  # guards _pending and _dropped
         self._send_lock = threading.Lock()  # one sender at a time
-        self._pending: list[Measurement | _SpanEntry] = []
+        self._pending: list[Measurement | _SpanEntry | tuple[int, Any]] = []
         self._dropped = 0
         # After a refused send, the task thread does not try again before this time:
         # re-encoding a growing backlog after every task is what a busy main process would
@@ -177,6 +185,12 @@ class _ChildForwarder:
     def span(self, task_id: str, trace_id: int, span_id: int) -> None:
         with self._lock:
             self._pending.append((_SPAN, task_id, trace_id, span_id))
+
+    def extend(self, entries: list[Any]) -> None:
+        """Queue entries of the pool-child relay (sent with the next flush), bounded."""
+        with self._lock:
+            self._pending.extend(entries)
+            self._trim()
 
     @property
     def pending(self) -> int:
@@ -212,8 +226,21 @@ class _ChildForwarder:
         refused = False
         try:
             while sent < len(pending):
-                chunk = pending[sent : sent + _CHUNK]
-                self._sock.send(marshal.dumps((dropped, chunk), _MARSHAL_VERSION), flags)
+                size = min(_CHUNK, len(pending) - sent)
+                while True:
+                    chunk = pending[sent : sent + size]
+                    data = marshal.dumps((dropped, chunk), _MARSHAL_VERSION)
+                    if len(data) <= _MAX_SEND or size == 1:
+                        break
+                    size //= 2
+                if len(data) > _MAX_SEND:
+                    self._failures.record(
+                        "sending to the worker's main process",
+                        ValueError(f"an entry of {len(data)} bytes is too large; dropped"),
+                    )
+                    sent += 1
+                    continue
+                self._sock.send(data, flags)
                 dropped = 0
                 sent += len(chunk)
         except (BlockingIOError, TimeoutError):
@@ -304,6 +331,7 @@ class ForkBridge:
         max_pending: int = 50_000,
         on_pool_child_start: Callable[[], None] | None = None,
         fence: CollectionFence | None = None,
+        relay: PoolRelay | None = None,
     ) -> None:
         self._recorder = recorder
         #: Collections take ``fence.collecting()`` (wired by the instrumentor).
@@ -313,6 +341,8 @@ class ForkBridge:
         self._failures = failures
         self._max_pending = max_pending
         self._on_pool_child_start = on_pool_child_start
+        #: Relays what OpenTelemetry records in pool children (None: relay off).
+        self._relay = relay
         self._active = False
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -401,6 +431,8 @@ class ForkBridge:
             self.fence.after_fork_in_child()
             self._lock = threading.Lock()
             self._read_lock = threading.Lock()
+            if self._relay is not None:
+                self._relay.reinit_locks()
             self._recorder.reinit_locks()
             self._spans.reinit_locks()
             self._failures.reinit_locks()
@@ -412,8 +444,27 @@ class ForkBridge:
             receive_end, send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
             for sock in (receive_end, send_end):
                 sock.set_inheritable(False)  # children inherit by fork, not by exec
+            with contextlib.suppress(OSError):
+                send_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
             self._receive_end, self._send_end = receive_end, send_end
             self._main_pid = os.getpid()
+            if self._relay is not None:
+                # Relayed spans must reach the exporter without waiting for a metric
+                # collection, and children must not find the socket full: read as
+                # datagrams arrive.
+                threading.Thread(
+                    target=self._read_loop, args=(receive_end,),
+                    name="otel-celery-metrics-relay-reader", daemon=True,
+                ).start()
+
+    def _read_loop(self, sock: socket.socket) -> None:
+        while self._active and self._receive_end is sock:
+            try:
+                ready, _, _ = select.select([sock], [], [], 1.0)
+            except (OSError, ValueError):
+                return  # closed by uninstall
+            if ready:
+                self.drain_now()
 
     def take_span(self, task_id: str) -> SpanIds | None:
         """The span task ``task_id`` ran in, if its process sent one (exemplars).
@@ -431,17 +482,20 @@ class ForkBridge:
         if sock is None or self._main_pid != os.getpid():
             return
         try:
+            # Decoded under the lock too: a span read by one thread must be in the join
+            # before another thread's take_span finds the socket empty.
             with self._read_lock:
                 if self._receive_end is None:
                     return
                 datagrams = _read_queued(sock)
-            if datagrams:
-                self._decode_all(datagrams)
+                if datagrams:
+                    self._decode_all(datagrams)
         except Exception as exc:  # noqa: BLE001
             self._failures.record("reading measurements from pool children", exc)
 
     def _decode_all(self, datagrams: list[bytes]) -> None:
         measurements: list[Measurement] = []
+        relayed: list[Any] = []
         for data in datagrams:
             try:
                 dropped, batch = marshal.loads(data)  # noqa: S302 - from our own children only
@@ -450,6 +504,8 @@ class ForkBridge:
                 for entry in batch:
                     if entry[0] == _SPAN:
                         self._spans.put(entry[1], (entry[2], entry[3]))
+                    elif entry[0] in (POINT, SPAN):
+                        relayed.append(entry)
                     else:
                         measurements.append(entry)
             except Exception as exc:  # noqa: BLE001
@@ -457,6 +513,12 @@ class ForkBridge:
                 self._failures.record("decoding measurements from a pool child", exc)
         if measurements:
             self._recorder.emit_many(measurements)
+        if relayed and self._relay is not None:
+            try:
+                self._relay.receive(relayed)
+            except Exception as exc:  # noqa: BLE001
+                self._recorder.emit(_DROPPED, len(relayed), ("undecodable",))
+                self._failures.record("merging what a pool child relayed", exc)
 
     def _on_worker_shutdown(self, **_: Any) -> None:
         self.drain_now()
@@ -486,6 +548,11 @@ class ForkBridge:
                 self._on_pool_child_start()
             except Exception as exc:  # noqa: BLE001
                 self._failures.record("silencing a pool child's exporters", exc)
+        if self._relay is not None:
+            try:
+                self._relay.start_in_child(self._forwarder)
+            except Exception as exc:  # noqa: BLE001
+                self._failures.record("starting the pool-child relay", exc)
 
     def _on_child_shutdown(self, **_: Any) -> None:
         """A pool child is exiting: one last send, without ever waiting.
@@ -497,4 +564,6 @@ class ForkBridge:
         HTTP took a few ms) made that race lose a task in about one test run in ten.
         """
         if self._forwarder is not None:
+            if self._relay is not None:
+                self._relay.final_in_child()
             self._forwarder.final_flush()

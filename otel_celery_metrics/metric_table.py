@@ -45,6 +45,7 @@ EXCEPTION_TYPE = "exception_type"
 WAIT_FROM = "wait_from"
 REASON = "reason"
 ATTRIBUTE = "attribute"
+SIGNAL = "signal"
 
 #: Attribute keys users may narrow the set to (``OTEL_CELERY_METRICS_ATTRIBUTES``).
 NARROWABLE_ATTRIBUTES: tuple[str, ...] = (TASK_NAME, QUEUE, STATE, EXCEPTION_TYPE, WAIT_FROM)
@@ -161,6 +162,18 @@ SELF_DROPPED = MetricSpec(
     recorded_in="self",
 )
 
+SELF_RELAYED = MetricSpec(
+    name="otel_celery_metrics.relayed",
+    kind=InstrumentKind.COUNTER,
+    unit="{item}",
+    description="Metric points and spans that Celery pool children relayed to the worker's "
+    "main process (signal: metrics or spans); a child that records nothing sends nothing.",
+    attributes=(SIGNAL,),
+    recorded_in="self",
+)
+
+#: Values of ``signal`` on ``otel_celery_metrics_relayed_total``.
+RELAY_SIGNALS: tuple[str, ...] = ("metrics", "spans")
 #: Values of ``reason`` on ``otel_celery_metrics_dropped_total``.
 DROP_REASONS: tuple[str, ...] = ("pool_buffer_full", "undecodable", "internal_error")
 #: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
@@ -178,6 +191,7 @@ METRICS: tuple[MetricSpec, ...] = (
     TASKS_PREFETCHED,
     SELF_OVERFLOW,
     SELF_DROPPED,
+    SELF_RELAYED,
 )
 
 #: A metric's position in :data:`METRICS`; the compact id pool children send to the
@@ -245,6 +259,7 @@ def render_reference() -> str:
         "- `wait_from`: `publish`, `eta` or `received`.",
         f"- `reason` (dropped): {', '.join(f'`{r}`' for r in DROP_REASONS)}.",
         f"- `attribute` (overflow): {', '.join(f'`{a}`' for a in OVERFLOW_ATTRIBUTES)}.",
+        f"- `signal` (relayed): {', '.join(f'`{s}`' for s in RELAY_SIGNALS)}.",
         f"- Overflow value (task name, queue, or every attribute past the series cap): "
         f"`{OVERFLOW_VALUE}`.",
         "",

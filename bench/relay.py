@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,41 +51,43 @@ def _instruments(provider: MeterProvider) -> tuple[Any, Any]:
             meter.create_histogram("billing.amount", explicit_bucket_boundaries_advisory=BUCKETS))
 
 
-def _cpu_per_task(task: Callable[[int], None], n: int, after: Callable[[int], None]) -> float:
-    start = time.process_time()
+def _cpu_per_task(task: Callable[[int], None], n: int, after: Callable[[int], bool],
+                  drain: Callable[[], None] = lambda: None) -> float:
+    """CPU of this thread per task, the main process' reading (``drain``) left out."""
+    spent = 0.0
     for i in range(n):
+        start = time.thread_time()
         task(i)
-        after(i)
-    return (time.process_time() - start) / n * 1e6
+        sent = after(i)
+        spent += time.thread_time() - start
+        if sent:
+            drain()
+    return spent / n * 1e6
 
 
-class _Drain:
-    """The main process' end: reads datagrams in a thread, like the bridge's reader."""
+def _drainer(sock: socket.socket) -> Callable[[], None]:
+    """The main process' end, read right away so that no send is ever refused."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.stop = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.stop:
+    def drain() -> None:
+        while True:
             try:
-                self.sock.recv(1 << 20)
-            except (TimeoutError, OSError):
-                continue
+                sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+
+    return drain
 
 
-def _relay_child(tasks_per_send: int) -> tuple[Callable[[int], None], Callable[[int], None],
-                                                Callable[[], None]]:
+def _relay_child(tasks_per_send: int) -> tuple[
+    Callable[[int], None], Callable[[int], bool], Callable[[], None], Callable[[], None]
+]:
     inherited = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[inherited])
     counter, histogram = _instruments(provider)
     receive_end, send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    drain = _Drain(receive_end)
     failures = FailureLog()
-    forwarder = _ChildForwarder(send_end, failures, max_pending=50_000)
+    forwarder = _ChildForwarder(send_end, failures, max_pending=50_000,
+                                retry_in_background=False)
     relay = PoolRelay(provider, failures, count=lambda *_: None,
                       skip_scopes=frozenset(), interval=3600)
     relay.start_in_child(forwarder)
@@ -97,17 +98,20 @@ def _relay_child(tasks_per_send: int) -> tuple[Callable[[int], None], Callable[[
         counter.add(1, a)
         histogram.record(float(i % 50), a)
 
-    def after(i: int) -> None:
+    def after(i: int) -> bool:
         if (i + 1) % tasks_per_send == 0:
             relay.collect_and_send()
+            if forwarder.pending:
+                msg = "a send was refused: the figure would not be the send's cost"
+                raise RuntimeError(msg)
+            return True
+        return False
 
     def close() -> None:
-        drain.stop = True
-        drain.thread.join()
         receive_end.close()
         send_end.close()
 
-    return task, after, close
+    return task, after, _drainer(receive_end), close
 
 
 def _solo() -> Callable[[int], None]:
@@ -127,15 +131,15 @@ def per_task(n: int, rounds: int, sends: list[int]) -> None:
     modes = ["solo", *(f"relay, send every {k} tasks" if k else "relay, no send" for k in sends)]
     results: dict[str, list[float]] = {mode: [] for mode in [*modes, "idle relay tick"]}
     for _ in range(rounds):
-        results["solo"].append(_cpu_per_task(_solo(), n, lambda _i: None))
+        results["solo"].append(_cpu_per_task(_solo(), n, lambda _i: False))
         for k, mode in zip(sends, modes[1:], strict=True):
-            task, after, close = _relay_child(k or n + 1)
-            results[mode].append(_cpu_per_task(task, n, after))
+            task, after, drain, close = _relay_child(k or n + 1)
+            results[mode].append(_cpu_per_task(task, n, after, drain))
             close()
         # A child that records nothing: each relay tick (1 s by default) collects
         # nothing and sends nothing. Nothing at all runs per task.
-        _task, after, close = _relay_child(1)
-        results["idle relay tick"].append(_cpu_per_task(lambda _i: None, n, after))
+        _task, after, drain, close = _relay_child(1)
+        results["idle relay tick"].append(_cpu_per_task(lambda _i: None, n, after, drain))
         close()
     base = statistics.median(results["solo"])
     print(f"Per task, µs of CPU (N = {n}, {rounds} alternating rounds, medians):")

@@ -13,9 +13,14 @@ process-specific lives here:
   on) and failures of our own code in the child (``internal_error``). A child sends one
   datagram per task (``task_postrun``) and what is left when it exits
   (``worker_process_shutdown``). The main process reads what is queued when it needs it
-  (when it records the task's outcome, before every collection, at shutdown), so there is
-  no extra thread, and a span always arrives before its task's result: the child sends it
-  before it hands the result to the pool;
+  (when it records the task's outcome, before every collection, at shutdown), and a span
+  always arrives before its task's result: the child sends it before it hands the result
+  to the pool;
+- the same socketpair carries the pool-child relay's entries
+  (:mod:`otel_celery_metrics._relay`: metric points and spans recorded in the child);
+  with the relay on, a reader thread of the main process also reads datagrams as they
+  arrive. Reads and decoding are serialized, so an exemplar span read by that thread is
+  in place before the outcome's own read finds the socket empty;
 - a child's exit hook makes one non-blocking send and nothing else (see
   :meth:`ForkBridge._on_child_shutdown` for why nothing may delay that exit);
 - forks never copy a lock that another thread holds mid-collection

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+from pathlib import Path
 
 import pytest
 
+from tests.integration.test_prometheus_e2e import running_prometheus
 from tests.otlp_receiver import OtlpHttpReceiver, Received, otlp_env
 from tests.support import Samples, Worker, producer, running_worker, value, wait_for
 
@@ -60,6 +62,32 @@ def test_application_metrics_from_recycled_children_are_exact_on_the_one_endpoin
         log = worker.log_text()
     children = set(re.findall(r"ForkPoolWorker-(\d+)", log))
     assert len(children) >= 12 // int(per_child), f"children did not recycle: {children}"
+
+
+@pytest.mark.prometheus
+def test_a_real_prometheus_sees_one_series_per_plan_from_children_recycled_every_task(
+    redis_url: str, queue: str, tmp_path: Path
+) -> None:
+    app = producer(redis_url)
+    with running_worker(redis_url, queue, pool="prefork", concurrency=3,
+                        extra_args=("--max-tasks-per-child", "1")) as worker, \
+            running_prometheus(tmp_path, worker.port) as prom:
+        _send_batch(app, queue)
+
+        def per_plan() -> dict[str, float]:
+            result = prom.query('billing_invoices_total{job="celery"}')
+            got = {r["metric"]["plan"]: float(r["value"][1]) for r in result}
+            return got if got == {"free": 6.0, "pro": 6.0} else {}
+
+        try:
+            wait_for(per_plan, timeout=40, what="6 invoices per plan in Prometheus")
+            up = prom.query('up{job="celery"}')
+            count = prom.query('sum(billing_amount_EUR_count{job="celery"})')
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nprometheus log:\n{prom.log_tail()}") from None
+    # Every scrape of the merged exposition was valid (a duplicate family fails it).
+    assert [float(r["value"][1]) for r in up] == [1.0]
+    assert [float(r["value"][1]) for r in count] == [12.0]
 
 
 def test_a_task_that_records_nothing_relays_nothing_and_relay_off_keeps_todays_behaviour(

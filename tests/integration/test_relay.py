@@ -198,3 +198,30 @@ def test_otlp_gets_every_span_and_metric_of_recycled_children_under_one_identity
         assert {s.resource_attr("service.instance.id") for s in received.spans()} == instance_ids
         assert received.total("otel_celery_metrics.relayed", signal="spans") >= tasks
         assert received.total("otel_celery_metrics.dropped") == 0
+
+
+def test_warm_shutdown_exports_what_children_recorded_in_their_last_second(
+    redis_url: str, queue: str
+) -> None:
+    """SIGTERM right after the tasks end: what the children recorded is in the final export.
+
+    The export interval is a minute, so whatever arrives was exported at shutdown, after
+    the children (never recycled here) sent their points, every second and from their
+    exit hook, and the main process read them.
+    """
+    with OtlpHttpReceiver() as rx:
+        env = otlp_env(rx.endpoint, interval_ms=60_000)
+        worker = Worker(redis_url, queue, pool="prefork", concurrency=3, env=env)
+        try:
+            worker.wait_ready()
+            _send_batch(producer(redis_url), queue)
+            wait_for(lambda: len(_run_spans(rx.received)) >= len(BATCH), timeout=30,
+                     what="every task's span (the tasks have ended)")
+            assert rx.received.metric_request_count() == 0
+            assert worker.stop(signal.SIGTERM) == 0
+        finally:
+            worker.stop()
+        received = rx.received
+        assert received.total("billing.invoices") == len(BATCH)
+        assert received.total("billing.invoices", plan="pro") == 6
+        assert received.total("billing.amount") == len(BATCH)

@@ -210,13 +210,16 @@ class _ChildForwarder:
             return
         self._send_pending(flags)
 
-    def _send_pending(self, flags: int) -> bool:
+    def _send_pending(self, flags: int, wait: float = 0.0) -> bool:
         """Send everything pending; False if the socket refused (the rest stays pending).
 
-        One sender at a time: if the retry thread is mid-send, the caller does not wait
-        (the retry thread sends what the caller added).
+        One sender at a time: if another thread (retry, relay) is mid-send, the caller
+        does not wait (that thread sends what the caller added), unless ``wait`` > 0: the
+        final flush waits that long for it, because after it the process is gone.
         """
-        if not self._send_lock.acquire(blocking=False):
+        acquired = (self._send_lock.acquire(timeout=wait) if wait > 0
+                    else self._send_lock.acquire(blocking=False))
+        if not acquired:
             return True
         try:
             return self._send_pending_locked(flags)
@@ -295,9 +298,13 @@ class _ChildForwarder:
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
 
     def final_flush(self) -> None:
-        """Send what is left, once, without waiting (child exit: see ForkBridge)."""
+        """Send what is left, once, without waiting (child exit: see ForkBridge).
+
+        Another thread's send in progress (non-blocking too, so microseconds) is the one
+        thing waited for, at most 50 ms: what it took is not what is left.
+        """
         try:
-            if not self._send_pending(socket.MSG_DONTWAIT) or self._pending:
+            if not self._send_pending(socket.MSG_DONTWAIT, wait=0.05) or self._pending:
                 with self._lock:
                     lost = len(self._pending)
                 self._failures.record(
@@ -454,6 +461,7 @@ class ForkBridge:
             self._receive_end, self._send_end = receive_end, send_end
             self._main_pid = os.getpid()
             if self._relay is not None:
+                self._relay.before_first_fork()
                 # Relayed spans must reach the exporter without waiting for a metric
                 # collection, and children must not find the socket full: read as
                 # datagrams arrive.

@@ -81,6 +81,8 @@ class PoolRelay:
         self._views: dict[int, ReaderView] = {}
         self._span_sink: Callable[[Any], None] | None = None
         self._span_resource: Any = None
+        #: The main process' tracer provider when it first forked a child.
+        self._forked_tracer_provider: Any = None
         # Pool child state.
         self._outbox: Outbox | None = None
         self._reader: Any = None
@@ -94,6 +96,10 @@ class PoolRelay:
         self.store.reinit_locks()
 
     # -- main process ------------------------------------------------------------------------
+
+    def before_first_fork(self) -> None:
+        """Main process, before its first fork: note the tracer provider children inherit."""
+        self._forked_tracer_provider = self._tracer_provider()
 
     def attach(self) -> int:
         """Make every reader of the meter provider include the relayed series."""
@@ -154,8 +160,13 @@ class PoolRelay:
                 "relaying a pool child's metrics",
                 TypeError("this opentelemetry-sdk has no add_metric_reader (needs >= 1.36)"),
             )
+        # Only the provider inherited from the main process, and only when it has span
+        # processors there: one a child sets up for itself (worker_process_init) exports
+        # on its own, as its author meant.
         tracer_provider = self._tracer_provider()
         processor = _SpanRelay(self._on_span, self._failures)
+        if tracer_provider is not self._forked_tracer_provider:
+            return
         if _relay_sdk.has_span_processors(tracer_provider) and not (
             _relay_sdk.swap_child_span_processors(tracer_provider, processor)
         ):

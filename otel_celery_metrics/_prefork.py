@@ -401,6 +401,8 @@ class ForkBridge:
                     self._send_end.close()
                 self._receive_end = self._send_end = None
         self._sink.restore()
+        if self._relay is not None:
+            self._relay.detach()
 
     @property
     def forwarding(self) -> bool:

@@ -79,6 +79,7 @@ class PoolRelay:
         self.store = store or RelayStore()
         self._tracer_provider = tracer_provider or _global_tracer_provider
         self._views: dict[int, ReaderView] = {}
+        self._attached = False
         self._span_sink: Callable[[Any], None] | None = None
         self._span_resource: Any = None
         #: The main process' tracer provider when it first forked a child.
@@ -103,9 +104,20 @@ class PoolRelay:
 
     def attach(self) -> int:
         """Make every reader of the meter provider include the relayed series."""
+        self._attached = True
         return _relay_sdk.wrap_collections(self._meter_provider, self._produce)
 
+    def detach(self) -> None:
+        """Readers no longer get relayed series (uninstrument).
+
+        The wrapper stays in each reader's collect chain (other wrappers may sit around
+        it); it passes the reader's own data through from now on.
+        """
+        self._attached = False
+
     def _produce(self, reader: Any, data: Any, delta_kinds: frozenset[str]) -> Any:
+        if not self._attached:
+            return data
         try:
             view = self._views.get(id(reader))
             if view is None:

@@ -158,3 +158,24 @@ def test_a_relayed_span_is_exported_under_the_main_process_resource() -> None:
 def test_delta_temporality_is_what_the_child_reader_asks_for() -> None:
     reader = _relay_sdk.relay_reader(lambda _data: None)
     assert set(reader._instrument_class_temporality.values()) == {AggregationTemporality.DELTA}
+
+
+def test_after_detach_readers_get_only_their_own_data_again() -> None:
+    from otel_celery_metrics._relay import POINT, PoolRelay
+    from otel_celery_metrics._safety import FailureLog
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    counts: list[tuple[str, int]] = []
+    relay = PoolRelay(provider, FailureLog(), count=lambda s, n: counts.append((s, n)),
+                      skip_scopes=frozenset())
+    assert relay.attach() == 1
+    child = _Child()
+    child.invoices.add(4, {"plan": "pro"})
+    relay.receive([(POINT, p) for p in child.send()])
+    assert counts == [("metrics", 1)]
+    assert _values(reader.get_metrics_data()) == {
+        ("billing.invoices", frozenset({("plan", "pro")})): 4
+    }
+    relay.detach()
+    assert reader.get_metrics_data() is None

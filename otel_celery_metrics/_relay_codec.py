@@ -23,7 +23,7 @@ scope)``; contexts are ``(trace id, span id, flags, is_remote, trace state pairs
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 SUM = "sum"
@@ -152,7 +152,3 @@ def decode_span(raw: tuple[Any, ...], resource: Any) -> Any:
         instrumentation_scope=InstrumentationScope(scope[0], scope[1] or None, scope[2] or None),
     )
 
-
-def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

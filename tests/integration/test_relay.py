@@ -225,3 +225,30 @@ def test_warm_shutdown_exports_what_children_recorded_in_their_last_second(
         assert received.total("billing.invoices") == len(BATCH)
         assert received.total("billing.invoices", plan="pro") == 6
         assert received.total("billing.amount") == len(BATCH)
+
+
+def test_an_otlp_reader_that_prefers_delta_gets_each_relayed_measurement_once(
+    redis_url: str, queue: str
+) -> None:
+    with OtlpHttpReceiver() as rx:
+        env = otlp_env(rx.endpoint, OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="delta")
+        with running_worker(redis_url, queue, pool="prefork", concurrency=3,
+                            extra_args=("--max-tasks-per-child", "2"), env=env) as worker:
+            _send_batch(producer(redis_url), queue)
+            received = rx.received
+
+            def delta_sum(metric: str, **attrs: str) -> float:
+                return sum(p.value for p in received.points(metric)
+                           if set(attrs.items()) <= set(p.attrs))
+
+            wait_for(lambda: delta_sum("billing.invoices") == len(BATCH), timeout=40,
+                     what=lambda: f"{delta_sum('billing.invoices')} invoices as deltas\n"
+                                  f"{worker.log_text()[-3000:]}")
+            seen = received.metric_request_count()
+            wait_for(lambda: received.metric_request_count() > seen + 1, timeout=10,
+                     what="two more exports")
+        points = received.points("billing.invoices") + received.points("billing.amount")
+        assert {p.temporality for p in points} == {1}, "AGGREGATION_TEMPORALITY_DELTA"
+        assert delta_sum("billing.invoices") == len(BATCH)
+        assert delta_sum("billing.invoices", plan="free") == 6
+        assert delta_sum("billing.amount") == len(BATCH)

@@ -76,7 +76,7 @@ class PoolRelay:
         self._count = count
         self._skip_scopes = skip_scopes
         self.interval = interval
-        self.store = store or RelayStore()
+        self.store = store if store is not None else RelayStore()
         self._tracer_provider = tracer_provider or _global_tracer_provider
         self._views: dict[int, ReaderView] = {}
         self._attached = False

@@ -179,3 +179,19 @@ def test_after_detach_readers_get_only_their_own_data_again() -> None:
     }
     relay.detach()
     assert reader.get_metrics_data() is None
+
+
+def test_the_relay_merges_into_the_store_it_is_given_even_while_that_store_is_empty() -> None:
+    from otel_celery_metrics._relay import POINT, PoolRelay
+    from otel_celery_metrics._safety import FailureLog
+
+    overflowed: list[int] = []
+    store = RelayStore(max_series=1, on_overflow=overflowed.append)
+    relay = PoolRelay(MeterProvider(), FailureLog(), count=lambda _s, _n: None,
+                      skip_scopes=frozenset(), store=store)
+    child = _Child()
+    child.invoices.add(1, {"plan": "a"})
+    child.invoices.add(1, {"plan": "b"})
+    relay.receive([(POINT, p) for p in child.send()])
+    assert relay.store is store
+    assert overflowed == [1]

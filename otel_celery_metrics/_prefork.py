@@ -363,6 +363,9 @@ class ForkBridge:
         self._send_end: socket.socket | None = None
         self._forwarder: _ChildForwarder | None = None
         self._connected: list[tuple[Any, Callable[..., None]]] = []
+        #: The process that ran Celery's worker_init, and the one whose relay reader runs.
+        self._worker_pid: int | None = None
+        self._reader_pid: int | None = None
         self._fork_hooks_registered = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -384,6 +387,7 @@ class ForkBridge:
             (signals.worker_process_init, self._on_pool_child_init),
             (signals.worker_process_shutdown, self._on_child_shutdown),
             (signals.worker_shutdown, self._on_worker_shutdown),
+            (signals.worker_init, self._on_worker_init),
         ):
             signal.connect(receiver, weak=False, dispatch_uid=f"otel_celery_metrics.{id(self)}")
             self._connected.append((signal, receiver))
@@ -417,6 +421,7 @@ class ForkBridge:
         try:
             if self._forwarder is None:
                 self._ensure_started()
+                self._ensure_relay_reader()
         except Exception as exc:  # noqa: BLE001
             self._failures.record("starting the prefork bridge", exc)
         try:
@@ -462,15 +467,26 @@ class ForkBridge:
                 send_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
             self._receive_end, self._send_end = receive_end, send_end
             self._main_pid = os.getpid()
-            if self._relay is not None:
-                self._relay.before_first_fork()
-                # Relayed spans must reach the exporter without waiting for a metric
-                # collection, and children must not find the socket full: read as
-                # datagrams arrive.
-                threading.Thread(
-                    target=self._read_loop, args=(receive_end,),
-                    name="otel-celery-metrics-relay-reader", daemon=True,
-                ).start()
+
+    def _ensure_relay_reader(self) -> None:
+        """In a Celery worker's main process about to fork its pool: read as datagrams arrive.
+
+        Relayed spans must reach the exporter without waiting for a metric collection,
+        and children must not find the socket full. Only after ``worker_init`` in this
+        process: other forking processes (a web server that publishes tasks, the
+        launcher of ``celery worker --detach``) get no thread.
+        """
+        with self._lock:
+            receive_end = self._receive_end
+            if (self._relay is None or self._worker_pid != os.getpid() or receive_end is None
+                    or self._reader_pid == os.getpid()):
+                return
+            self._reader_pid = os.getpid()
+            self._relay.before_first_fork()
+            threading.Thread(
+                target=self._read_loop, args=(receive_end,),
+                name="otel-celery-metrics-relay-reader", daemon=True,
+            ).start()
 
     def _read_loop(self, sock: socket.socket) -> None:
         while self._active and self._receive_end is sock:
@@ -534,6 +550,9 @@ class ForkBridge:
             except Exception as exc:  # noqa: BLE001
                 self._recorder.emit(_DROPPED, len(relayed), ("undecodable",))
                 self._failures.record("merging what a pool child relayed", exc)
+
+    def _on_worker_init(self, **_: Any) -> None:
+        self._worker_pid = os.getpid()
 
     def _on_worker_shutdown(self, **_: Any) -> None:
         self.drain_now()

@@ -195,3 +195,33 @@ def test_the_relay_merges_into_the_store_it_is_given_even_while_that_store_is_em
     relay.receive([(POINT, p) for p in child.send()])
     assert relay.store is store
     assert overflowed == [1]
+
+
+def test_observable_instruments_of_a_child_are_merged_as_documented() -> None:
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    store = RelayStore()
+    children = [_Child(), _Child()]
+    readings = {"counter": [5, 7], "gauge": [1.5, 2.5]}
+
+    for i, child in enumerate(children):
+        meter = child.provider.get_meter("billing")
+
+        def counter_cb(_o: CallbackOptions, i: int = i) -> list[Observation]:
+            return [Observation(readings["counter"][i], {"plan": "pro"})]
+
+        def gauge_cb(_o: CallbackOptions, i: int = i) -> list[Observation]:
+            return [Observation(readings["gauge"][i], {"plan": "pro"})]
+
+        meter.create_observable_counter("billing.exported", callbacks=[counter_cb])
+        meter.create_observable_gauge("billing.queue", callbacks=[gauge_cb])
+    store.add(children[0].send())
+    store.add(children[1].send())
+    readings["counter"][0] = 8  # the first child's counter grew by 3
+    store.add(children[0].send())
+    values = _values(merge_into(None, store.metrics(ReaderView(frozenset())), None))
+    pro = frozenset({("plan", "pro")})
+    # Observable counter: the sum of every child's value.
+    assert values[("billing.exported", pro)] == 8 + 7
+    # Observable gauge: the latest value any child reported.
+    assert values[("billing.queue", pro)] == 1.5

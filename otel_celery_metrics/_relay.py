@@ -170,7 +170,7 @@ class PoolRelay:
         else:
             self._failures.record(
                 "relaying a pool child's metrics",
-                TypeError("this opentelemetry-sdk has no add_metric_reader (needs >= 1.36)"),
+                TypeError("this opentelemetry-sdk's meter provider has an unexpected shape"),
             )
         # Only the provider inherited from the main process, and only when it has span
         # processors there: one a child sets up for itself (worker_process_init) exports

@@ -2,13 +2,19 @@
 
 Public SDK API used (no privates): ``MetricReader`` subclassing with a preferred
 temporality, ``MetricReader.collect``, ``MeterProvider.add_metric_reader`` and
-``remove_metric_reader`` (SDK >= 1.36), ``ReadableSpan``, ``SpanProcessor``.
+``remove_metric_reader`` (recent SDKs only), ``ReadableSpan``, ``SpanProcessor``.
 
 SDK privates, every one the relay touches (to move into ``_sdk_adapter.py``):
 
 - ``MeterProvider._measurement_consumer._reader_storages`` (keys read): the provider's
   readers (``MeterProvider._all_metric_readers`` is shared by every provider); in a pool
   child, the inherited ones, which the relay's reader replaces;
+- SDKs without ``add_metric_reader`` (older releases; pool child): the relay's reader gets
+  a ``MetricReaderStorage`` (``opentelemetry.sdk.metrics._internal.metric_reader_storage``,
+  built from the reader's ``_instrument_class_temporality``/``_aggregation``/
+  ``_cardinality_limit`` and ``MeterProvider._sdk_config``) and the consumer's collect
+  callback (``MetricReader._set_collect_callback``), and the inherited readers' storages
+  are replaced by a no-op storage (a collection of them returns nothing);
 - ``MeterProvider._measurement_consumer._async_instruments`` (replaced, pool child):
   observable instruments registered before the fork belong to the main process, which
   observes them itself; the child's list keeps only those registered in the child;
@@ -77,13 +83,13 @@ def swap_child_readers(provider: Any, reader: Any) -> bool:
     """
     readers = _readers(provider)
     consumer = getattr(provider, "_measurement_consumer", None)
-    if not (
-        callable(getattr(provider, "add_metric_reader", None))
-        and callable(getattr(provider, "remove_metric_reader", None))
-        and readers is not None
-        and isinstance(getattr(consumer, "_async_instruments", None), list)
-    ):
+    if readers is None or not isinstance(getattr(consumer, "_async_instruments", None), list):
         return False
+    public = callable(getattr(provider, "add_metric_reader", None)) and callable(
+        getattr(provider, "remove_metric_reader", None)
+    )
+    if not public:
+        return swap_child_readers_without_public_api(provider, reader)
     provider.add_metric_reader(reader)
     consumer._async_instruments = []  # type: ignore[union-attr]
     for inherited in readers:
@@ -94,6 +100,47 @@ def swap_child_readers(provider: Any, reader: Any) -> bool:
         except Exception:  # noqa: BLE001, S112 - its shutdown in the child may fail; it is out
             continue
     return True
+
+
+def swap_child_readers_without_public_api(provider: Any, reader: Any) -> bool:
+    """:func:`swap_child_readers` for SDKs without ``MeterProvider.add_metric_reader``."""
+    try:
+        from opentelemetry.sdk.metrics._internal.metric_reader_storage import (
+            MetricReaderStorage,
+        )
+    except ImportError:
+        return False
+    consumer = getattr(provider, "_measurement_consumer", None)
+    storages = getattr(consumer, "_reader_storages", None)
+    sdk_config = getattr(provider, "_sdk_config", None)
+    setter = getattr(reader, "_set_collect_callback", None)
+    if not isinstance(storages, dict) or sdk_config is None or not callable(setter):
+        return False
+    args = [sdk_config, reader._instrument_class_temporality,
+            reader._instrument_class_aggregation]
+    limits = getattr(reader, "_instrument_class_cardinality_limit", None)
+    if limits is not None:
+        args.append(limits)
+    replaced: dict[Any, Any] = dict.fromkeys(storages, _NO_STORAGE)
+    replaced[reader] = MetricReaderStorage(*args)
+    # One assignment: the consumer iterates whichever dict it read, never a changing one.
+    consumer._reader_storages = replaced  # type: ignore[union-attr]
+    consumer._async_instruments = []  # type: ignore[union-attr]
+    setter(consumer.collect)  # type: ignore[union-attr]
+    return True
+
+
+class _NoStorage:
+    """Stands in for an inherited reader's storage in a pool child: keeps nothing."""
+
+    def consume_measurement(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    def collect(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+_NO_STORAGE = _NoStorage()
 
 
 def wrap_collections(provider: Any, produce: Callable[[Any, Any, frozenset[str]], Any]) -> int:

@@ -225,3 +225,19 @@ def test_observable_instruments_of_a_child_are_merged_as_documented() -> None:
     assert values[("billing.exported", pro)] == 8 + 7
     # Observable gauge: the latest value any child reported.
     assert values[("billing.queue", pro)] == 1.5
+
+
+def test_without_add_metric_reader_the_child_swap_still_gives_one_aggregation() -> None:
+    """Older SDKs have no MeterProvider.add_metric_reader: the private path does the same."""
+    inherited = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[inherited])
+    counter = provider.get_meter("billing").create_counter("billing.invoices")
+    counter.add(100, {"plan": "pro"})  # before the fork: the main process' value
+    collected: list[Any] = []
+    relay_reader = _relay_sdk.relay_reader(collected.append)
+    assert _relay_sdk.swap_child_readers_without_public_api(provider, relay_reader)
+    counter.add(2, {"plan": "pro"})
+    relay_reader.collect()
+    (data,) = collected
+    assert _values(data) == {("billing.invoices", frozenset({("plan", "pro")})): 2}
+    assert inherited.get_metrics_data() is None, "the inherited reader keeps nothing"

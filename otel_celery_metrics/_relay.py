@@ -80,6 +80,7 @@ class PoolRelay:
         self._tracer_provider = tracer_provider or _global_tracer_provider
         self._views: dict[int, ReaderView] = {}
         self._attached = False
+        self._relay_metrics = False
         self._span_sink: Callable[[Any], None] | None = None
         self._span_resource: Any = None
         #: The main process' tracer provider when it first forked a child.
@@ -105,7 +106,10 @@ class PoolRelay:
     def attach(self) -> int:
         """Make every reader of the meter provider include the relayed series."""
         self._attached = True
-        return _relay_sdk.wrap_collections(self._meter_provider, self._produce)
+        wrapped = _relay_sdk.wrap_collections(self._meter_provider, self._produce)
+        # No reader here, nothing to relay metrics to: children leave their readers alone.
+        self._relay_metrics = wrapped > 0
+        return wrapped
 
     def detach(self) -> None:
         """Readers no longer get relayed series (uninstrument).
@@ -162,6 +166,11 @@ class PoolRelay:
     def start_in_child(self, outbox: Outbox) -> None:
         """Relay this pool child's metrics and spans through ``outbox``."""
         self._outbox = outbox
+        if self._relay_metrics:
+            self._start_metrics_in_child()
+        self._start_spans_in_child()
+
+    def _start_metrics_in_child(self) -> None:
         reader = _relay_sdk.relay_reader(self._on_collected)
         if _relay_sdk.swap_child_readers(self._meter_provider, reader):
             self._reader = reader
@@ -172,6 +181,8 @@ class PoolRelay:
                 "relaying a pool child's metrics",
                 TypeError("this opentelemetry-sdk's meter provider has an unexpected shape"),
             )
+
+    def _start_spans_in_child(self) -> None:
         # Only the provider inherited from the main process, and only when it has span
         # processors there: one a child sets up for itself (worker_process_init) exports
         # on its own, as its author meant.

@@ -236,18 +236,27 @@ def _pool_relay(provider: Any, recorder: Recorder, failures: FailureLog) -> Pool
             skip_scopes=frozenset({METER_NAME}),
             store=store,
         )
-        if not relay.attach():
+        if not relay.attach() and not _is_sdk_meter_provider(provider):
+            # An SDK provider without readers has nothing to serve: nothing to say. Any
+            # other provider records in children where we cannot reach; spans still go.
             _logger.error(
-                "otel-celery-metrics: cannot relay what pool children record: the meter "
-                "provider %s has no SDK metric readers; pool children keep their metrics",
+                "otel-celery-metrics: cannot relay the metrics pool children record: the "
+                "meter provider %s is not the OpenTelemetry SDK's; spans are still relayed",
                 type(provider).__name__,
             )
             recorder.emit(_DROPPED, 1, ("internal_error",))
-            return None
         return relay
     except Exception as exc:  # noqa: BLE001 - the relay must not stop instrumenting
         failures.record("setting up the pool-child relay", exc)
         return None
+
+
+def _is_sdk_meter_provider(provider: Any) -> bool:
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    except ImportError:
+        return False
+    return isinstance(provider, SdkMeterProvider)
 
 
 def _silence_child_readers(provider: Any) -> None:

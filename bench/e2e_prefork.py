@@ -15,6 +15,13 @@ reported apart. Modes:
 - otel_off: as ours, with ours disabled too (``celery,celery_metrics``): the cost of
   ``opentelemetry-instrument`` and the SDK alone, to tell apart from ours.
 
+Opt-in modes (``--modes traced,traced_norelay``), tracing on: as ours, with
+opentelemetry-instrumentation-celery tracing every task and exporting spans over OTLP/HTTP
+to an in-process receiver (``tests/otlp_receiver.py``): ``traced`` with the pool-child
+relay (spans and ``flower.task.runtime.seconds`` leave through the main process),
+``traced_norelay`` with ``OTEL_CELERY_METRICS_RELAY=false`` (each child exports its own
+spans). The spans that arrived per run are printed.
+
 CPU per task of the main process and of the pool children (from ``/proc``, first to
 last task) says which side pays.
 
@@ -40,6 +47,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 MODES = ("bare", "recipe", "ours", "otel_off")
+TRACED = ("traced", "traced_norelay")
+#: OTLP/HTTP endpoint of the span receiver for the traced modes (set by main()).
+_span_endpoint = ""
 _TICK = os.sysconf("SC_CLK_TCK")
 BROKER_URL = "redis://127.0.0.1:6379/14"
 
@@ -66,7 +76,7 @@ def _worker_command(mode: str, concurrency: int) -> tuple[list[str], dict[str, s
     port = None
     if mode == "recipe":
         env["BENCH_RECIPE"] = "1"
-    elif mode in ("ours", "otel_off"):
+    elif mode in ("ours", "otel_off", *TRACED):
         port = _free_port()
         env.update({
             "OTEL_METRICS_EXPORTER": "prometheus",
@@ -78,6 +88,14 @@ def _worker_command(mode: str, concurrency: int) -> tuple[list[str], dict[str, s
             # the figure is ours alone.
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "celery",
         })
+        if mode in TRACED:
+            env.update({
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{_span_endpoint}/v1/traces",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+                "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "redis",
+                "OTEL_CELERY_METRICS_RELAY": "true" if mode == "traced" else "false",
+            })
         if mode == "otel_off":
             # The SDK and opentelemetry-instrument alone, ours disabled: what is left of
             # ours' cost once this is subtracted is ours.
@@ -204,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES))
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
+    receiver = None
+    if any(m in TRACED for m in modes):
+        global _span_endpoint  # noqa: PLW0603
+        sys.path.insert(0, str(HERE.parent))
+        from tests.otlp_receiver import OtlpHttpReceiver
+
+        receiver = OtlpHttpReceiver().start()
+        _span_endpoint = receiver.endpoint
     print(f"N={args.tasks} rounds={args.rounds} -P prefork -c {args.concurrency} "
           f"broker={BROKER_URL} cpus={os.cpu_count()}", flush=True)
     runs: list[dict[str, dict[str, float]]] = []
@@ -211,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         order = modes[r % len(modes):] + modes[: r % len(modes)]
         this_round = {}
         for mode in order:
+            spans_before = len(receiver.received.spans()) if receiver else 0
             f = this_round[mode] = run_one(mode, args.tasks, args.concurrency, args.timeout)
+            if receiver is not None and mode in TRACED:
+                print(f"  {mode}: {len(receiver.received.spans()) - spans_before} spans "
+                      "arrived by the worker's exit", flush=True)
             print(f"round {r + 1} {mode:8s} {f['tasks_per_s']:7.0f} tasks/s  "
                   f"start-up {f['startup_s']:5.2f} s  total {f['total_s']:5.2f} s  "
                   f"worker cpu {f['worker_cpu_s']:5.2f} s  per task: main "
@@ -230,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                  if base else "")
         print(f"{mode:8s} {rate:6.0f} tasks/s  start-up {start:4.2f} s  worker cpu {cpu:5.2f} s  "
               f"cpu/task main {main_us:4.0f} us pool {pool_us:4.0f} us{ratio}")
+    if receiver is not None:
+        receiver.stop()
     return 0
 
 

@@ -13,9 +13,14 @@ process-specific lives here:
   on) and failures of our own code in the child (``internal_error``). A child sends one
   datagram per task (``task_postrun``) and what is left when it exits
   (``worker_process_shutdown``). The main process reads what is queued when it needs it
-  (when it records the task's outcome, before every collection, at shutdown), so there is
-  no extra thread, and a span always arrives before its task's result: the child sends it
-  before it hands the result to the pool;
+  (when it records the task's outcome, before every collection, at shutdown), and a span
+  always arrives before its task's result: the child sends it before it hands the result
+  to the pool;
+- the same socketpair carries the pool-child relay's entries
+  (:mod:`otel_celery_metrics._relay`: metric points and spans recorded in the child);
+  with the relay on, a reader thread of the main process also reads datagrams as they
+  arrive. Reads and decoding are serialized, so an exemplar span read by that thread is
+  in place before the outcome's own read finds the socket empty;
 - a child's exit hook makes one non-blocking send and nothing else (see
   :meth:`ForkBridge._on_child_shutdown` for why nothing may delay that exit);
 - forks never copy a lock that another thread holds mid-collection
@@ -35,6 +40,7 @@ import atexit
 import contextlib
 import marshal
 import os
+import select
 import socket
 import threading
 import time
@@ -44,6 +50,7 @@ from typing import Any
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._outcomes import SpanJoin
 from otel_celery_metrics._recorder import AttrValues, Measurement, Recorder, SpanIds
+from otel_celery_metrics._relay import POINT, SPAN, PoolRelay
 from otel_celery_metrics._safety import FailureLog
 
 _DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
@@ -54,6 +61,12 @@ _SpanEntry = tuple[int, str, int, int]
 # Measurements per datagram: keeps each datagram far below the socket's size limit.
 _CHUNK = 256
 _MAX_DATAGRAM = 1 << 20
+# Bytes per datagram a child sends: relayed points and spans are larger than our own
+# measurements, and a datagram must fit the socket's send buffer (about 200 KiB by default).
+_MAX_SEND = 60_000
+# Send buffer asked for (the kernel caps it at net.core.wmem_max): every child writes
+# through the same socket.
+_SEND_BUFFER = 1 << 20
 # Seconds a child waits after a refused send before trying again (at its next task).
 _RETRY_DELAY = 0.005
 _MAX_RETRY_DELAY = 1.0
@@ -161,7 +174,7 @@ class _ChildForwarder:
         self._retry_in_background = retry_in_background
         self._lock = threading.Lock()  # guards _pending and _dropped
         self._send_lock = threading.Lock()  # one sender at a time
-        self._pending: list[Measurement | _SpanEntry] = []
+        self._pending: list[Measurement | _SpanEntry | tuple[int, Any]] = []
         self._dropped = 0
         # After a refused send, the task thread does not try again before this time:
         # re-encoding a growing backlog after every task is what a busy main process would
@@ -178,6 +191,12 @@ class _ChildForwarder:
         with self._lock:
             self._pending.append((_SPAN, task_id, trace_id, span_id))
 
+    def extend(self, entries: list[Any]) -> None:
+        """Queue entries of the pool-child relay (sent with the next flush), bounded."""
+        with self._lock:
+            self._pending.extend(entries)
+            self._trim()
+
     @property
     def pending(self) -> int:
         return len(self._pending)
@@ -191,13 +210,16 @@ class _ChildForwarder:
             return
         self._send_pending(flags)
 
-    def _send_pending(self, flags: int) -> bool:
+    def _send_pending(self, flags: int, wait: float = 0.0) -> bool:
         """Send everything pending; False if the socket refused (the rest stays pending).
 
-        One sender at a time: if the retry thread is mid-send, the caller does not wait
-        (the retry thread sends what the caller added).
+        One sender at a time: if another thread (retry, relay) is mid-send, the caller
+        does not wait (that thread sends what the caller added), unless ``wait`` > 0: the
+        final flush waits that long for it, because after it the process is gone.
         """
-        if not self._send_lock.acquire(blocking=False):
+        acquired = (self._send_lock.acquire(timeout=wait) if wait > 0
+                    else self._send_lock.acquire(blocking=False))
+        if not acquired:
             return True
         try:
             return self._send_pending_locked(flags)
@@ -212,8 +234,21 @@ class _ChildForwarder:
         refused = False
         try:
             while sent < len(pending):
-                chunk = pending[sent : sent + _CHUNK]
-                self._sock.send(marshal.dumps((dropped, chunk), _MARSHAL_VERSION), flags)
+                size = min(_CHUNK, len(pending) - sent)
+                while True:
+                    chunk = pending[sent : sent + size]
+                    data = marshal.dumps((dropped, chunk), _MARSHAL_VERSION)
+                    if len(data) <= _MAX_SEND or size == 1:
+                        break
+                    size //= 2
+                if len(data) > _MAX_SEND:
+                    self._failures.record(
+                        "sending to the worker's main process",
+                        ValueError(f"an entry of {len(data)} bytes is too large; dropped"),
+                    )
+                    sent += 1
+                    continue
+                self._sock.send(data, flags)
                 dropped = 0
                 sent += len(chunk)
         except (BlockingIOError, TimeoutError):
@@ -263,9 +298,13 @@ class _ChildForwarder:
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
 
     def final_flush(self) -> None:
-        """Send what is left, once, without waiting (child exit: see ForkBridge)."""
+        """Send what is left, once, without waiting (child exit: see ForkBridge).
+
+        Another thread's send in progress (non-blocking too, so microseconds) is the one
+        thing waited for, at most 50 ms: what it took is not what is left.
+        """
         try:
-            if not self._send_pending(socket.MSG_DONTWAIT) or self._pending:
+            if not self._send_pending(socket.MSG_DONTWAIT, wait=0.05) or self._pending:
                 with self._lock:
                     lost = len(self._pending)
                 self._failures.record(
@@ -304,6 +343,7 @@ class ForkBridge:
         max_pending: int = 50_000,
         on_pool_child_start: Callable[[], None] | None = None,
         fence: CollectionFence | None = None,
+        relay: PoolRelay | None = None,
     ) -> None:
         self._recorder = recorder
         #: Collections take ``fence.collecting()`` (wired by the instrumentor).
@@ -313,6 +353,8 @@ class ForkBridge:
         self._failures = failures
         self._max_pending = max_pending
         self._on_pool_child_start = on_pool_child_start
+        #: Relays what OpenTelemetry records in pool children (None: relay off).
+        self._relay = relay
         self._active = False
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -321,6 +363,9 @@ class ForkBridge:
         self._send_end: socket.socket | None = None
         self._forwarder: _ChildForwarder | None = None
         self._connected: list[tuple[Any, Callable[..., None]]] = []
+        #: The process that ran Celery's worker_init, and the one whose relay reader runs.
+        self._worker_pid: int | None = None
+        self._reader_pid: int | None = None
         self._fork_hooks_registered = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -342,6 +387,7 @@ class ForkBridge:
             (signals.worker_process_init, self._on_pool_child_init),
             (signals.worker_process_shutdown, self._on_child_shutdown),
             (signals.worker_shutdown, self._on_worker_shutdown),
+            (signals.worker_init, self._on_worker_init),
         ):
             signal.connect(receiver, weak=False, dispatch_uid=f"otel_celery_metrics.{id(self)}")
             self._connected.append((signal, receiver))
@@ -359,6 +405,8 @@ class ForkBridge:
                     self._send_end.close()
                 self._receive_end = self._send_end = None
         self._sink.restore()
+        if self._relay is not None:
+            self._relay.detach()
 
     @property
     def forwarding(self) -> bool:
@@ -373,6 +421,7 @@ class ForkBridge:
         try:
             if self._forwarder is None:
                 self._ensure_started()
+                self._ensure_relay_reader()
         except Exception as exc:  # noqa: BLE001
             self._failures.record("starting the prefork bridge", exc)
         try:
@@ -401,6 +450,8 @@ class ForkBridge:
             self.fence.after_fork_in_child()
             self._lock = threading.Lock()
             self._read_lock = threading.Lock()
+            if self._relay is not None:
+                self._relay.reinit_locks()
             self._recorder.reinit_locks()
             self._spans.reinit_locks()
             self._failures.reinit_locks()
@@ -412,8 +463,39 @@ class ForkBridge:
             receive_end, send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
             for sock in (receive_end, send_end):
                 sock.set_inheritable(False)  # children inherit by fork, not by exec
+            with contextlib.suppress(OSError):
+                send_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
             self._receive_end, self._send_end = receive_end, send_end
             self._main_pid = os.getpid()
+
+    def _ensure_relay_reader(self) -> None:
+        """In a Celery worker's main process about to fork its pool: read as datagrams arrive.
+
+        Relayed spans must reach the exporter without waiting for a metric collection,
+        and children must not find the socket full. Only after ``worker_init`` in this
+        process: other forking processes (a web server that publishes tasks, the
+        launcher of ``celery worker --detach``) get no thread.
+        """
+        with self._lock:
+            receive_end = self._receive_end
+            if (self._relay is None or self._worker_pid != os.getpid() or receive_end is None
+                    or self._reader_pid == os.getpid()):
+                return
+            self._reader_pid = os.getpid()
+            self._relay.before_first_fork()
+            threading.Thread(
+                target=self._read_loop, args=(receive_end,),
+                name="otel-celery-metrics-relay-reader", daemon=True,
+            ).start()
+
+    def _read_loop(self, sock: socket.socket) -> None:
+        while self._active and self._receive_end is sock:
+            try:
+                ready, _, _ = select.select([sock], [], [], 1.0)
+            except (OSError, ValueError):
+                return  # closed by uninstall
+            if ready:
+                self.drain_now()
 
     def take_span(self, task_id: str) -> SpanIds | None:
         """The span task ``task_id`` ran in, if its process sent one (exemplars).
@@ -431,17 +513,20 @@ class ForkBridge:
         if sock is None or self._main_pid != os.getpid():
             return
         try:
+            # Decoded under the lock too: a span read by one thread must be in the join
+            # before another thread's take_span finds the socket empty.
             with self._read_lock:
                 if self._receive_end is None:
                     return
                 datagrams = _read_queued(sock)
-            if datagrams:
-                self._decode_all(datagrams)
+                if datagrams:
+                    self._decode_all(datagrams)
         except Exception as exc:  # noqa: BLE001
             self._failures.record("reading measurements from pool children", exc)
 
     def _decode_all(self, datagrams: list[bytes]) -> None:
         measurements: list[Measurement] = []
+        relayed: list[Any] = []
         for data in datagrams:
             try:
                 dropped, batch = marshal.loads(data)  # noqa: S302 - from our own children only
@@ -450,6 +535,8 @@ class ForkBridge:
                 for entry in batch:
                     if entry[0] == _SPAN:
                         self._spans.put(entry[1], (entry[2], entry[3]))
+                    elif entry[0] in (POINT, SPAN):
+                        relayed.append(entry)
                     else:
                         measurements.append(entry)
             except Exception as exc:  # noqa: BLE001
@@ -457,6 +544,15 @@ class ForkBridge:
                 self._failures.record("decoding measurements from a pool child", exc)
         if measurements:
             self._recorder.emit_many(measurements)
+        if relayed and self._relay is not None:
+            try:
+                self._relay.receive(relayed)
+            except Exception as exc:  # noqa: BLE001
+                self._recorder.emit(_DROPPED, len(relayed), ("undecodable",))
+                self._failures.record("merging what a pool child relayed", exc)
+
+    def _on_worker_init(self, **_: Any) -> None:
+        self._worker_pid = os.getpid()
 
     def _on_worker_shutdown(self, **_: Any) -> None:
         self.drain_now()
@@ -486,6 +582,11 @@ class ForkBridge:
                 self._on_pool_child_start()
             except Exception as exc:  # noqa: BLE001
                 self._failures.record("silencing a pool child's exporters", exc)
+        if self._relay is not None:
+            try:
+                self._relay.start_in_child(self._forwarder)
+            except Exception as exc:  # noqa: BLE001
+                self._failures.record("starting the pool-child relay", exc)
 
     def _on_child_shutdown(self, **_: Any) -> None:
         """A pool child is exiting: one last send, without ever waiting.
@@ -497,4 +598,6 @@ class ForkBridge:
         HTTP took a few ms) made that race lose a task in about one test run in ten.
         """
         if self._forwarder is not None:
+            if self._relay is not None:
+                self._relay.final_in_child()
             self._forwarder.final_flush()

@@ -180,6 +180,9 @@ class Recorder:
             self._totals[dropped][(reason,)] = [0]
         for attribute in mt.OVERFLOW_ATTRIBUTES:
             self._totals[_OVERFLOW_ATTRIBUTE][(attribute,)] = [0]
+        relayed = mt.METRIC_INDEX[mt.SELF_RELAYED.name]
+        for signal in mt.RELAY_SIGNALS:
+            self._totals[relayed][(signal,)] = [0]
 
     def reinit_locks(self) -> None:
         """New locks, in a forked child: a copy may have been taken while another thread

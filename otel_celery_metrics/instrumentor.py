@@ -27,6 +27,7 @@ from otel_celery_metrics._prefork import CollectionFence, ForkBridge, Switchable
 from otel_celery_metrics._process_role import Role, process_role
 from otel_celery_metrics._receivers import TaskReceivers
 from otel_celery_metrics._recorder import Recorder
+from otel_celery_metrics._relay import PoolRelay
 from otel_celery_metrics._safety import FailureLog
 from otel_celery_metrics.package import _instruments
 from otel_celery_metrics.settings import Settings, settings_from_env
@@ -37,6 +38,8 @@ _logger = logging.getLogger("otel_celery_metrics")
 #: The meter (instrumentation scope) name; distinct from opentelemetry-instrumentation-celery's.
 METER_NAME = "otel_celery_metrics"
 _DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
+_RELAYED = mt.METRIC_INDEX[mt.SELF_RELAYED.name]
+_OVERFLOW = mt.METRIC_INDEX[mt.SELF_OVERFLOW.name]
 
 
 @dataclass
@@ -99,11 +102,13 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         # Failures inside metrics code count as dropped measurements, through whatever
         # sink this process has (a pool child's failures reach the main process too).
         failures.on_failure = lambda n: sink.emit(_DROPPED, n, ("internal_error",))
+        relay = _pool_relay(provider, recorder, failures) if settings.relay else None
         bridge = ForkBridge(
             recorder, sink, spans, failures,
             on_pool_child_start=lambda: _silence_child_readers(provider),
+            relay=relay,
         )
-        # After _attach_histograms: the fence wraps our histogram producer too.
+        # After _attach_histograms and the relay: the fence wraps their producers too.
         _fence_collections(provider, bridge.fence)
         recorder.before_collect = bridge.drain_now
         outcomes = TaskOutcomes(recorder, failures, default_queue=default_queue)
@@ -233,6 +238,43 @@ def _fence_collections(provider: Any, fence: CollectionFence) -> None:
         fence_collections(provider, fence.collecting)
     except Exception as exc:  # noqa: BLE001 - fork safety must not stop instrumenting
         _logger.warning("otel-celery-metrics: could not fence metric collections: %s", exc)
+
+
+def _pool_relay(provider: Any, recorder: Recorder, failures: FailureLog) -> PoolRelay | None:
+    """The pool-child relay, its producer attached to every reader; None if it cannot be."""
+    try:
+        from otel_celery_metrics._relay_store import RelayStore
+
+        store = RelayStore(
+            on_overflow=lambda n: recorder.emit(_OVERFLOW, n, ("series",)),
+        )
+        relay = PoolRelay(
+            provider, failures,
+            count=lambda signal, n: recorder.emit(_RELAYED, n, (signal,)),
+            skip_scopes=frozenset({METER_NAME}),
+            store=store,
+        )
+        if not relay.attach() and not _is_sdk_meter_provider(provider):
+            # An SDK provider without readers has nothing to serve: nothing to say. Any
+            # other provider records in children where we cannot reach; spans still go.
+            _logger.error(
+                "otel-celery-metrics: cannot relay the metrics pool children record: the "
+                "meter provider %s is not the OpenTelemetry SDK's; spans are still relayed",
+                type(provider).__name__,
+            )
+            recorder.emit(_DROPPED, 1, ("internal_error",))
+        return relay
+    except Exception as exc:  # noqa: BLE001 - the relay must not stop instrumenting
+        failures.record("setting up the pool-child relay", exc)
+        return None
+
+
+def _is_sdk_meter_provider(provider: Any) -> bool:
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    except ImportError:
+        return False
+    return isinstance(provider, SdkMeterProvider)
 
 
 def _silence_child_readers(provider: Any) -> None:

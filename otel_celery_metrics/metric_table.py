@@ -46,6 +46,7 @@ EXCEPTION_TYPE = "exception_type"
 WAIT_FROM = "wait_from"
 REASON = "reason"
 ATTRIBUTE = "attribute"
+SIGNAL = "signal"
 # Exporter only.
 HOSTNAME = "hostname"
 EVENT_TYPE = "type"
@@ -166,6 +167,18 @@ SELF_DROPPED = MetricSpec(
     recorded_in="self",
 )
 
+SELF_RELAYED = MetricSpec(
+    name="otel_celery_metrics.relayed",
+    kind=InstrumentKind.COUNTER,
+    unit="{item}",
+    description="Metric points and spans that Celery pool children relayed to the worker's "
+    "main process (signal: metrics or spans); a child that records nothing sends nothing.",
+    attributes=(SIGNAL,),
+    recorded_in="self",
+)
+
+#: Values of ``signal`` on ``otel_celery_metrics_relayed_total``.
+RELAY_SIGNALS: tuple[str, ...] = ("metrics", "spans")
 #: Values of ``reason`` on ``otel_celery_metrics_dropped_total``.
 DROP_REASONS: tuple[str, ...] = ("pool_buffer_full", "undecodable", "internal_error")
 #: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
@@ -314,6 +327,18 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
         tests=(_T_RECORDER + "test_series_past_the_cap_fold_into_one_all_overflow_series",),
     ),
     AttributeSource(
+        SIGNAL,
+        in_process="What a pool child relayed to the worker's main process (relayed).",
+        exporter="-",
+        bounded="A fixed set: metrics, spans.",
+        tests=(
+            "tests/integration/test_relay.py::"
+            "test_a_task_that_records_nothing_relays_nothing_and_relay_off_keeps_todays_behaviour",
+            "tests/integration/test_relay.py::"
+            "test_otlp_gets_every_span_and_metric_of_recycled_children_under_one_identity",
+        ),
+    ),
+    AttributeSource(
         HOSTNAME,
         in_process="-",
         exporter="The `hostname` of worker events (the node name, celery@host).",
@@ -353,6 +378,7 @@ METRICS: tuple[MetricSpec, ...] = (
     TASKS_PREFETCHED,
     SELF_OVERFLOW,
     SELF_DROPPED,
+    SELF_RELAYED,
 )
 
 #: A metric's position in :data:`METRICS`; the compact id pool children send to the
@@ -420,6 +446,7 @@ def render_reference() -> str:
         "- `wait_from`: `publish`, `eta` or `received`.",
         f"- `reason` (dropped): {', '.join(f'`{r}`' for r in DROP_REASONS)}.",
         f"- `attribute` (overflow): {', '.join(f'`{a}`' for a in OVERFLOW_ATTRIBUTES)}.",
+        f"- `signal` (relayed): {', '.join(f'`{s}`' for s in RELAY_SIGNALS)}.",
         f"- Overflow value (task name, queue, or every attribute past the series cap): "
         f"`{OVERFLOW_VALUE}`.",
         "",

@@ -58,6 +58,10 @@ class Settings:
     #: opentelemetry-instrumentation-celery traces the worker; ``off``: never (no
     #: per-task work in pool processes at all).
     exemplars: str = "auto"
+    #: Relay what OpenTelemetry records in prefork pool children (application metrics,
+    #: other instrumentations' metrics, spans) to the worker's main process; ``false``:
+    #: children keep it (and, under OTLP, export nothing), as before the relay.
+    relay: bool = True
 
 
 def _parse_buckets(raw: str) -> tuple[float, ...]:
@@ -128,6 +132,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "default_queue": _parse_queue,
     "prometheus_scope_labels": _parse_bool,
     "exemplars": _parse_exemplars,
+    "relay": _parse_bool,
 }
 
 

@@ -69,3 +69,33 @@ def sleep(seconds: float) -> None:
 def die() -> None:
     """Kills its own pool process, as the OOM killer would."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Application metrics made with the OpenTelemetry API, as docs/custom-metrics.md shows:
+# instruments created at import (in the main process, before the pool forks), recorded
+# inside tasks (in pool children). The pool-child relay brings them to the one endpoint.
+def _billing_instruments():  # type: ignore[no-untyped-def]
+    from opentelemetry import metrics
+
+    meter = metrics.get_meter("billing")
+    return (
+        meter.create_counter("billing.invoices", unit="{invoice}",
+                             description="Invoices issued"),
+        meter.create_histogram("billing.amount", unit="EUR", description="Invoice amounts",
+                               explicit_bucket_boundaries_advisory=[10.0, 100.0, 1000.0]),
+    )
+
+
+_INVOICES, _AMOUNT = _billing_instruments()
+
+
+@app.task(name="tests.invoice")
+def invoice(plan: str, amount: float) -> None:
+    _INVOICES.add(1, {"plan": plan})
+    _AMOUNT.record(amount, {"plan": plan})
+
+
+@app.task(name="tests.invoice_then_sleep")
+def invoice_then_sleep(plan: str, amount: float, seconds: float) -> None:
+    invoice(plan, amount)
+    time.sleep(seconds)

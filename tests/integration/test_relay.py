@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_prometheus_e2e import running_prometheus
 from tests.otlp_receiver import OtlpHttpReceiver, Received, otlp_env
+from tests.servers import running_prometheus, scrape_config
 from tests.support import Samples, Worker, producer, running_worker, value, wait_for
 
 pytestmark = pytest.mark.integration
@@ -71,7 +71,8 @@ def test_a_real_prometheus_sees_one_series_per_plan_from_children_recycled_every
     app = producer(redis_url)
     with running_worker(redis_url, queue, pool="prefork", concurrency=3,
                         extra_args=("--max-tasks-per-child", "1")) as worker, \
-            running_prometheus(tmp_path, worker.port) as prom:
+            running_prometheus(tmp_path, "3",
+                               [scrape_config("celery", f"127.0.0.1:{worker.port}")]) as prom:
         _send_batch(app, queue)
 
         def per_plan() -> dict[str, float]:

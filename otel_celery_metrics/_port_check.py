@@ -32,7 +32,7 @@ import socket
 from collections.abc import MutableMapping
 from typing import Any
 
-_logger = logging.getLogger("otel_celery_metrics")
+_logger = logging.getLogger(__name__)
 
 EXPORTER_VARIABLE = "OTEL_METRICS_EXPORTER"
 HOST_VARIABLE = "OTEL_EXPORTER_PROMETHEUS_HOST"

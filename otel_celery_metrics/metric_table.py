@@ -45,6 +45,7 @@ EXCEPTION_TYPE = "exception_type"
 WAIT_FROM = "wait_from"
 REASON = "reason"
 ATTRIBUTE = "attribute"
+HOOK = "hook"
 
 #: Attribute keys users may narrow the set to (``OTEL_CELERY_METRICS_ATTRIBUTES``).
 NARROWABLE_ATTRIBUTES: tuple[str, ...] = (TASK_NAME, QUEUE, STATE, EXCEPTION_TYPE, WAIT_FROM)
@@ -160,11 +161,25 @@ SELF_DROPPED = MetricSpec(
     attributes=(REASON,),
     recorded_in="self",
 )
+SELF_HOOK_INACTIVE = MetricSpec(
+    name="otel_celery_metrics.hook_inactive",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{hook}",
+    description="1 when one of our hooks into Celery or the OpenTelemetry SDK did not take "
+    "effect at worker start (an ERROR line names it and the installed versions): the "
+    "metrics it feeds are missing or incomplete. 0 when it is active.",
+    attributes=(HOOK,),
+    recorded_in="self",
+)
 
 #: Values of ``reason`` on ``otel_celery_metrics_dropped_total``.
 DROP_REASONS: tuple[str, ...] = ("pool_buffer_full", "undecodable", "internal_error")
 #: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
 OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "series")
+#: Values of ``hook`` on ``otel_celery_metrics_hook_inactive``: the request class Celery's
+#: worker builds (task outcomes), the readers' collection (histograms, fork fence), the
+#: silencing of inherited exporters in prefork pool children.
+HOOKS: tuple[str, ...] = ("request_class", "collection", "pool_child_silencing")
 
 #: Every metric, in the order they are documented.
 METRICS: tuple[MetricSpec, ...] = (
@@ -178,6 +193,7 @@ METRICS: tuple[MetricSpec, ...] = (
     TASKS_PREFETCHED,
     SELF_OVERFLOW,
     SELF_DROPPED,
+    SELF_HOOK_INACTIVE,
 )
 
 #: A metric's position in :data:`METRICS`; the compact id pool children send to the
@@ -245,6 +261,7 @@ def render_reference() -> str:
         "- `wait_from`: `publish`, `eta` or `received`.",
         f"- `reason` (dropped): {', '.join(f'`{r}`' for r in DROP_REASONS)}.",
         f"- `attribute` (overflow): {', '.join(f'`{a}`' for a in OVERFLOW_ATTRIBUTES)}.",
+        f"- `hook` (hook_inactive): {', '.join(f'`{h}`' for h in HOOKS)}.",
         f"- Overflow value (task name, queue, or every attribute past the series cap): "
         f"`{OVERFLOW_VALUE}`.",
         "",

@@ -97,7 +97,13 @@ class WorkerStartChecks:
 
     def run(self, **_: Any) -> list[str]:
         """The inactive hooks (each already reported)."""
-        return [
+        inactive = [
             hook for hook, check in self._checks.items()
             if not self._report.check(hook, check)
         ]
+        if not inactive:
+            _logger.info(
+                "otel-celery-metrics: hooks active: %s (%s)",
+                ", ".join(self._checks), installed_versions(),
+            )
+        return inactive

@@ -29,7 +29,6 @@ names, queues and series.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import weakref
@@ -42,8 +41,6 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._safety import FailureLog
 from otel_celery_metrics.settings import Settings
-
-_logger = logging.getLogger(__name__)
 
 AttrValues = tuple[str, ...]
 #: (trace id, span id) of the sampled span a measurement was taken in, for exemplars.
@@ -279,24 +276,12 @@ class Recorder:
         for index, spec in enumerate(mt.METRICS):
             if spec.kind is not _HISTOGRAM:
                 continue
-            try:
-                histogram = meter.create_histogram(
-                    spec.name,
-                    unit=spec.unit,
-                    description=spec.description,
-                    explicit_bucket_boundaries_advisory=self._bounds[index],
-                )
-            except TypeError:
-                # opentelemetry-api/sdk < 1.30 take no bucket advisory: counts, sums and
-                # exemplars are right, the buckets are the SDK's defaults.
-                _logger.warning(
-                    "otel-celery-metrics: this OpenTelemetry SDK takes no histogram bucket "
-                    "advice; %s uses the SDK's default buckets", spec.name,
-                )
-                histogram = meter.create_histogram(
-                    spec.name, unit=spec.unit, description=spec.description
-                )
-            self._via_api[index] = histogram.record
+            self._via_api[index] = meter.create_histogram(
+                spec.name,
+                unit=spec.unit,
+                description=spec.description,
+                explicit_bucket_boundaries_advisory=self._bounds[index],
+            ).record
 
     def _attributes(self, metric: int, key: AttrValues) -> dict[str, str]:
         cached = self._attrs.get((metric, key))

@@ -27,9 +27,10 @@ producer API in the versions we support, so this module reads and writes these p
 - the OTLP metric exporters' logger names (not code, but their internals): a filter that
   folds retry warnings into the final error (:class:`OneLinePerFailedExport`); undone.
 
-Tested (``scripts/matrix``, ``ci/constraints-*.txt``) with opentelemetry-sdk 1.28.0 /
-opentelemetry-exporter-prometheus 0.49b0 (the floor: the first SDK with exemplars, which
-our histogram points carry) and opentelemetry-sdk 1.45.2 / exporter-prometheus 0.66b2.
+Tested (``scripts/matrix``, ``ci/constraints-*.txt``) with opentelemetry-sdk 1.43.0 /
+opentelemetry-exporter-prometheus 0.64b0 (the floor: the first exporter-prometheus whose
+reader takes ``registry`` and ``scope_info_enabled``) and opentelemetry-sdk 1.45.2 /
+exporter-prometheus 0.66b2.
 """
 
 from __future__ import annotations

@@ -151,14 +151,18 @@ def test_queue_length_with_the_apps_own_separator_and_steps(
     client.delete(queue, *(f"{queue}:{p}" for p in steps))
 
 
+@pytest.mark.parametrize("receiver", ["redis", "kombu"])
 def test_a_global_keyprefix_is_applied_to_events_and_queues(
-    redis_url, queue, start_exporter, start_worker
+    redis_url, queue, start_exporter, start_worker, receiver
 ) -> None:
     """kombu prefixes every key *and* pub/sub channel with global_keyprefix: events,
-    broadcasts (inspect) and queue lists all move; ``--redis-key-prefix`` follows them."""
+    broadcasts (inspect) and queue lists all move; ``--redis-key-prefix`` follows them,
+    with our pub/sub reader and with kombu's."""
     prefix = f"pfx-{queue}:"
     idle = f"{queue}-idle"
-    exporter = start_exporter(redis_url, f"--redis-key-prefix={prefix}", f"--queues={idle}")
+    exporter = start_exporter(
+        redis_url, f"--redis-key-prefix={prefix}", f"--queues={idle}", f"--receiver={receiver}"
+    )
     worker = start_worker(redis_url, queue, "wp", env={"EXPORTER_TEST_KEYPREFIX": prefix})
     wait_for(  # heartbeats arrive on the prefixed event channel
         lambda: value(exporter.scrape(), "celery_worker_up", hostname=worker.node) == 1,

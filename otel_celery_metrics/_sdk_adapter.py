@@ -141,8 +141,11 @@ class SdkAdapter:
         fence: Fence,
     ) -> None:
         original = reader._collect
+        active = True
 
         def collect_with_ours(*args: Any, **kwargs: Any) -> Any:
+            if not active:  # undone, but another hook wrapped ours since: pass through
+                return original(*args, **kwargs)
             # The fence keeps a fork out of the whole collection, the SDK's and ours.
             with fence():
                 try:
@@ -156,6 +159,8 @@ class SdkAdapter:
         self._producers.append((reader, collect_with_ours, producer))
 
         def restore() -> None:
+            nonlocal active
+            active = False
             # Only if nobody replaced it since: never clobber a later hook.
             if reader._collect is collect_with_ours:
                 reader._collect = original

@@ -1,6 +1,7 @@
-"""Every hook takes effect in a real prefork worker with recycling children (the version
-matrix runs this on the floor and newest dependencies: a release that breaks a hook turns
-this red, not a dashboard empty)."""
+"""Every hook takes effect in real workers: prefork with recycling children, solo, threads.
+
+The version matrix runs this on the floor and newest dependencies: a release that breaks a
+hook turns this red, not a dashboard empty."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ from tests.support import producer, running_worker, value, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_every_hook_is_active_in_a_recycling_prefork_worker(broker_url: str, queue: str) -> None:
-    # A periodic (console) reader next to Prometheus: pool children must silence it.
+@pytest.mark.parametrize(
+    ("pool", "extra"),
+    [("prefork", ("--max-tasks-per-child", "2")), ("solo", ()), ("threads", ())],
+    ids=["prefork-recycle2", "solo", "threads"],
+)
+def test_every_hook_is_active_in_every_pool(
+    broker_url: str, queue: str, pool: str, extra: tuple[str, ...]
+) -> None:
+    # A periodic (console) reader next to Prometheus: prefork pool children must silence it.
     env = {"OTEL_METRICS_EXPORTER": "prometheus,console", "OTEL_METRIC_EXPORT_INTERVAL": "600000"}
     with running_worker(
-        broker_url, queue, concurrency=2, extra_args=("--max-tasks-per-child", "2"), env=env
+        broker_url, queue, pool=pool, concurrency=2, extra_args=extra, env=env
     ) as worker:
         send_mixed_batch(producer(broker_url), queue)
         samples = wait_for(

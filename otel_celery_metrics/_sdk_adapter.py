@@ -10,8 +10,7 @@ then logs an ERROR and sets ``otel_celery_metrics_hook_inactive``).
 The SDK has no public way to change a reader after construction, nor a public metric
 producer API in the versions we support, so this module reads and writes these privates:
 
-- ``MeterProvider._metric_readers`` (newer SDKs) or ``._sdk_config.metric_readers``
-  (older), and ``._sdk_config.resource`` (read);
+- ``MeterProvider._metric_readers`` and ``MeterProvider._sdk_config.resource`` (read);
 - ``MetricReader._collect`` (the instance attribute ``MeterProvider`` sets through
   ``_set_collect_callback``): replaced by a wrapper that runs the collection inside the
   prefork fence, reads what pool children sent, and adds our self-aggregated histograms
@@ -63,10 +62,7 @@ def _sdk_readers(provider: Any) -> tuple[Any, ...] | None:
         return None
     if not isinstance(provider, SdkMeterProvider):
         return None
-    readers = getattr(provider, "_metric_readers", None)
-    if readers is None:
-        readers = getattr(getattr(provider, "_sdk_config", None), "metric_readers", None)
-    return tuple(readers or ())
+    return tuple(getattr(provider, "_metric_readers", None) or ())
 
 
 class SdkAdapter:
@@ -95,6 +91,8 @@ class SdkAdapter:
         self.delta_readers = sum(self._temporality.values())
 
     def _inspect(self, readers: tuple[Any, ...]) -> str | None:
+        if not isinstance(getattr(self._provider, "_metric_readers", None), (list, tuple)):
+            return "MeterProvider._metric_readers is missing"
         try:
             from opentelemetry.sdk.metrics._internal.instrument import _Histogram
             from opentelemetry.sdk.metrics.export import AggregationTemporality

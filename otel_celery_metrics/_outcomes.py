@@ -11,9 +11,10 @@ time limit or a termination arrives at ``on_failure``/``on_timeout``. Recording 
 costs the task nothing at all, loses nothing when a child is recycled or killed, and is
 the same code for every pool: solo and threads call the same callbacks in-process.
 
-:func:`install_request_hooks` makes Celery's worker build its per-task request classes
+:class:`RequestHooks` makes Celery's worker build its per-task request classes
 (``celery.worker.strategy.create_request_cls``) as subclasses whose callbacks first call
-:class:`TaskOutcomes`. Nothing here knows which process it runs in.
+:class:`TaskOutcomes`, and can tell at worker start whether the worker built them
+(:meth:`RequestHooks.problem`). Nothing here knows which process it runs in.
 
 Tasks run outside a worker (``task.apply()``, eager mode) have no request and are not
 counted: these are worker metrics.
@@ -152,8 +153,9 @@ class TaskOutcomes:
         self._failures = failures
         self._default_queue = default_queue
         self._wall_clock = wall_clock
-        #: Where the span a task ran in comes from (exemplars); None when they are off.
-        self.take_span = take_span
+        self._spans_from = take_span
+        # Where the span a task ran in comes from (exemplars): None until they are enabled.
+        self._take_span: Callable[[str], SpanIds | None] | None = None
         # Ids of requests whose failure Celery is reporting from this process right now
         # (a lost pool child, a hard time limit): the task_failure signal for them counts.
         self._reporting: dict[str, tuple[str, str, tuple[str, float] | None]] = {}
@@ -166,6 +168,10 @@ class TaskOutcomes:
         self._retry, self._ignore, self._reject = Retry, Ignore, Reject
         self._wrapped = ExceptionWithTraceback
         self._warned_unstamped = False
+
+    def enable_exemplars(self) -> None:
+        """Look up the span each task ran in (``take_span``) when recording its outcome."""
+        self._take_span = self._spans_from
 
     # -- where a request's task name and queue come from --------------------------------------
 
@@ -248,7 +254,7 @@ class TaskOutcomes:
                     wait = (wait_from, started - reference if started > reference else 0.0)
                 else:
                     wait = self._wait(request)
-            take_span = self.take_span
+            take_span = self._take_span
             span = take_span(request.id) if take_span is not None else None
             self._recorder.task_ended(name, str(queue), state, runtime, span=span, wait=wait)
         except Exception as exc:  # noqa: BLE001 - metrics never break a worker
@@ -346,23 +352,28 @@ def instrumented_request_class(base: type, outcomes: TaskOutcomes, task_name: st
         finished(self, failed__retval__runtime, task_name)
         return base_success(self, failed__retval__runtime, **kwargs)
 
-    def on_failure(
-        self: Any, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
-    ) -> Any:
+    # on_failure/on_timeout pass whatever Celery gives through untouched: a keyword a later
+    # Celery adds must not raise inside the worker's result handler. We only read the
+    # argument that decides whether the call reports a task's end.
+    def on_failure(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # Celery: on_failure(exc_info, send_failed_event=True, return_ok=False)
+        return_ok = kwargs.get("return_ok", args[2] if len(args) > 2 else False)
         if return_ok:  # from on_success: the outcome was recorded there
-            return base_failure(self, exc_info, send_failed_event, return_ok)
+            return base_failure(self, *args, **kwargs)
         outcomes.reporting_failure(self)
         try:
-            return base_failure(self, exc_info, send_failed_event, return_ok)
+            return base_failure(self, *args, **kwargs)
         finally:
             outcomes.reported(self)
 
-    def on_timeout(self: Any, soft: Any, timeout: Any) -> Any:
+    def on_timeout(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # Celery: on_timeout(soft, timeout)
+        soft = kwargs.get("soft", args[0] if args else False)
         if soft:
-            return base_timeout(self, soft, timeout)
+            return base_timeout(self, *args, **kwargs)
         outcomes.reporting_failure(self)
         try:
-            return base_timeout(self, soft, timeout)
+            return base_timeout(self, *args, **kwargs)
         finally:
             outcomes.reported(self)
 
@@ -385,6 +396,24 @@ class RequestHooks:
         self._outcomes = outcomes
         self._consume = consume if consume is not None else ConsumeHook()
         self._original: Callable[..., type] | None = None
+        # Request classes built through our hook, and the last one we could not subclass.
+        self._built = 0
+        self._failed: str | None = None
+
+    def problem(self) -> str | None:
+        """Why the request classes the worker built are not ours, or None.
+
+        Asked at worker start, after the worker built every task's strategy: a Celery that
+        builds requests another way never calls the hook.
+        """
+        if self._failed is not None:
+            return self._failed
+        if self._built == 0:
+            return (
+                "the worker built its task strategies without calling "
+                "celery.worker.strategy.create_request_cls (no task outcome is counted)"
+            )
+        return None
 
     def install(self) -> None:
         from celery.worker import strategy
@@ -398,9 +427,12 @@ class RequestHooks:
         def create_request_cls(base: Any, task: Any, *args: Any, **kwargs: Any) -> type:
             cls: type = original(base, task, *args, **kwargs)
             try:
-                return instrumented_request_class(cls, outcomes, str(task.name))
-            except Exception:  # noqa: BLE001 - an unexpected request class stays as it is
+                instrumented = instrumented_request_class(cls, outcomes, str(task.name))
+            except Exception as exc:  # noqa: BLE001 - an unexpected request class stays as it is
+                self._failed = f"cannot subclass {cls!r}: {type(exc).__name__}: {exc}"
                 return cls
+            self._built += 1
+            return instrumented
 
         create_request_cls.__wrapped__ = original  # type: ignore[attr-defined]
         strategy.create_request_cls = create_request_cls

@@ -47,7 +47,7 @@ from otel_celery_metrics._metrics_endpoint import (
 )
 from otel_celery_metrics._process_role import Role, process_role
 
-_logger = logging.getLogger("otel_celery_metrics")
+_logger = logging.getLogger(__name__)
 
 EXPORTER_VARIABLE = "OTEL_METRICS_EXPORTER"
 _PROMETHEUS = "prometheus"

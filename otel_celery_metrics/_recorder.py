@@ -12,10 +12,16 @@ attributes and builds a measurement object every call), more than everything els
 pays for its metrics together. Here a measurement is a cached tuple lookup and a few
 additions under a lock (< 1 us). The SDK reads the aggregates when it collects:
 counters through observable counters (public API), histograms through the producer that
-:func:`otel_celery_metrics._sdk_setup.attach_histograms` hooks into each reader. Where
+:class:`otel_celery_metrics._sdk_adapter.SdkAdapter` hooks into each reader. Where
 that hook is not possible (a meter provider that is not the SDK's), histograms are
 recorded through the public API instead (``histograms_via_api=True``), slower but
 identical in output.
+
+The SDK keeps an instrument for its provider's lifetime and ignores the callbacks of a
+second ``create_observable_*`` with the same name. So the observable instruments are
+created once per meter and read whichever Recorder is attached to that meter now
+(:meth:`Recorder.detach`): instrument, uninstrument, instrument again on one provider
+reports each metric once, from the current Recorder.
 
 Caps are applied here, once, so every pool process of a worker shares one budget of task
 names, queues and series.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -51,6 +58,19 @@ _QUEUE_WAIT = mt.METRIC_INDEX[mt.TASK_QUEUE_WAIT.name]
 _RECEIVED = mt.METRIC_INDEX[mt.TASKS_RECEIVED.name]
 _COUNTER = mt.InstrumentKind.COUNTER
 _HISTOGRAM = mt.InstrumentKind.HISTOGRAM
+_GAUGE = mt.InstrumentKind.OBSERVABLE_GAUGE
+
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
+#: Per meter: metric name -> the attached Recorder's callback (see the module docstring).
+_ATTACHED: weakref.WeakKeyDictionary[Meter, dict[str, _Callback]] = weakref.WeakKeyDictionary()
+
+
+def _relay(slots: dict[str, _Callback], name: str) -> _Callback:
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        current = slots.get(name)
+        return current(options) if current is not None else ()
+
+    return callback
 
 
 class _Series:
@@ -133,7 +153,14 @@ class Recorder:
         settings: Settings,
         failures: FailureLog | None = None,
         observers: dict[str, ObserveCallback] | None = None,
+        *,
+        histograms_via_api: bool = False,
+        track_interval: bool = False,
     ) -> None:
+        """``histograms_via_api``: record histograms through the metrics API, one call per
+        measurement (meter providers whose readers the SDK adapter cannot hook: slower,
+        same output). ``track_interval``: keep min/max per collection interval too (a
+        reader wants delta temporality)."""
         self._settings = settings
         self._failures = failures or FailureLog()
         self._lock = threading.Lock()  # guards the aggregates below
@@ -159,14 +186,19 @@ class Recorder:
         self._runtime_bounds = self._bounds[_RUNTIME]
         self._wait_bounds = self._bounds[_QUEUE_WAIT]
         self._via_api: dict[int, Callable[..., None]] = {}
-        #: Called before each collection reads the aggregates (the prefork bridge reads
-        #: what pool children sent).
-        self.before_collect: Callable[[], None] | None = None
-        #: Keep min/max per collection interval too (a reader wants delta temporality).
-        self.track_interval = False
+        self.track_interval = track_interval
         observers = observers or {}
+        self._callbacks: dict[str, _Callback] = {}
+        slots = _ATTACHED.get(meter)
+        first = slots is None
+        if slots is None:
+            slots = _ATTACHED[meter] = {}
+        self._slots = slots
         for index, spec in enumerate(mt.METRICS):
-            self._create(meter, index, spec, observers.get(spec.name))
+            self._create(meter, index, spec, observers.get(spec.name), slots if first else None)
+        slots.update(self._callbacks)
+        if histograms_via_api:
+            self._use_api_for_histograms(meter)
         if self._failures.on_failure is None:
             # Standalone use: failures count here. The instrumentor routes them through the
             # process' sink instead, so a pool child's failures reach the main process.
@@ -183,6 +215,16 @@ class Recorder:
         relayed = mt.METRIC_INDEX[mt.SELF_RELAYED.name]
         for signal in mt.RELAY_SIGNALS:
             self._totals[relayed][(signal,)] = [0]
+        inactive = mt.METRIC_INDEX[mt.SELF_HOOK_INACTIVE.name]
+        for hook in mt.HOOKS:
+            self._totals[inactive][(hook,)] = [0]
+
+    def detach(self) -> None:
+        """Stop reporting through this meter's instruments (uninstrument); a Recorder
+        created later on the same meter reports through them instead."""
+        for name, callback in self._callbacks.items():
+            if self._slots.get(name) is callback:
+                del self._slots[name]
 
     def reinit_locks(self) -> None:
         """New locks, in a forked child: a copy may have been taken while another thread
@@ -210,42 +252,39 @@ class Recorder:
         index: int,
         spec: mt.MetricSpec,
         observe: ObserveCallback | None,
+        slots: dict[str, _Callback] | None,
     ) -> None:
+        """This Recorder's callback for ``spec``; the instrument itself only when
+        ``slots`` is given (the first Recorder on this meter)."""
         kind = spec.kind
+        if kind is _HISTOGRAM:
+            return  # aggregated here; see histogram_points() and histograms_via_api
+        if observe is not None:
+            self._callbacks[spec.name] = self._observable_callback(spec, observe)
+        elif kind is _COUNTER or kind is _GAUGE:
+            # Counters, and gauges set through emit() (the hook self-metric).
+            self._callbacks[spec.name] = self._counter_callback(index)
+        if slots is None:
+            return
+        callbacks = [_relay(slots, spec.name)]
         if kind is _COUNTER:
-            meter.create_observable_counter(
+            create: Callable[..., object] = meter.create_observable_counter
+        elif kind is mt.InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER:
+            create = meter.create_observable_up_down_counter
+        else:
+            create = meter.create_observable_gauge
+        create(spec.name, callbacks=callbacks, unit=spec.unit, description=spec.description)
+
+    def _use_api_for_histograms(self, meter: Meter) -> None:
+        for index, spec in enumerate(mt.METRICS):
+            if spec.kind is not _HISTOGRAM:
+                continue
+            self._via_api[index] = meter.create_histogram(
                 spec.name,
-                callbacks=[self._counter_callback(index)],
                 unit=spec.unit,
                 description=spec.description,
-            )
-            return
-        if kind is _HISTOGRAM:
-            return  # aggregated here; see histogram_points() and use_api_for_histograms()
-        callbacks = [self._observable_callback(spec, observe)] if observe else []
-        if kind is mt.InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER:
-            meter.create_observable_up_down_counter(
-                spec.name, callbacks=callbacks, unit=spec.unit, description=spec.description
-            )
-        else:
-            meter.create_observable_gauge(
-                spec.name, callbacks=callbacks, unit=spec.unit, description=spec.description
-            )
-
-    def use_api_for_histograms(self, meter: Meter) -> None:
-        """Record histograms through the metrics API, one call per measurement.
-
-        For meter providers whose readers :func:`~otel_celery_metrics._sdk_setup.attach_histograms`
-        cannot hook: slower, same output.
-        """
-        for index, spec in enumerate(mt.METRICS):
-            if spec.kind is _HISTOGRAM:
-                self._via_api[index] = meter.create_histogram(
-                    spec.name,
-                    unit=spec.unit,
-                    description=spec.description,
-                    explicit_bucket_boundaries_advisory=self._bounds[index],
-                ).record
+                explicit_bucket_boundaries_advisory=self._bounds[index],
+            ).record
 
     def _attributes(self, metric: int, key: AttrValues) -> dict[str, str]:
         cached = self._attrs.get((metric, key))
@@ -257,8 +296,6 @@ class Recorder:
     def _counter_callback(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
             try:
-                if self.before_collect is not None:
-                    self.before_collect()
                 with self._lock:
                     totals = [(k, cell[0]) for k, cell in self._totals[index].items()]
                 return [Observation(v, self._attributes(index, k)) for k, v in totals]
@@ -311,6 +348,8 @@ class Recorder:
                         if cell is None:
                             cell = self._totals[metric][key] = [0]
                         cell[0] += value
+                    elif kind is _GAUGE:
+                        self._totals[metric][key] = [value]
                     elif kind is _HISTOGRAM:
                         self._observe(metric, key, value, span)
                 if overflowed is not None:

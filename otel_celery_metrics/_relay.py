@@ -36,10 +36,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from otel_celery_metrics import _relay_sdk
 from otel_celery_metrics._relay_codec import decode_span, encode_metrics, encode_span
 from otel_celery_metrics._relay_store import ReaderView, RelayStore, merge_into
 from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics._sdk_adapter import SdkAdapter, pool_relay
 
 #: Entry markers on the prefork bridge's socketpair (its own measurements use >= 0, -1).
 POINT = -2
@@ -103,20 +103,17 @@ class PoolRelay:
         """Main process, before its first fork: note the tracer provider children inherit."""
         self._forked_tracer_provider = self._tracer_provider()
 
-    def attach(self) -> int:
-        """Make every reader of the meter provider include the relayed series."""
+    def attach(self, adapter: SdkAdapter) -> int:
+        """Make every reader the adapter hooked include the relayed series (the adapter's
+        undo() takes them out again). Returns how many readers that is."""
         self._attached = True
-        wrapped = _relay_sdk.wrap_collections(self._meter_provider, self._produce)
+        readers = adapter.add_relayed(self._produce)
         # No reader here, nothing to relay metrics to: children leave their readers alone.
-        self._relay_metrics = wrapped > 0
-        return wrapped
+        self._relay_metrics = readers > 0
+        return readers
 
     def detach(self) -> None:
-        """Readers no longer get relayed series (uninstrument).
-
-        The wrapper stays in each reader's collect chain (other wrappers may sit around
-        it); it passes the reader's own data through from now on.
-        """
+        """Readers no longer get relayed series (uninstrument)."""
         self._attached = False
 
     def _produce(self, reader: Any, data: Any, delta_kinds: frozenset[str]) -> Any:
@@ -149,7 +146,7 @@ class PoolRelay:
     def _export_spans(self, spans: list[Any]) -> None:
         if self._span_sink is None:
             provider = self._tracer_provider()
-            self._span_sink = _relay_sdk.span_sink(provider)
+            self._span_sink = pool_relay.span_sink(provider)
             self._span_resource = getattr(provider, "resource", None)
             if self._span_sink is None:
                 self._failures.record(
@@ -171,8 +168,8 @@ class PoolRelay:
         self._start_spans_in_child()
 
     def _start_metrics_in_child(self) -> None:
-        reader = _relay_sdk.relay_reader(self._on_collected)
-        if _relay_sdk.swap_child_readers(self._meter_provider, reader):
+        reader = pool_relay.relay_reader(self._on_collected)
+        if pool_relay.swap_child_readers(self._meter_provider, reader):
             self._reader = reader
             threading.Thread(target=self._run, name="otel-celery-metrics-relay",
                              daemon=True).start()
@@ -190,8 +187,8 @@ class PoolRelay:
         processor = _SpanRelay(self._on_span, self._failures)
         if tracer_provider is not self._forked_tracer_provider:
             return
-        if _relay_sdk.has_span_processors(tracer_provider) and not (
-            _relay_sdk.swap_child_span_processors(tracer_provider, processor)
+        if pool_relay.has_span_processors(tracer_provider) and not (
+            pool_relay.swap_child_span_processors(tracer_provider, processor)
         ):
             self._failures.record(
                 "relaying a pool child's spans", TypeError("unexpected span processor shape")

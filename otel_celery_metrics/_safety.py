@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-_logger = logging.getLogger("otel_celery_metrics")
+_logger = logging.getLogger(__name__)
 
 
 class FailureLog:

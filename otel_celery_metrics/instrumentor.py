@@ -22,18 +22,20 @@ from opentelemetry.metrics import MeterProvider, get_meter, get_meter_provider
 
 from otel_celery_metrics import _worker_state
 from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._hook_checks import HookReport, WorkerStartChecks
 from otel_celery_metrics._outcomes import RequestHooks, SpanJoin, TaskOutcomes
-from otel_celery_metrics._prefork import CollectionFence, ForkBridge, SwitchableSink
+from otel_celery_metrics._prefork import ForkBridge, SwitchableSink
 from otel_celery_metrics._process_role import Role, process_role
 from otel_celery_metrics._receivers import TaskReceivers
 from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._relay import PoolRelay
 from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics._sdk_adapter import SdkAdapter
 from otel_celery_metrics.package import _instruments
 from otel_celery_metrics.settings import Settings, settings_from_env
 from otel_celery_metrics.version import __version__
 
-_logger = logging.getLogger("otel_celery_metrics")
+_logger = logging.getLogger(__name__)
 
 #: The meter (instrumentation scope) name; distinct from opentelemetry-instrumentation-celery's.
 METER_NAME = "otel_celery_metrics"
@@ -44,12 +46,13 @@ _OVERFLOW = mt.METRIC_INDEX[mt.SELF_OVERFLOW.name]
 
 @dataclass
 class _Wiring:
+    adapter: SdkAdapter
     recorder: Recorder
-    sink: SwitchableSink
     receivers: TaskReceivers
     bridge: ForkBridge
     hooks: RequestHooks
     exemplars: _ExemplarSwitch
+    checks: WorkerStartChecks
 
 
 class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -81,6 +84,8 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 _logger.error("otel-celery-metrics: %s", error)
         provider: MeterProvider = kwargs.get("meter_provider") or get_meter_provider()
         meter = get_meter(METER_NAME, __version__, provider)
+        # Only reads the provider; apply() below makes the changes, undo() reverts them.
+        adapter = SdkAdapter(provider, METER_NAME, __version__)
         failures = FailureLog()
         default_queue = settings.default_queue
         recorder = Recorder(
@@ -91,46 +96,61 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 mt.TASKS_EXECUTING.name: lambda: _worker_state.executing(default_queue),
                 mt.TASKS_PREFETCHED.name: lambda: _worker_state.prefetched(default_queue),
             },
+            histograms_via_api=not adapter.hookable,
+            track_interval=adapter.delta_readers > 0,
         )
-        delta_readers = _attach_histograms(provider, recorder)
-        if delta_readers is None:
-            recorder.use_api_for_histograms(meter)
-        else:
-            recorder.track_interval = delta_readers > 0
         spans = SpanJoin()
         sink = SwitchableSink(recorder, spans)
         # Failures inside metrics code count as dropped measurements, through whatever
         # sink this process has (a pool child's failures reach the main process too).
         failures.on_failure = lambda n: sink.emit(_DROPPED, n, ("internal_error",))
+        report = HookReport(sink)
+
+        def silence_pool_child() -> None:
+            report.check("pool_child_silencing", adapter.silence_pool_child)
+
         relay = _pool_relay(provider, recorder, failures) if settings.relay else None
         bridge = ForkBridge(
-            recorder, sink, spans, failures,
-            on_pool_child_start=lambda: _silence_child_readers(provider),
+            recorder, sink, spans, failures, on_pool_child_start=silence_pool_child,
             relay=relay,
         )
-        # After _attach_histograms and the relay: the fence wraps their producers too.
-        _fence_collections(provider, bridge.fence)
-        recorder.before_collect = bridge.drain_now
-        outcomes = TaskOutcomes(recorder, failures, default_queue=default_queue)
+        adapter.apply(
+            histograms=recorder.histogram_points,
+            before_collect=bridge.drain_now,
+            fence=bridge.fence.collecting,
+            scope_labels=settings.prometheus_scope_labels,
+        )
+        if relay is not None:
+            _attach_relay(relay, adapter, recorder)
+        outcomes = TaskOutcomes(
+            recorder, failures, default_queue=default_queue, take_span=bridge.take_span
+        )
         hooks = RequestHooks(outcomes)
         receivers = TaskReceivers(sink, failures, default_queue=default_queue, outcomes=outcomes)
-        exemplars = _ExemplarSwitch(settings, receivers, outcomes, bridge)
+        exemplars = _ExemplarSwitch(settings, receivers, outcomes)
+        checks = WorkerStartChecks(
+            {"request_class": hooks.problem, "collection": adapter.collection_problem}, report
+        )
         hooks.install()
         receivers.connect()
         bridge.install()
         exemplars.install()
-        _tune_readers(provider, settings)
-        _limit_exporter_logs()
-        self._wiring = _Wiring(recorder, sink, receivers, bridge, hooks, exemplars)
+        checks.install()
+        self._wiring = _Wiring(adapter, recorder, receivers, bridge, hooks, exemplars, checks)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         wiring = self._wiring
         if wiring is None:
             return
+        wiring.checks.uninstall()
         wiring.exemplars.uninstall()
         wiring.receivers.disconnect()
         wiring.hooks.uninstall()
         wiring.bridge.uninstall()
+        # The provider as we found it: readers unhooked, our instruments report nothing
+        # until a later instrument() attaches a new Recorder to them.
+        wiring.adapter.undo()
+        wiring.recorder.detach()
         self._wiring = None
 
 
@@ -144,16 +164,11 @@ class _ExemplarSwitch:
     """
 
     def __init__(
-        self,
-        settings: Settings,
-        receivers: TaskReceivers,
-        outcomes: TaskOutcomes,
-        bridge: ForkBridge,
+        self, settings: Settings, receivers: TaskReceivers, outcomes: TaskOutcomes
     ) -> None:
         self._settings = settings
         self._receivers = receivers
         self._outcomes = outcomes
-        self._bridge = bridge
         self.enabled = False
 
     def install(self) -> None:
@@ -178,7 +193,7 @@ class _ExemplarSwitch:
     def enable(self) -> None:
         if self.enabled:
             return
-        self._outcomes.take_span = self._bridge.take_span
+        self._outcomes.enable_exemplars()
         self._receivers.connect_exemplars()
         self.enabled = True
 
@@ -202,82 +217,33 @@ def _restore_metrics_exporters() -> None:
         _logger.warning("otel-celery-metrics: could not restore OTEL_METRICS_EXPORTER: %s", exc)
 
 
-def _attach_histograms(provider: Any, recorder: Recorder) -> int | None:
-    try:
-        from otel_celery_metrics._sdk_setup import attach_histograms
-
-        return attach_histograms(provider, recorder.histogram_points, METER_NAME, __version__)
-    except Exception as exc:  # noqa: BLE001 - fall back to recording through the API
-        _logger.warning("otel-celery-metrics: recording histograms through the API: %s", exc)
-        return None
-
-
-def _tune_readers(provider: Any, settings: Settings) -> None:
-    try:
-        from otel_celery_metrics._sdk_setup import tune_prometheus_readers
-
-        tune_prometheus_readers(provider, settings.prometheus_scope_labels)
-    except Exception as exc:  # noqa: BLE001 - a tuning problem must not stop instrumenting
-        _logger.warning("otel-celery-metrics: could not adjust Prometheus readers: %s", exc)
-
-
-def _limit_exporter_logs() -> None:
-    # One line per failed export while the Collector is unreachable, not one per retry.
-    try:
-        from otel_celery_metrics._sdk_setup import limit_exporter_logs
-
-        limit_exporter_logs()
-    except Exception as exc:  # noqa: BLE001 - logging hygiene must not stop instrumenting
-        _logger.warning("otel-celery-metrics: could not limit exporter logs: %s", exc)
-
-
-def _fence_collections(provider: Any, fence: CollectionFence) -> None:
-    try:
-        from otel_celery_metrics._sdk_setup import fence_collections
-
-        fence_collections(provider, fence.collecting)
-    except Exception as exc:  # noqa: BLE001 - fork safety must not stop instrumenting
-        _logger.warning("otel-celery-metrics: could not fence metric collections: %s", exc)
-
-
 def _pool_relay(provider: Any, recorder: Recorder, failures: FailureLog) -> PoolRelay | None:
-    """The pool-child relay, its producer attached to every reader; None if it cannot be."""
+    """The pool-child relay (attached to the readers by :func:`_attach_relay`)."""
     try:
         from otel_celery_metrics._relay_store import RelayStore
 
         store = RelayStore(
             on_overflow=lambda n: recorder.emit(_OVERFLOW, n, ("series",)),
         )
-        relay = PoolRelay(
+        return PoolRelay(
             provider, failures,
             count=lambda signal, n: recorder.emit(_RELAYED, n, (signal,)),
             skip_scopes=frozenset({METER_NAME}),
             store=store,
         )
-        if not relay.attach() and not _is_sdk_meter_provider(provider):
-            # An SDK provider without readers has nothing to serve: nothing to say. Any
-            # other provider records in children where we cannot reach; spans still go.
-            _logger.error(
-                "otel-celery-metrics: cannot relay the metrics pool children record: the "
-                "meter provider %s is not the OpenTelemetry SDK's; spans are still relayed",
-                type(provider).__name__,
-            )
-            recorder.emit(_DROPPED, 1, ("internal_error",))
-        return relay
     except Exception as exc:  # noqa: BLE001 - the relay must not stop instrumenting
         failures.record("setting up the pool-child relay", exc)
         return None
 
 
-def _is_sdk_meter_provider(provider: Any) -> bool:
-    try:
-        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-    except ImportError:
-        return False
-    return isinstance(provider, SdkMeterProvider)
-
-
-def _silence_child_readers(provider: Any) -> None:
-    from otel_celery_metrics._sdk_setup import silence_exporting_readers
-
-    silence_exporting_readers(provider)
+def _attach_relay(relay: PoolRelay, adapter: SdkAdapter, recorder: Recorder) -> None:
+    """Every reader's collection gets the relayed series, through the adapter's hook (so
+    inside the fork fence, and undone with the adapter)."""
+    if not relay.attach(adapter) and not adapter.is_sdk:
+        # An SDK provider without readers has nothing to serve: nothing to say. Any other
+        # provider records in children where we cannot reach; spans still go.
+        _logger.error(
+            "otel-celery-metrics: cannot relay the metrics pool children record: the meter "
+            "provider is not the OpenTelemetry SDK's; spans are still relayed",
+        )
+        recorder.emit(_DROPPED, 1, ("internal_error",))

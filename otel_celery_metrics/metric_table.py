@@ -47,6 +47,7 @@ WAIT_FROM = "wait_from"
 REASON = "reason"
 ATTRIBUTE = "attribute"
 SIGNAL = "signal"
+HOOK = "hook"
 # Exporter only.
 HOSTNAME = "hostname"
 EVENT_TYPE = "type"
@@ -166,6 +167,16 @@ SELF_DROPPED = MetricSpec(
     attributes=(REASON,),
     recorded_in="self",
 )
+SELF_HOOK_INACTIVE = MetricSpec(
+    name="otel_celery_metrics.hook_inactive",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{hook}",
+    description="1 when one of our hooks into Celery or the OpenTelemetry SDK did not take "
+    "effect at worker start (an ERROR line names it and the installed versions): the "
+    "metrics it feeds are missing or incomplete. 0 when it is active.",
+    attributes=(HOOK,),
+    recorded_in="self",
+)
 
 SELF_RELAYED = MetricSpec(
     name="otel_celery_metrics.relayed",
@@ -183,6 +194,10 @@ RELAY_SIGNALS: tuple[str, ...] = ("metrics", "spans")
 DROP_REASONS: tuple[str, ...] = ("pool_buffer_full", "undecodable", "internal_error")
 #: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
 OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "series")
+#: Values of ``hook`` on ``otel_celery_metrics_hook_inactive``: the request class Celery's
+#: worker builds (task outcomes), the readers' collection (histograms, fork fence), the
+#: silencing of inherited exporters in prefork pool children.
+HOOKS: tuple[str, ...] = ("request_class", "collection", "pool_child_silencing")
 
 @dataclass(frozen=True)
 class AttributeSource:
@@ -339,6 +354,21 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
         ),
     ),
     AttributeSource(
+        HOOK,
+        in_process="Which of our hooks into Celery or the OpenTelemetry SDK did not take "
+        "effect, checked at worker start (hook_inactive).",
+        exporter="-",
+        bounded="A fixed set: request_class, collection, pool_child_silencing.",
+        tests=(
+            "tests/unit/test_instrumentor_lifecycle.py::"
+            "test_a_celery_that_builds_requests_another_way_is_reported_and_tasks_still_run",
+            "tests/unit/test_instrumentor_lifecycle.py::"
+            "test_a_reader_without_the_private_collect_hook_is_reported_and_histograms_still_appear",
+            "tests/unit/test_instrumentor_lifecycle.py::"
+            "test_a_pool_child_whose_exporter_cannot_be_silenced_is_reported_to_the_main_process",
+        ),
+    ),
+    AttributeSource(
         HOSTNAME,
         in_process="-",
         exporter="The `hostname` of worker events (the node name, celery@host).",
@@ -379,6 +409,7 @@ METRICS: tuple[MetricSpec, ...] = (
     SELF_OVERFLOW,
     SELF_DROPPED,
     SELF_RELAYED,
+    SELF_HOOK_INACTIVE,
 )
 
 #: A metric's position in :data:`METRICS`; the compact id pool children send to the
@@ -447,6 +478,7 @@ def render_reference() -> str:
         f"- `reason` (dropped): {', '.join(f'`{r}`' for r in DROP_REASONS)}.",
         f"- `attribute` (overflow): {', '.join(f'`{a}`' for a in OVERFLOW_ATTRIBUTES)}.",
         f"- `signal` (relayed): {', '.join(f'`{s}`' for s in RELAY_SIGNALS)}.",
+        f"- `hook` (hook_inactive): {', '.join(f'`{h}`' for h in HOOKS)}.",
         f"- Overflow value (task name, queue, or every attribute past the series cap): "
         f"`{OVERFLOW_VALUE}`.",
         "",

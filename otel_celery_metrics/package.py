@@ -1,3 +1,3 @@
 """The Celery range the instrumentor supports (checked by ``instrumentation_dependencies``)."""
 
-_instruments = ("celery >= 5.0, < 6.0",)
+_instruments = ("celery >= 5.3.6, < 6.0",)

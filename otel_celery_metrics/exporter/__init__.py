@@ -11,7 +11,8 @@ Modules, one job each:
 - :mod:`.store` -- counters and gauges the handlers update, with cardinality caps;
 - :mod:`.handlers` -- event type -> handler table, tolerant of hostile events;
 - :mod:`.liveness` -- workers from heartbeats: up/down, forgetting, events-disabled;
-- :mod:`._resp` and :mod:`.receiver` -- broker connection, receive loop, reconnects;
+- :mod:`._wire` -- the Redis pub/sub wire format and event envelope decoding;
+- :mod:`.receiver` -- broker connection, receive loop, reconnects;
 - :mod:`.probes` -- queue depth (Redis priorities, RabbitMQ passive declare) and inspect;
 - :mod:`.instruments` -- the store and liveness as OpenTelemetry instruments;
 - :mod:`.compat` -- danihodovic/celery-exporter's names for migration;

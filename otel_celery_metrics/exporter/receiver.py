@@ -53,7 +53,6 @@ class ReceiverStatus:
         self.last_error: str | None = None
         #: Monotonic time each loop last turned; health fails when one stops turning.
         self.turns: dict[str, float] = {}
-        self.backlog_bytes = 0
 
     def turn(self, loop: str) -> None:
         self.turns[loop] = self._clock()
@@ -137,8 +136,9 @@ class RedisPubSubReceiver(_BaseReceiver):
         self._password = unquote(parts.password) if parts.password else None
         db = (parts.path or "/0").strip("/") or "0"
         # kombu publishes events to "/{db}.celeryev/<routing key>" (fanout_prefix and
-        # fanout_patterns, both on by default).
-        self.pattern = f"/{db}.celeryev/*"
+        # fanout_patterns, both on by default), after its global_keyprefix: PUBLISH is one
+        # of the commands kombu's PrefixedStrictRedis prefixes.
+        self.pattern = f"{_glob_escape(config.redis_key_prefix)}/{db}.celeryev/*"
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -205,9 +205,7 @@ class RedisPubSubReceiver(_BaseReceiver):
             self.status.turn("read")
             if self._resync.is_set():
                 raise ProtocolError("undecodable stream; resubscribing")
-            backlog = self._in_bytes - self._out_bytes
-            self.status.backlog_bytes = backlog
-            if backlog > limit:
+            if self._in_bytes - self._out_bytes > limit:
                 # Bounded memory: stop reading and let Redis hold the rest. If it holds
                 # too much it drops us, and the reconnect is counted and logged.
                 stop.wait(0.01)
@@ -261,6 +259,11 @@ class RedisPubSubReceiver(_BaseReceiver):
                     continue
                 for event in events:
                     handle(event)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis PSUBSCRIBE pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _read_line(sock: socket.socket) -> bytes:

@@ -34,6 +34,15 @@ def make_app(config: ExporterConfig) -> Any:
     from celery import Celery
 
     app = Celery("otel-celery-exporter", broker=config.broker_url, set_as_current=False)
+    transport_options: dict[str, Any] = {
+        "socket_timeout": config.probe_timeout,
+        "socket_connect_timeout": config.probe_timeout,
+        "max_retries": 1,
+    }
+    if config.redis_key_prefix:
+        # The workers' kombu prefixes every key and channel: broadcasts (inspect, enable
+        # events) and, over kombu, the event subscription must use the same prefix.
+        transport_options["global_keyprefix"] = config.redis_key_prefix
     app.conf.update(
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=config.probe_timeout,
@@ -43,11 +52,7 @@ def make_app(config: ExporterConfig) -> Any:
         # would lose counts silently. Five minutes rides out a pause, still bounded.
         event_queue_ttl=300.0,
         # The probes must not hang on a dead broker: bounded connect and socket waits.
-        broker_transport_options={
-            "socket_timeout": config.probe_timeout,
-            "socket_connect_timeout": config.probe_timeout,
-            "max_retries": 1,
-        },
+        broker_transport_options=transport_options,
     )
     return app
 
@@ -83,8 +88,6 @@ class Exporter:
             caps=self.caps,
             clock=clock,
         )
-        # The histogram provider must exist before the handlers that record into it.
-        self._histograms_holder: list[Histograms] = []
         self.handlers: EventHandlers
         self.receiver: RedisPubSubReceiver | KombuReceiver
         self.queue_probe = QueueDepthProbe(config, self.app, self.liveness.queues, clock)

@@ -23,6 +23,9 @@ app.conf.update(
     task_queue_max_priority=10,
     task_default_priority=5,
 )
+if os.environ.get("EXPORTER_TEST_KEYPREFIX"):
+    # kombu's global_keyprefix: every Redis key and pub/sub channel of this app is prefixed.
+    app.conf.broker_transport_options = {"global_keyprefix": os.environ["EXPORTER_TEST_KEYPREFIX"]}
 
 
 @app.task(name="exp.ok")

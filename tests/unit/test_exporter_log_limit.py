@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
 
-from otel_celery_metrics._sdk_setup import (
+from otel_celery_metrics._sdk_adapter import (
     OTLP_EXPORTER_LOGGERS,
     OneLinePerFailedExport,
-    limit_exporter_logs,
+    SdkAdapter,
 )
 
 
@@ -34,9 +36,20 @@ def test_retries_fold_into_the_final_error_with_their_reason() -> None:
     assert log_filter.filter(_record("a", logging.WARNING, "Exporter already shutdown"))
 
 
-def test_installing_twice_keeps_one_filter(caplog: pytest.LogCaptureFixture) -> None:
-    limit_exporter_logs()
-    limit_exporter_logs()
+def _adapter(provider: MeterProvider) -> SdkAdapter:
+    adapter = SdkAdapter(provider, "t", "0")
+    adapter.apply(lambda _reset: [], lambda: None, contextlib.nullcontext, scope_labels=False)
+    return adapter
+
+
+def test_two_instrumentations_keep_one_filter_and_undo_removes_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for name in OTLP_EXPORTER_LOGGERS:  # left by other tests' adapters
+        for f in list(logging.getLogger(name).filters):
+            logging.getLogger(name).removeFilter(f)
+    provider = MeterProvider()
+    first, second = _adapter(provider), _adapter(MeterProvider())
     logger = logging.getLogger(OTLP_EXPORTER_LOGGERS[0])
     try:
         assert sum(isinstance(f, OneLinePerFailedExport) for f in logger.filters) == 1
@@ -45,6 +58,9 @@ def test_installing_twice_keeps_one_filter(caplog: pytest.LogCaptureFixture) -> 
                 logger.warning("Transient error refused encountered, retrying")
             logger.error("Failed to export metrics batch")
         assert [r.levelno for r in caplog.records] == [logging.ERROR]
+        second.undo()
+        first.undo()
+        assert not any(isinstance(f, OneLinePerFailedExport) for f in logger.filters)
     finally:
         for name in OTLP_EXPORTER_LOGGERS:
             for f in list(logging.getLogger(name).filters):

@@ -27,11 +27,10 @@ from otel_celery_metrics._outcomes import (
     TaskOutcomes,
 )
 from otel_celery_metrics._receivers import TaskReceivers
-from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._routing import DELIVERED_FROM
 from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_setup import attach_histograms
 from otel_celery_metrics.settings import Settings
+from tests.unit.sdk_hook import hooked_recorder
 
 NAME = "app.work"
 
@@ -56,8 +55,7 @@ class World:
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(metric_readers=[self.reader])
         self.failures = FailureLog()
-        self.recorder = Recorder(self.provider.get_meter("t"), Settings(), self.failures)
-        attach_histograms(self.provider, self.recorder.histogram_points, "t", "0")
+        self.recorder, _ = hooked_recorder(self.provider, Settings(), self.failures)
         self.outcomes = TaskOutcomes(self.recorder, self.failures, default_queue="dq")
         self.hooks = RequestHooks(self.outcomes)
         self.hooks.install()

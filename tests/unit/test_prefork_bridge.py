@@ -24,11 +24,7 @@ from otel_celery_metrics._outcomes import SpanJoin
 from otel_celery_metrics._prefork import ForkBridge, SwitchableSink, _ChildForwarder
 from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_setup import (
-    attach_histograms,
-    fence_collections,
-    silence_exporting_readers,
-)
+from otel_celery_metrics._sdk_adapter import SdkAdapter
 from otel_celery_metrics.settings import Settings
 
 TASKS = mt.METRIC_INDEX[mt.TASKS.name]
@@ -99,13 +95,12 @@ def test_a_full_socket_never_blocks_and_drops_only_past_the_bound() -> None:
 
 def _installed_bridge(provider: MeterProvider) -> tuple[ForkBridge, Recorder, SwitchableSink]:
     failures = FailureLog()
+    adapter = SdkAdapter(provider, "t", "0")
     recorder = Recorder(provider.get_meter("t"), Settings(), failures)
-    attach_histograms(provider, recorder.histogram_points, "t", "0")
     spans = SpanJoin()
     sink = SwitchableSink(recorder, spans)
     bridge = ForkBridge(recorder, sink, spans, failures)
-    fence_collections(provider, bridge.fence.collecting)
-    recorder.before_collect = bridge.drain_now
+    adapter.apply(recorder.histogram_points, bridge.drain_now, bridge.fence.collecting, False)
     bridge.install()
     return bridge, recorder, sink
 
@@ -329,7 +324,7 @@ def test_a_pool_childs_silenced_reader_neither_collects_nor_exports() -> None:
         assert collected and exported  # it worked before
         collected.clear()
         exported.clear()
-        assert silence_exporting_readers(provider) == 1
+        assert SdkAdapter(provider, "t", "0").silence_pool_child() is None
         reader.collect()
         reader.force_flush()
         assert not collected, "a silenced reader still runs collections"

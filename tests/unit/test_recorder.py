@@ -10,10 +10,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_setup import attach_histograms
 from otel_celery_metrics.settings import Settings
+from tests.unit.sdk_hook import hooked_recorder
 
 TASKS = mt.METRIC_INDEX[mt.TASKS.name]
 RUNTIME = mt.METRIC_INDEX[mt.TASK_RUNTIME.name]
@@ -28,10 +27,8 @@ class Harness:
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(metric_readers=[self.reader])
         self.failures = FailureLog()
-        self.recorder = Recorder(
-            self.provider.get_meter("test"), settings, self.failures, **kwargs  # type: ignore[arg-type]
-        )
-        assert attach_histograms(self.provider, self.recorder.histogram_points, "test", "0") == 0
+        self.recorder, adapter = hooked_recorder(self.provider, settings, self.failures, **kwargs)
+        assert adapter.delta_readers == 0
 
     def points(self, spec: mt.MetricSpec) -> Points:
         """Attribute set -> value (counters) or point (histograms) of ``spec``."""
@@ -209,9 +206,8 @@ def test_delta_readers_get_only_what_happened_since_their_last_collection() -> N
     delta = InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA})
     cumulative = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[delta, cumulative])
-    recorder = Recorder(provider.get_meter("test"), Settings())
-    assert attach_histograms(provider, recorder.histogram_points, "test", "0") == 1
-    recorder.track_interval = True
+    recorder, adapter = hooked_recorder(provider, Settings())
+    assert adapter.delta_readers == 1
 
     def runtime(reader: InMemoryMetricReader) -> object:
         data = reader.get_metrics_data()

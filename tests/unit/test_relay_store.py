@@ -7,6 +7,7 @@ handed to a main-process MeterProvider's readers (cumulative and delta).
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 from typing import Any
 
@@ -19,9 +20,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_celery_metrics import _relay_sdk
 from otel_celery_metrics._relay_codec import decode_span, encode_metrics, encode_span
 from otel_celery_metrics._relay_store import ReaderView, RelayStore, merge_into
+from otel_celery_metrics._sdk_adapter import SdkAdapter, pool_relay
 
 
 class _Child:
@@ -29,7 +30,7 @@ class _Child:
 
     def __init__(self) -> None:
         self.collected: list[Any] = []
-        self.reader = _relay_sdk.relay_reader(self.collected.append)
+        self.reader = pool_relay.relay_reader(self.collected.append)
         self.provider = MeterProvider(metric_readers=[self.reader])
         meter = self.provider.get_meter("billing")
         self.invoices = meter.create_counter("billing.invoices")
@@ -115,7 +116,8 @@ def test_relayed_series_join_the_main_process_own_series_of_the_same_metric() ->
         produced.append(kinds)
         return merge_into(data, store.metrics(ReaderView(kinds)), None)
 
-    assert _relay_sdk.wrap_collections(provider, produce) == 1
+    adapter = _applied_adapter(provider)
+    assert adapter.add_relayed(produce) == 1
     values = _values(reader.get_metrics_data())
     assert values[("billing.invoices", frozenset({("plan", "pro")}))] == 15
     assert values[("billing.invoices", frozenset({("plan", "free")}))] == 1
@@ -156,7 +158,7 @@ def test_a_relayed_span_is_exported_under_the_main_process_resource() -> None:
 
 
 def test_delta_temporality_is_what_the_child_reader_asks_for() -> None:
-    reader = _relay_sdk.relay_reader(lambda _data: None)
+    reader = pool_relay.relay_reader(lambda _data: None)
     assert set(reader._instrument_class_temporality.values()) == {AggregationTemporality.DELTA}
 
 
@@ -169,7 +171,7 @@ def test_after_detach_readers_get_only_their_own_data_again() -> None:
     counts: list[tuple[str, int]] = []
     relay = PoolRelay(provider, FailureLog(), count=lambda s, n: counts.append((s, n)),
                       skip_scopes=frozenset())
-    assert relay.attach() == 1
+    assert relay.attach(_applied_adapter(provider)) == 1
     child = _Child()
     child.invoices.add(4, {"plan": "pro"})
     relay.receive([(POINT, p) for p in child.send()])
@@ -234,10 +236,17 @@ def test_without_add_metric_reader_the_child_swap_still_gives_one_aggregation() 
     counter = provider.get_meter("billing").create_counter("billing.invoices")
     counter.add(100, {"plan": "pro"})  # before the fork: the main process' value
     collected: list[Any] = []
-    relay_reader = _relay_sdk.relay_reader(collected.append)
-    assert _relay_sdk.swap_child_readers_without_public_api(provider, relay_reader)
+    relay_reader = pool_relay.relay_reader(collected.append)
+    assert pool_relay.swap_child_readers_without_public_api(provider, relay_reader)
     counter.add(2, {"plan": "pro"})
     relay_reader.collect()
     (data,) = collected
     assert _values(data) == {("billing.invoices", frozenset({("plan", "pro")})): 2}
     assert inherited.get_metrics_data() is None, "the inherited reader keeps nothing"
+
+
+def _applied_adapter(provider: Any) -> SdkAdapter:
+    """The adapter hooked into ``provider``'s readers, as the instrumentor applies it."""
+    adapter = SdkAdapter(provider, "t", "0")
+    adapter.apply(lambda _reset: [], lambda: None, contextlib.nullcontext, scope_labels=False)
+    return adapter

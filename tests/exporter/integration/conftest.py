@@ -115,7 +115,8 @@ class ExporterProc(Proc):
 
 class WorkerProc(Proc):
     def __init__(
-        self, broker: str, queue: str, node: str, *, events: bool = True, concurrency: int = 2
+        self, broker: str, queue: str, node: str, *, events: bool = True, concurrency: int = 2,
+        env: dict[str, str] | None = None,
     ) -> None:
         argv = [
             str(BIN / "celery"),
@@ -135,7 +136,9 @@ class WorkerProc(Proc):
         ]
         if events:
             argv.append("-E")
-        super().__init__(argv, env={"EXPORTER_TEST_BROKER": broker, "EXPORTER_TEST_QUEUE": queue})
+        super().__init__(
+            argv, env={"EXPORTER_TEST_BROKER": broker, "EXPORTER_TEST_QUEUE": queue, **(env or {})}
+        )
         self.node = f"{node}@{socket.gethostname()}"
 
 

@@ -151,6 +151,48 @@ def test_queue_length_with_the_apps_own_separator_and_steps(
     client.delete(queue, *(f"{queue}:{p}" for p in steps))
 
 
+@pytest.mark.parametrize("receiver", ["redis", "kombu"])
+def test_a_global_keyprefix_is_applied_to_events_and_queues(
+    redis_url, queue, start_exporter, start_worker, receiver
+) -> None:
+    """kombu prefixes every key *and* pub/sub channel with global_keyprefix: events,
+    broadcasts (inspect) and queue lists all move; ``--redis-key-prefix`` follows them,
+    with our pub/sub reader and with kombu's."""
+    prefix = f"pfx-{queue}:"
+    idle = f"{queue}-idle"
+    exporter = start_exporter(
+        redis_url, f"--redis-key-prefix={prefix}", f"--queues={idle}", f"--receiver={receiver}"
+    )
+    worker = start_worker(redis_url, queue, "wp", env={"EXPORTER_TEST_KEYPREFIX": prefix})
+    wait_for(  # heartbeats arrive on the prefixed event channel
+        lambda: value(exporter.scrape(), "celery_worker_up", hostname=worker.node) == 1,
+        30,
+        "the worker's first heartbeat through the prefixed channel",
+    )
+    wait_for(  # inspect broadcasts and replies go through prefixed channels too
+        lambda: value(exporter.scrape(), "celery_queue_workers", queue=queue) == 1,
+        20,
+        "the worker's queues from inspect",
+    )
+    app = producer(redis_url, broker_transport_options={"global_keyprefix": prefix})
+    for i in range(3):
+        app.send_task("exp.ok", args=[i], queue=queue)
+    for _ in range(2):
+        app.send_task("exp.ok", queue=idle)  # nobody consumes it: its depth stays 2
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen(prefix + idle) == 2 and client.llen(idle) == 0
+    text = wait_for(
+        lambda: (t := exporter.scrape())
+        and value(t, "celery_task_succeeded_total", task_name="exp.ok", queue=queue) == 3
+        and value(t, "celery_queue_messages", queue=idle) == 2
+        and t,
+        30,
+        "task events and the prefixed queue's depth",
+    )
+    assert value(text, "celery_tasks_total", task_name="exp.ok", state="SUCCESS", queue=queue) == 3
+    client.delete(prefix + idle)
+
+
 def test_killed_worker_goes_to_zero_and_two_nodes_on_one_host_stay_two(
     redis_url, queue, start_exporter, start_worker
 ) -> None:

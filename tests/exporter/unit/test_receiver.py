@@ -41,3 +41,11 @@ def test_an_unreachable_broker_is_retried_and_logged_masked(
     assert not receiver.status.connected
     assert "cannot reach the broker redis://:***@127.0.0.1:1/3" in caplog.text
     assert "topsecret" not in caplog.text
+
+
+def test_the_event_subscription_follows_kombus_global_keyprefix_literally() -> None:
+    config = ExporterConfig(broker_url="redis://127.0.0.1/2", redis_key_prefix="team*a:")
+    receiver = RedisPubSubReceiver(config, lambda e: None, lambda k, r, n: None, clock=lambda: 0)
+    # kombu publishes to "<global_keyprefix>/<db>.celeryev/<routing key>"; a glob character
+    # in the prefix must match only itself.
+    assert receiver.pattern == "team\\*a:/2.celeryev/*"

@@ -1,10 +1,14 @@
-"""The pool-child relay's contact surface with the OpenTelemetry SDK, in one place.
+"""The pool-child relay's contact surface with the OpenTelemetry SDK (part of the adapter).
+
+The main process' side, adding the relayed series to every reader's collection, goes
+through :meth:`otel_celery_metrics._sdk_adapter.SdkAdapter.add_relayed` (undone with the
+adapter); this module holds what pool children and the span path need.
 
 Public SDK API used (no privates): ``MetricReader`` subclassing with a preferred
 temporality, ``MetricReader.collect``, ``MeterProvider.add_metric_reader`` and
 ``remove_metric_reader`` (recent SDKs only), ``ReadableSpan``, ``SpanProcessor``.
 
-SDK privates, every one the relay touches (to move into ``_sdk_adapter.py``):
+SDK privates, every one the relay touches here:
 
 - ``MeterProvider._measurement_consumer._reader_storages`` (keys read): the provider's
   readers (``MeterProvider._all_metric_readers`` is shared by every provider); in a pool
@@ -18,9 +22,6 @@ SDK privates, every one the relay touches (to move into ``_sdk_adapter.py``):
 - ``MeterProvider._measurement_consumer._async_instruments`` (replaced, pool child):
   observable instruments registered before the fork belong to the main process, which
   observes them itself; the child's list keeps only those registered in the child;
-- ``MetricReader._collect`` and ``MetricReader._instrument_class_temporality`` (wrapped
-  and read, main process): each reader's collection gets the relayed series, in the
-  temporality that reader wants (the SDK has no metric-producer API);
 - ``TracerProvider._active_span_processor`` and its ``_span_processors`` / ``_lock``
   (pool child: the inherited processors are replaced by the relay's; main process:
   relayed spans are handed to the worker's processors).
@@ -34,9 +35,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-
-#: Instrument kinds a :class:`~otel_celery_metrics._relay_store.ReaderView` distinguishes.
-_KIND_OF_CLASS = {"_Counter": "counter", "_UpDownCounter": "updown", "_Histogram": "histogram"}
 
 
 def _readers(provider: Any) -> list[Any] | None:
@@ -141,40 +139,6 @@ class _NoStorage:
 
 
 _NO_STORAGE = _NoStorage()
-
-
-def wrap_collections(provider: Any, produce: Callable[[Any, Any, frozenset[str]], Any]) -> int:
-    """Main process: each reader's collection result goes through ``produce``.
-
-    ``produce(reader, metrics_data, delta_kinds)`` returns the data to hand on;
-    ``delta_kinds`` says which of ``counter``, ``updown``, ``histogram`` that reader
-    wants as deltas. Returns how many readers are wrapped.
-    """
-    from opentelemetry.sdk.metrics.export import AggregationTemporality
-
-    wrapped = 0
-    for reader in _readers(provider) or ():
-        collect = getattr(reader, "_collect", None)
-        temporality = getattr(reader, "_instrument_class_temporality", None)
-        if not callable(collect) or not isinstance(temporality, dict):
-            continue
-        kinds = frozenset(
-            _KIND_OF_CLASS[cls.__name__] for cls, t in temporality.items()
-            if cls.__name__ in _KIND_OF_CLASS and t is AggregationTemporality.DELTA
-        )
-        reader._collect = _producing(collect, produce, kinds)
-        wrapped += 1
-    return wrapped
-
-
-def _producing(
-    collect: Callable[..., Any], produce: Callable[[Any, Any, frozenset[str]], Any],
-    kinds: frozenset[str],
-) -> Callable[..., Any]:
-    def collect_with_relayed(reader: Any, timeout_millis: float = 10_000) -> Any:
-        return produce(reader, collect(reader, timeout_millis=timeout_millis), kinds)
-
-    return collect_with_relayed
 
 
 def _multi_processor(tracer_provider: Any) -> Any:

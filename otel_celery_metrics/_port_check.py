@@ -115,6 +115,9 @@ def check_prometheus_port(environ: MutableMapping[str, str]) -> str | None:
 def pre_sdk_init(resource: Any) -> None:
     """``_opentelemetry_opamp`` ``pre_sdk_init_function`` entry point: runs in
     ``opentelemetry-instrument``'s configurator before exporters are created."""
+    from otel_celery_metrics._green import patch_gevent_early
+
+    patch_gevent_early()  # before the SDK starts threads: see _green.py
     check_prometheus_port(os.environ)
     _chain_other_hooks(resource)
 

@@ -23,6 +23,7 @@ names, queues and series.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from bisect import bisect_left
@@ -41,6 +42,8 @@ SpanIds = tuple[int, int]
 #: (metric index, value, attribute values in table order).
 Measurement = tuple[int, float, AttrValues]
 
+_logger = logging.getLogger(__name__)
+
 
 ObserveCallback = Callable[[], Iterable[tuple[float, AttrValues]]]
 
@@ -50,6 +53,8 @@ _RUNTIME = mt.METRIC_INDEX[mt.TASK_RUNTIME.name]
 _QUEUE_WAIT = mt.METRIC_INDEX[mt.TASK_QUEUE_WAIT.name]
 _RECEIVED = mt.METRIC_INDEX[mt.TASKS_RECEIVED.name]
 _COUNTER = mt.InstrumentKind.COUNTER
+# Seconds a collection waits for the aggregates' lock before serving without them.
+_COLLECTION_LOCK_WAIT = 1.0
 _HISTOGRAM = mt.InstrumentKind.HISTOGRAM
 
 
@@ -178,6 +183,8 @@ class Recorder:
         dropped = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
         for reason in mt.DROP_REASONS:
             self._totals[dropped][(reason,)] = [0]
+        self._collection_timeouts = self._totals[dropped][("collection_timeout",)]
+        self._timeouts_logged: set[str] = set()
         for attribute in mt.OVERFLOW_ATTRIBUTES:
             self._totals[_OVERFLOW_ATTRIBUTE][(attribute,)] = [0]
 
@@ -256,8 +263,12 @@ class Recorder:
             try:
                 if self.before_collect is not None:
                     self.before_collect()
-                with self._lock:
+                if not self._lock_for_collection(f"observing {mt.METRICS[index].name}"):
+                    return []
+                try:
                     totals = [(k, cell[0]) for k, cell in self._totals[index].items()]
+                finally:
+                    self._lock.release()
                 return [Observation(v, self._attributes(index, k)) for k, v in totals]
             except Exception as exc:  # noqa: BLE001 - never break a collection
                 self._failures.record(f"observing {mt.METRICS[index].name}", exc)
@@ -504,7 +515,9 @@ class Recorder:
         reader collected).
         """
         points: list[HistogramPoint] = []
-        with self._lock:
+        if not self._lock_for_collection("reading histograms"):
+            return points
+        try:
             for metric, histograms in enumerate(self._histograms):
                 if not histograms:
                     continue
@@ -523,7 +536,37 @@ class Recorder:
                     )
                     if reset_interval:
                         s.imin, s.imax = float("inf"), float("-inf")
+        finally:
+            self._lock.release()
         return points
+
+    def _lock_for_collection(self, what: str) -> bool:
+        """Take the aggregates' lock for a collection, waiting a bounded time.
+
+        Recording holds it for a few additions and never waits while holding it, so a
+        timeout means a stuck holder; the collection then serves without these values
+        instead of hanging the scrape or export, and the miss is counted.
+        """
+        if self._lock.acquire(timeout=_COLLECTION_LOCK_WAIT):
+            return True
+        self.collection_timed_out(what)
+        return False
+
+    def collection_timed_out(self, what: str) -> None:
+        """A collection gave up a bounded wait (for ``what``) and served what it had.
+
+        Counted as ``otel_celery_metrics_dropped_total{reason="collection_timeout"}``
+        without taking the aggregates' lock (it may be the lock that was not free): this
+        is the only writer of that cell. Logged once per ``what``.
+        """
+        self._collection_timeouts[0] += 1
+        if what not in self._timeouts_logged:
+            self._timeouts_logged.add(what)
+            _logger.error(
+                "otel-celery-metrics: a metric collection gave up %s after a bounded wait and "
+                "served what it had; counted in otel_celery_metrics_dropped_total"
+                "{reason=\"collection_timeout\"}, logged once", what,
+            )
 
     # -- admission ---------------------------------------------------------------------------
 

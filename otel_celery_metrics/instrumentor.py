@@ -20,7 +20,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.metrics import MeterProvider, get_meter, get_meter_provider
 
-from otel_celery_metrics import _worker_state
+from otel_celery_metrics import _green, _worker_state
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._outcomes import RequestHooks, SpanJoin, TaskOutcomes
 from otel_celery_metrics._prefork import CollectionFence, ForkBridge, SwitchableSink
@@ -72,6 +72,7 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         meter = get_meter(METER_NAME, __version__, provider)
         failures = FailureLog()
         default_queue = settings.default_queue
+        degraded = _green.check_green_pool()
         recorder = Recorder(
             meter,
             settings,
@@ -79,6 +80,7 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             observers={
                 mt.TASKS_EXECUTING.name: lambda: _worker_state.executing(default_queue),
                 mt.TASKS_PREFETCHED.name: lambda: _worker_state.prefetched(default_queue),
+                mt.SELF_DEGRADED.name: lambda: _degraded(degraded),
             },
         )
         delta_readers = _attach_histograms(provider, recorder)
@@ -168,6 +170,11 @@ class _ExemplarSwitch:
         self._outcomes.take_span = self._bridge.take_span
         self._receivers.connect_exemplars()
         self.enabled = True
+
+
+def _degraded(reason: str | None) -> list[tuple[float, tuple[str, ...]]]:
+    """``otel_celery_metrics_degraded``: 1 for the reason that applies, 0 for the others."""
+    return [(1.0 if r == reason else 0.0, (r,)) for r in mt.DEGRADED_REASONS]
 
 
 def _celery_tasks_traced() -> bool:

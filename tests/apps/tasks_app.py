@@ -69,3 +69,16 @@ def sleep(seconds: float) -> None:
 def die() -> None:
     """Kills its own pool process, as the OOM killer would."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+_APP_CALLS: list[object] = []
+
+
+@app.task(name="tests.app_metric")
+def app_metric(kind: str = "a") -> None:
+    """Records an application metric with the OpenTelemetry API, as a user's task would."""
+    from opentelemetry import metrics
+
+    if not _APP_CALLS:  # created on first use: the meter provider exists by then
+        _APP_CALLS.append(metrics.get_meter("tests.app").create_counter("tests.app.calls"))
+    _APP_CALLS[0].add(1, {"kind": kind})  # type: ignore[attr-defined]

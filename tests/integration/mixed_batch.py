@@ -22,7 +22,9 @@ RECEIVED = EXECUTED + 2
 TOTAL_TERMINAL = sum(EXPECTED_STATES.values())
 
 
-def send_mixed_batch(app: Any, queue: str) -> None:
+def send_mixed_batch(app: Any, queue: str, destination: str | None = None) -> None:
+    """``destination``: the worker's node name, so that only it confirms the revokes (any
+    worker on the broker may answer a broadcast first, before ours has the revoke)."""
     def send(name: str, *args: Any, **opts: Any) -> None:
         app.send_task(name, args=args, queue=queue, routing_key=queue, **opts)
 
@@ -41,7 +43,8 @@ def send_mixed_batch(app: Any, queue: str) -> None:
     revoked_ids = [str(uuid.uuid4()) for _ in range(2)]
     for task_id in revoked_ids:
         replies = app.control.broadcast(
-            "revoke", arguments={"task_id": task_id}, reply=True, timeout=10, limit=1
+            "revoke", arguments={"task_id": task_id}, reply=True, timeout=10, limit=1,
+            destination=[destination] if destination else None,
         )
         assert replies, "the worker did not confirm the revoke"
     for i, task_id in enumerate(revoked_ids):

@@ -44,18 +44,22 @@ GEVENT_NOT_PATCHED = "gevent_not_patched"
 EVENTLET_NOT_PATCHED = "eventlet_not_patched"
 
 
-def worker_pool(argv: Sequence[str]) -> str | None:
+def worker_pool(argv: Sequence[str], orig_argv: Sequence[str] = ()) -> str | None:
     """The pool a ``celery ... worker`` command line asks for, read as Celery reads it.
 
     Celery's ``maybe_patch_concurrency`` looks for ``-P NAME``, ``--pool NAME`` and
     ``--pool=NAME`` and skips ``celery multi``. None for another program, another
     subcommand, or no pool option (Celery then uses prefork, or ``worker_pool`` from the
-    app's configuration, which Celery does not patch for either).
+    app's configuration, which Celery does not patch for either). ``orig_argv`` is
+    :data:`sys.orig_argv`: under ``python -m celery``, while ``sitecustomize`` runs,
+    ``argv[0]`` is just ``-m``.
     """
     if not argv or "multi" in argv or "worker" not in argv:
         return None
     program = argv[0].replace("\\", "/")
-    if os.path.basename(program) != "celery" and not program.endswith("celery/__main__.py"):
+    by_name = os.path.basename(program) == "celery" or program.endswith("celery/__main__.py")
+    as_module = program == "-m" and _runs_module(orig_argv, "celery")
+    if not (by_name or as_module):
         return None
     for i, arg in enumerate(argv):
         if arg.startswith("--pool"):
@@ -67,8 +71,19 @@ def worker_pool(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _runs_module(orig_argv: Sequence[str], module: str) -> bool:
+    args = list(orig_argv)
+    return any(arg == "-m" and args[i + 1 : i + 2] == [module] for i, arg in enumerate(args))
+
+
 def _next(argv: Sequence[str], i: int) -> str | None:
     return argv[i + 1] if i + 1 < len(argv) else None
+
+
+def _command_line(argv: Sequence[str] | None) -> tuple[Sequence[str], Sequence[str]]:
+    if argv is not None:
+        return argv, ()
+    return sys.argv, getattr(sys, "orig_argv", ())
 
 
 def gevent_patched() -> bool:
@@ -84,7 +99,8 @@ def patch_gevent_early(argv: Sequence[str] | None = None) -> bool:
     start the pool with its own clear error.
     """
     try:
-        if worker_pool(sys.argv if argv is None else argv) != "gevent" or gevent_patched():
+        pool = worker_pool(*_command_line(argv))
+        if pool != "gevent" or gevent_patched():
             return False
         from gevent import monkey
 
@@ -107,7 +123,7 @@ def eventlet_patched() -> bool:
 
 def check_green_pool(argv: Sequence[str] | None = None) -> str | None:
     """The degraded reason for this worker's pool (logged once as an ERROR), or None."""
-    pool = worker_pool(sys.argv if argv is None else argv)
+    pool = worker_pool(*_command_line(argv))
     if pool == "gevent" and not gevent_patched():
         _logger.error(
             "otel-celery-metrics: -P gevent, but gevent's monkey patching was not applied "

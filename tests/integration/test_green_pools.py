@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -39,8 +40,11 @@ pytestmark = pytest.mark.integration
 
 GEVENT_PATCH = {"OTEL_PYTHON_AUTO_INSTRUMENTATION_EXPERIMENTAL_GEVENT_PATCH": "patch_all"}
 CONCURRENCY = 10
-# Tasks that sleep (a gevent-patched sleep: the greenlet yields) while scrapes run.
-SLEEPERS = CONCURRENCY
+# Tasks that sleep (a patched sleep: the greenlet yields) while scrapes run: one per
+# greenlet, and more than the pool holds, so that some wait in the worker (prefetched).
+SLEEPERS = CONCURRENCY + 3
+# Reserve up to 2 messages per greenlet, so the extra sleepers reach the worker.
+PREFETCH = ("--prefetch-multiplier", "2")
 APP_CALLS = 7
 
 
@@ -56,22 +60,35 @@ def _timed_scrape(worker: Worker, deadline: float = 1.0) -> Samples:
     return parse(text)
 
 
-def _send(app: object, name: str, queue: str, *args: object) -> None:
-    app.send_task(name, args=args, queue=queue, routing_key=queue)  # type: ignore[attr-defined]
+def _send(app: Any, name: str, queue: str, *args: object) -> None:
+    app.send_task(name, args=args, queue=queue, routing_key=queue)
+
+
+def _celery_reserved(app: Any, worker: Worker) -> int:
+    """What Celery itself reports as reserved and not yet started (``inspect reserved``)."""
+    replies = app.control.inspect(destination=[worker.nodename], timeout=2).reserved() or {}
+    return len(replies.get(worker.nodename, []))
 
 
 def _scrapes_answer_under_load(worker: Worker, queue: str) -> None:
-    """While every greenlet sleeps in a task, scrapes answer within a second and the
-    executing gauge counts each of them."""
+    """While every greenlet sleeps in a task, scrapes answer within a second, the executing
+    gauge counts each greenlet's task and the prefetched gauge what Celery holds back."""
     app = producer(worker.broker_url)
     for _ in range(SLEEPERS):
         _send(app, "tests.sleep", queue, 3.0)
-    busy = wait_for(
-        lambda: (s := _timed_scrape(worker))
-        and value(s, "celery_tasks_executing") == SLEEPERS and s,
-        timeout=20, what=lambda: f"{SLEEPERS} executing; log:\n{worker.log_text()[-3000:]}",
-    )
-    assert value(busy, "celery_tasks_prefetched") == 0
+
+    def busy() -> Samples | None:
+        s = _timed_scrape(worker)
+        prefetched = value(s, "celery_tasks_prefetched")
+        if value(s, "celery_tasks_executing") != CONCURRENCY or not prefetched:
+            return None
+        # Under a green pool the consumer blocks handing the next task to the full pool:
+        # that one is reserved, the rest stay in the broker. The gauge must say what
+        # Celery says.
+        return s if prefetched == _celery_reserved(app, worker) else None
+
+    wait_for(busy, timeout=20, what=lambda: f"{CONCURRENCY} executing and the prefetched "
+             f"count Celery reports; log:\n{worker.log_text()[-3000:]}")
     for _ in range(5):  # a few more scrapes in the busy window, each within its deadline
         _timed_scrape(worker)
     wait_for(lambda: value(_timed_scrape(worker), "celery_tasks_executing") == 0,
@@ -119,7 +136,7 @@ def test_gevent_with_the_opentelemetry_setting_scrapes_answer_and_counts_are_exa
     broker_url: str, queue: str
 ) -> None:
     with running_worker(broker_url, queue, pool="gevent", concurrency=CONCURRENCY,
-                        env=GEVENT_PATCH) as worker:
+                        extra_args=PREFETCH, env=GEVENT_PATCH) as worker:
         _scrapes_answer_under_load(worker, queue)
         _mixed_batch_and_app_metric(worker, queue)
 
@@ -127,7 +144,8 @@ def test_gevent_with_the_opentelemetry_setting_scrapes_answer_and_counts_are_exa
 def test_gevent_without_the_setting_is_patched_early_and_counts_are_exact(
     redis_url: str, queue: str
 ) -> None:
-    with running_worker(redis_url, queue, pool="gevent", concurrency=CONCURRENCY) as worker:
+    with running_worker(redis_url, queue, pool="gevent", concurrency=CONCURRENCY,
+                        extra_args=PREFETCH) as worker:
         _scrapes_answer_under_load(worker, queue)
         _mixed_batch_and_app_metric(worker, queue)
         assert "otel-celery-metrics" not in worker.log_text()  # no error, no warning
@@ -190,7 +208,8 @@ def test_green_pool_with_setup_metrics_in_celeryd_init_is_exact(
 ) -> None:
     port = free_port()
     with running_worker(broker_url, queue, pool=pool, concurrency=CONCURRENCY,
-                        app="tests.apps.setup_app", instrument=False, metrics_port=port,
+                        extra_args=PREFETCH, app="tests.apps.setup_app", instrument=False,
+                        metrics_port=port,
                         env={"TEST_METRICS_PORT": str(port)}) as worker:
         _scrapes_answer_under_load(worker, queue)
         _mixed_batch_and_app_metric(worker, queue)

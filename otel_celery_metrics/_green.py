@@ -15,7 +15,9 @@ What this module does:
   before the SDK builds its exporters and readers. When the command is a Celery worker whose
   pool is gevent -- decided by Celery's own rule, ``-P gevent``, ``--pool gevent`` or
   ``--pool=gevent`` on the command line -- it applies gevent's ``patch_all()``, the same call
-  Celery makes a moment later anyway. Any other pool, or any other program: nothing happens.
+  Celery makes a moment later anyway. Any other pool, any other program, or our
+  instrumentor disabled (``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=celery_metrics``): nothing
+  happens.
 - :func:`check_green_pool` runs when the instrumentor is installed. If the pool is green and
   its patching is still missing at that point -- so OpenTelemetry's threads are real threads
   -- it logs one ERROR line naming what to do and returns the reason that the
@@ -26,7 +28,8 @@ What this module does:
   without this package (``docs/configuration.md``, "Pools"). ``setup_metrics()`` called
   from ``celeryd_init`` runs after Celery patched, and passes this check for both pools.
 
-Nothing runs at import; ``argv`` is passed in or read only when called.
+Nothing runs at import; ``argv`` and the environment are passed in or read only when
+called.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 _logger = logging.getLogger(__name__)
 
 GEVENT_PATCH_VARIABLE = "OTEL_PYTHON_AUTO_INSTRUMENTATION_EXPERIMENTAL_GEVENT_PATCH"
+DISABLED_VARIABLE = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+#: Our entry point's name (pyproject.toml), as users list it in DISABLED_VARIABLE.
+INSTRUMENTOR_NAME = "celery_metrics"
 #: ``reason`` values of ``otel_celery_metrics_degraded`` (metric_table.DEGRADED_REASONS).
 GEVENT_NOT_PATCHED = "gevent_not_patched"
 EVENTLET_NOT_PATCHED = "eventlet_not_patched"
@@ -92,15 +98,21 @@ def gevent_patched() -> bool:
     return bool(monkey is not None and monkey.is_module_patched("threading"))
 
 
-def patch_gevent_early(argv: Sequence[str] | None = None) -> bool:
+def patch_gevent_early(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> bool:
     """Apply gevent's ``patch_all()`` now if this is a ``-P gevent`` Celery worker.
 
+    Not when our instrumentor is disabled (``celery_metrics`` in
+    ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``): turning us off turns this off too.
     Returns True if it patched. Never raises: without gevent installed Celery fails to
     start the pool with its own clear error.
     """
     try:
+        environ = os.environ if environ is None else environ
+        disabled = environ.get(DISABLED_VARIABLE, "").replace(" ", "").split(",")
         pool = worker_pool(*_command_line(argv))
-        if pool != "gevent" or gevent_patched():
+        if pool != "gevent" or gevent_patched() or INSTRUMENTOR_NAME in disabled:
             return False
         from gevent import monkey
 

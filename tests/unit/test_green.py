@@ -54,13 +54,16 @@ def test_python_m_celery_is_recognised_while_sitecustomize_runs() -> None:
     assert worker_pool(argv, ["/venv/bin/python", "-m", "other", *argv[1:]]) is None
 
 
-def test_gevent_is_patched_early_for_a_gevent_worker_only() -> None:
+def test_gevent_is_patched_early_for_a_gevent_worker_only_unless_we_are_disabled() -> None:
     """In a fresh interpreter: patching is process-wide, never in the test process."""
     script = (
         "import sys\n"
         "from otel_celery_metrics._green import gevent_patched, patch_gevent_early\n"
         "assert not patch_gevent_early(['/v/celery', '-A', 'a', 'worker', '-P', 'prefork'])\n"
         "assert not patch_gevent_early(['/v/celery', '-A', 'a', 'worker', '-P', 'eventlet'])\n"
+        "assert 'gevent' not in sys.modules\n"
+        "off = {'OTEL_PYTHON_DISABLED_INSTRUMENTATIONS': 'celery, celery_metrics'}\n"
+        "assert not patch_gevent_early(['/v/celery', '-A', 'a', 'worker', '-P', 'gevent'], off)\n"
         "assert 'gevent' not in sys.modules\n"
         "assert patch_gevent_early(['/v/celery', '-A', 'a', 'worker', '-P', 'gevent'])\n"
         "assert gevent_patched()\n"

@@ -23,11 +23,12 @@ names, queues and series.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -585,7 +586,7 @@ class Recorder:
         keep = self._keys[metric]
         overflowed: str | None = None
         values: list[str] = []
-        with self._admit_lock:
+        with _bounded(self._admit_lock):  # on a cache miss only; see _bounded
             for key, value in zip(spec.attributes, raw, strict=True):
                 if key not in keep:
                     continue
@@ -613,6 +614,22 @@ class Recorder:
             if len(cache) < 4 * self._settings.max_series_per_metric:
                 cache[raw] = result
         return result
+
+
+@contextlib.contextmanager
+def _bounded(lock: threading.Lock, seconds: float = _COLLECTION_LOCK_WAIT) -> Iterator[None]:
+    """Hold ``lock``, waiting at most ``seconds``; TimeoutError past that.
+
+    For locks a collection may take (admission of a new gauge attribute set): every wait
+    in a collection is bounded. The caller's failure handling counts the timeout.
+    """
+    if not lock.acquire(timeout=seconds):
+        msg = f"a lock was not free after {seconds} s"
+        raise TimeoutError(msg)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _capped(value: str, seen: set[str], cap: int) -> tuple[str, bool]:

@@ -88,7 +88,8 @@ def _scrapes_answer_under_load(worker: Worker, queue: str) -> None:
         return s if prefetched == _celery_reserved(app, worker) else None
 
     wait_for(busy, timeout=20, what=lambda: f"{CONCURRENCY} executing and the prefetched "
-             f"count Celery reports; log:\n{worker.log_text()[-3000:]}")
+             f"count Celery reports; log:\n{worker.log_text()[-3000:]}\n"
+             f"stacks:\n{worker.thread_stacks()[-12000:]}")
     for _ in range(5):  # a few more scrapes in the busy window, each within its deadline
         _timed_scrape(worker)
     wait_for(lambda: value(_timed_scrape(worker), "celery_tasks_executing") == 0,

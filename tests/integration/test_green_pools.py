@@ -161,13 +161,13 @@ def test_gevent_without_the_setting_is_patched_early_and_counts_are_exact(
 
 
 def test_gevent_otlp_export_is_exact_with_spans_and_application_metrics(
-    redis_url: str, queue: str
+    broker_url: str, queue: str
 ) -> None:
     with OtlpHttpReceiver() as receiver:
         env = {**otlp_env(receiver.endpoint), **GEVENT_PATCH}
-        with running_worker(redis_url, queue, pool="gevent", concurrency=CONCURRENCY,
+        with running_worker(broker_url, queue, pool="gevent", concurrency=CONCURRENCY,
                             env=env) as worker:
-            app = producer(redis_url)
+            app = producer(broker_url)
             send_mixed_batch(app, queue, worker.nodename)
             for _ in range(APP_CALLS):
                 _send(app, "tests.app_metric", queue, "o")

@@ -194,6 +194,9 @@ def _reader_registered() -> bool:
 def pre_sdk_init(resource: Any) -> None:
     """``_opentelemetry_opamp`` ``pre_sdk_init_function`` entry point: runs in
     ``opentelemetry-instrument``'s configurator before exporters are created."""
+    from otel_celery_metrics._green import patch_gevent_early
+
+    patch_gevent_early()  # before the SDK starts threads: see _green.py
     prepare_metrics_exporters(os.environ, process_role())
     _chain_other_hooks(resource, "pre_sdk_init_function")
 

@@ -70,6 +70,8 @@ _SEND_BUFFER = 1 << 20
 # Seconds a child waits after a refused send before trying again (at its next task).
 _RETRY_DELAY = 0.005
 _MAX_RETRY_DELAY = 1.0
+# Seconds a collection waits for another reader of the socketpair before serving what it has.
+_READ_LOCK_WAIT = 1.0
 # marshal's format is stable per version; both ends are the same interpreter anyway.
 _MARSHAL_VERSION = 4
 
@@ -90,21 +92,30 @@ class CollectionFence:
     with it so none of that child's spans were ever exported. Collections take the fence
     (:meth:`collecting`); a fork waits for running ones to finish (at most ``max_wait``
     seconds: a collection stuck in a user's callback must not stall the pool) and keeps
-    new ones out until it is done.
+    new ones out until it is done. A collection waits for a fork at most ``max_wait``
+    seconds too; past that it collects anyway and ``on_wait_timeout`` counts the miss.
     """
 
-    def __init__(self, max_wait: float = 2.0) -> None:
+    def __init__(
+        self, max_wait: float = 2.0, on_wait_timeout: Callable[[str], None] | None = None
+    ) -> None:
         self._max_wait = max_wait
+        self._on_wait_timeout = on_wait_timeout
         self._cond = threading.Condition(threading.Lock())
         self._running = 0
         self._forking = False
 
     @contextlib.contextmanager
     def collecting(self) -> Iterator[None]:
+        timed_out = False
         with self._cond:
             if self._forking:
-                self._cond.wait_for(lambda: not self._forking, timeout=self._max_wait)
+                timed_out = not self._cond.wait_for(
+                    lambda: not self._forking, timeout=self._max_wait
+                )
             self._running += 1
+        if timed_out and self._on_wait_timeout is not None:
+            self._on_wait_timeout("waiting for a fork before a metric collection")
         try:
             yield
         finally:
@@ -347,7 +358,7 @@ class ForkBridge:
     ) -> None:
         self._recorder = recorder
         #: Collections take ``fence.collecting()`` (wired by the instrumentor).
-        self.fence = fence or CollectionFence()
+        self.fence = fence or CollectionFence(on_wait_timeout=self._count_wait_timeout)
         self._sink = sink
         self._spans = spans
         self._failures = failures
@@ -367,6 +378,9 @@ class ForkBridge:
         self._worker_pid: int | None = None
         self._reader_pid: int | None = None
         self._fork_hooks_registered = False
+
+    def _count_wait_timeout(self, what: str) -> None:
+        self._recorder.collection_timed_out(what)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -463,6 +477,11 @@ class ForkBridge:
             receive_end, send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
             for sock in (receive_end, send_end):
                 sock.set_inheritable(False)  # children inherit by fork, not by exec
+                # Non-blocking on the socket, not only per call (MSG_DONTWAIT): gevent's
+                # and eventlet's sockets ignore that flag and wait for the socket to become
+                # ready, so a scrape's read with nothing queued waited forever under
+                # -P gevent. A non-blocking socket raises instead, with every library.
+                sock.setblocking(False)
             with contextlib.suppress(OSError):
                 send_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
             self._receive_end, self._send_end = receive_end, send_end
@@ -513,14 +532,22 @@ class ForkBridge:
         if sock is None or self._main_pid != os.getpid():
             return
         try:
-            # Decoded under the lock too: a span read by one thread must be in the join
-            # before another thread's take_span finds the socket empty.
-            with self._read_lock:
+            # Bounded: a collection that cannot read now serves what it has (and the next
+            # one reads what is queued); the holder only reads what is queued, so this
+            # timeout means something is wrong, and is counted.
+            if not self._read_lock.acquire(timeout=_READ_LOCK_WAIT):
+                self._count_wait_timeout("reading measurements from pool children")
+                return
+            try:
                 if self._receive_end is None:
                     return
+                # Decoded under the lock too: a span read by one thread must be in the
+                # join before another thread's take_span finds the socket empty.
                 datagrams = _read_queued(sock)
                 if datagrams:
                     self._decode_all(datagrams)
+            finally:
+                self._read_lock.release()
         except Exception as exc:  # noqa: BLE001
             self._failures.record("reading measurements from pool children", exc)
 

@@ -29,11 +29,13 @@ names, queues and series.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -48,6 +50,8 @@ SpanIds = tuple[int, int]
 #: (metric index, value, attribute values in table order).
 Measurement = tuple[int, float, AttrValues]
 
+_logger = logging.getLogger(__name__)
+
 
 ObserveCallback = Callable[[], Iterable[tuple[float, AttrValues]]]
 
@@ -57,6 +61,8 @@ _RUNTIME = mt.METRIC_INDEX[mt.TASK_RUNTIME.name]
 _QUEUE_WAIT = mt.METRIC_INDEX[mt.TASK_QUEUE_WAIT.name]
 _RECEIVED = mt.METRIC_INDEX[mt.TASKS_RECEIVED.name]
 _COUNTER = mt.InstrumentKind.COUNTER
+# Seconds a collection waits for the aggregates' lock before serving without them.
+_COLLECTION_LOCK_WAIT = 1.0
 _HISTOGRAM = mt.InstrumentKind.HISTOGRAM
 _GAUGE = mt.InstrumentKind.OBSERVABLE_GAUGE
 
@@ -210,6 +216,8 @@ class Recorder:
         dropped = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
         for reason in mt.DROP_REASONS:
             self._totals[dropped][(reason,)] = [0]
+        self._collection_timeouts = self._totals[dropped][("collection_timeout",)]
+        self._timeouts_logged: set[str] = set()
         for attribute in mt.OVERFLOW_ATTRIBUTES:
             self._totals[_OVERFLOW_ATTRIBUTE][(attribute,)] = [0]
         relayed = mt.METRIC_INDEX[mt.SELF_RELAYED.name]
@@ -296,8 +304,12 @@ class Recorder:
     def _counter_callback(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
             try:
-                with self._lock:
+                if not self._lock_for_collection(f"observing {mt.METRICS[index].name}"):
+                    return []
+                try:
                     totals = [(k, cell[0]) for k, cell in self._totals[index].items()]
+                finally:
+                    self._lock.release()
                 return [Observation(v, self._attributes(index, k)) for k, v in totals]
             except Exception as exc:  # noqa: BLE001 - never break a collection
                 self._failures.record(f"observing {mt.METRICS[index].name}", exc)
@@ -546,7 +558,9 @@ class Recorder:
         reader collected).
         """
         points: list[HistogramPoint] = []
-        with self._lock:
+        if not self._lock_for_collection("reading histograms"):
+            return points
+        try:
             for metric, histograms in enumerate(self._histograms):
                 if not histograms:
                     continue
@@ -565,7 +579,37 @@ class Recorder:
                     )
                     if reset_interval:
                         s.imin, s.imax = float("inf"), float("-inf")
+        finally:
+            self._lock.release()
         return points
+
+    def _lock_for_collection(self, what: str) -> bool:
+        """Take the aggregates' lock for a collection, waiting a bounded time.
+
+        Recording holds it for a few additions and never waits while holding it, so a
+        timeout means a stuck holder; the collection then serves without these values
+        instead of hanging the scrape or export, and the miss is counted.
+        """
+        if self._lock.acquire(timeout=_COLLECTION_LOCK_WAIT):
+            return True
+        self.collection_timed_out(what)
+        return False
+
+    def collection_timed_out(self, what: str) -> None:
+        """A collection gave up a bounded wait (for ``what``) and served what it had.
+
+        Counted as ``otel_celery_metrics_dropped_total{reason="collection_timeout"}``
+        without taking the aggregates' lock (it may be the lock that was not free): this
+        is the only writer of that cell. Logged once per ``what``.
+        """
+        self._collection_timeouts[0] += 1
+        if what not in self._timeouts_logged:
+            self._timeouts_logged.add(what)
+            _logger.error(
+                "otel-celery-metrics: a metric collection gave up %s after a bounded wait and "
+                "served what it had; counted in otel_celery_metrics_dropped_total"
+                "{reason=\"collection_timeout\"}, logged once", what,
+            )
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -584,7 +628,7 @@ class Recorder:
         keep = self._keys[metric]
         overflowed: str | None = None
         values: list[str] = []
-        with self._admit_lock:
+        with _bounded(self._admit_lock):  # on a cache miss only; see _bounded
             for key, value in zip(spec.attributes, raw, strict=True):
                 if key not in keep:
                     continue
@@ -612,6 +656,22 @@ class Recorder:
             if len(cache) < 4 * self._settings.max_series_per_metric:
                 cache[raw] = result
         return result
+
+
+@contextlib.contextmanager
+def _bounded(lock: threading.Lock, seconds: float = _COLLECTION_LOCK_WAIT) -> Iterator[None]:
+    """Hold ``lock``, waiting at most ``seconds``; TimeoutError past that.
+
+    For locks a collection may take (admission of a new gauge attribute set): every wait
+    in a collection is bounded. The caller's failure handling counts the timeout.
+    """
+    if not lock.acquire(timeout=seconds):
+        msg = f"a lock was not free after {seconds} s"
+        raise TimeoutError(msg)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _capped(value: str, seen: set[str], cap: int) -> tuple[str, bool]:

@@ -20,7 +20,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.metrics import MeterProvider, get_meter, get_meter_provider
 
-from otel_celery_metrics import _worker_state
+from otel_celery_metrics import _green, _worker_state
 from otel_celery_metrics import metric_table as mt
 from otel_celery_metrics._hook_checks import HookReport, WorkerStartChecks
 from otel_celery_metrics._outcomes import RequestHooks, SpanJoin, TaskOutcomes
@@ -88,6 +88,7 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         adapter = SdkAdapter(provider, METER_NAME, __version__)
         failures = FailureLog()
         default_queue = settings.default_queue
+        degraded = _green.check_green_pool()
         recorder = Recorder(
             meter,
             settings,
@@ -95,6 +96,7 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             observers={
                 mt.TASKS_EXECUTING.name: lambda: _worker_state.executing(default_queue),
                 mt.TASKS_PREFETCHED.name: lambda: _worker_state.prefetched(default_queue),
+                mt.SELF_DEGRADED.name: lambda: _degraded(degraded),
             },
             histograms_via_api=not adapter.hookable,
             track_interval=adapter.delta_readers > 0,
@@ -196,6 +198,11 @@ class _ExemplarSwitch:
         self._outcomes.enable_exemplars()
         self._receivers.connect_exemplars()
         self.enabled = True
+
+
+def _degraded(reason: str | None) -> list[tuple[float, tuple[str, ...]]]:
+    """``otel_celery_metrics_degraded``: 1 for the reason that applies, 0 for the others."""
+    return [(1.0 if r == reason else 0.0, (r,)) for r in mt.DEGRADED_REASONS]
 
 
 def _celery_tasks_traced() -> bool:

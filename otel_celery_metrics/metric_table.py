@@ -163,7 +163,19 @@ SELF_DROPPED = MetricSpec(
     kind=InstrumentKind.COUNTER,
     unit="{measurement}",
     description="Measurements lost before recording, by reason "
-    "(pool_buffer_full, undecodable, internal_error).",
+    "(pool_buffer_full, undecodable, internal_error; collection_timeout: a collection gave "
+    "up a bounded wait and served without what it waited for).",
+    attributes=(REASON,),
+    recorded_in="self",
+)
+SELF_DEGRADED = MetricSpec(
+    name="otel_celery_metrics.degraded",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="1",
+    description="1 while this worker's instrumentation cannot work as configured, by reason "
+    "(gevent_not_patched: -P gevent without gevent's patching before OpenTelemetry started; "
+    "eventlet_not_patched: -P eventlet under opentelemetry-instrument); 0 otherwise. "
+    "See docs/configuration.md, Pools.",
     attributes=(REASON,),
     recorded_in="self",
 )
@@ -190,8 +202,12 @@ SELF_RELAYED = MetricSpec(
 
 #: Values of ``signal`` on ``otel_celery_metrics_relayed_total``.
 RELAY_SIGNALS: tuple[str, ...] = ("metrics", "spans")
+#: Values of ``reason`` on ``otel_celery_metrics_degraded``.
+DEGRADED_REASONS: tuple[str, ...] = ("gevent_not_patched", "eventlet_not_patched")
 #: Values of ``reason`` on ``otel_celery_metrics_dropped_total``.
-DROP_REASONS: tuple[str, ...] = ("pool_buffer_full", "undecodable", "internal_error")
+DROP_REASONS: tuple[str, ...] = (
+    "pool_buffer_full", "undecodable", "internal_error", "collection_timeout",
+)
 #: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
 OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "series")
 #: Values of ``hook`` on ``otel_celery_metrics_hook_inactive``: the request class Celery's
@@ -410,6 +426,7 @@ METRICS: tuple[MetricSpec, ...] = (
     SELF_DROPPED,
     SELF_RELAYED,
     SELF_HOOK_INACTIVE,
+    SELF_DEGRADED,
 )
 
 #: A metric's position in :data:`METRICS`; the compact id pool children send to the
@@ -476,6 +493,7 @@ def render_reference() -> str:
         f"- `state`: one of {', '.join(f'`{s}`' for s in TERMINAL_STATES)}.",
         "- `wait_from`: `publish`, `eta` or `received`.",
         f"- `reason` (dropped): {', '.join(f'`{r}`' for r in DROP_REASONS)}.",
+        f"- `reason` (degraded): {', '.join(f'`{r}`' for r in DEGRADED_REASONS)}.",
         f"- `attribute` (overflow): {', '.join(f'`{a}`' for a in OVERFLOW_ATTRIBUTES)}.",
         f"- `signal` (relayed): {', '.join(f'`{s}`' for s in RELAY_SIGNALS)}.",
         f"- `hook` (hook_inactive): {', '.join(f'`{h}`' for h in HOOKS)}.",

@@ -119,6 +119,7 @@ class Worker:
         heartbeat: bool = False,
     ) -> None:
         self.queue = queue
+        self.broker_url = broker_url
         self.port = metrics_port or free_port()
         self.node = f"w-{uuid.uuid4().hex[:8]}@%h"
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
@@ -150,7 +151,7 @@ class Worker:
             cmd.append("-E")
         if not (events or heartbeat):
             cmd.append("--without-heartbeat")
-        if pool in ("prefork", "threads"):
+        if pool in ("prefork", "threads", "gevent", "eventlet"):
             cmd += ["-c", str(concurrency)]
         cmd += list(extra_args)
         if instrument:
@@ -160,6 +161,11 @@ class Worker:
             cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    @property
+    def nodename(self) -> str:
+        """The node name Celery gives this worker (``%h`` expanded)."""
+        return self.node.replace("%h", socket.gethostname())
 
     def log_text(self) -> str:
         return Path(self._log.name).read_text(errors="replace")

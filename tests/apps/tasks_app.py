@@ -9,6 +9,7 @@ import contextlib
 import faulthandler
 import os
 import signal
+import sys
 import time
 
 from celery import Celery
@@ -31,6 +32,22 @@ app.conf.update(
 # (SIGUSR1 is Celery's own traceback dump, main process only.)
 with contextlib.suppress(Exception):  # imported where stderr has no descriptor: no dumps
     faulthandler.register(signal.SIGUSR2, all_threads=True)
+
+
+def _dump_greenlets(_signum: int, _frame: object) -> None:
+    """Under gevent every greenlet runs on one thread, whose dump shows only the hub: dump
+    every greenlet's stack, then the threads (how the issue-15 hang was found)."""
+    from gevent.util import format_run_info
+
+    os.write(2, ("\n".join(format_run_info()) + "\n").encode(errors="replace"))
+    # Last: tests.support.Worker.thread_stacks waits for its "Current thread" line.
+    faulthandler.dump_traceback(2, all_threads=True)
+
+
+_monkey = sys.modules.get("gevent.monkey")
+if _monkey is not None and _monkey.is_module_patched("threading"):
+    with contextlib.suppress(Exception):
+        signal.signal(signal.SIGUSR2, _dump_greenlets)
 
 
 @app.task(name="tests.ok")
@@ -99,3 +116,14 @@ def invoice(plan: str, amount: float) -> None:
 def invoice_then_sleep(plan: str, amount: float, seconds: float) -> None:
     invoice(plan, amount)
     time.sleep(seconds)
+_APP_CALLS: list[object] = []
+
+
+@app.task(name="tests.app_metric")
+def app_metric(kind: str = "a") -> None:
+    """Records an application metric with the OpenTelemetry API, as a user's task would."""
+    from opentelemetry import metrics
+
+    if not _APP_CALLS:  # created on first use: the meter provider exists by then
+        _APP_CALLS.append(metrics.get_meter("tests.app").create_counter("tests.app.calls"))
+    _APP_CALLS[0].add(1, {"kind": kind})  # type: ignore[attr-defined]

@@ -24,7 +24,9 @@ RECEIVED = EXECUTED + 2
 TOTAL_TERMINAL = sum(EXPECTED_STATES.values())
 
 
-def send_mixed_batch(app: Any, queue: str) -> None:
+def send_mixed_batch(app: Any, queue: str, destination: str | None = None) -> None:
+    """``destination``: the worker's node name, so that only it confirms the revokes (any
+    worker on the broker may answer a broadcast first, before ours has the revoke)."""
     def send(name: str, *args: Any, **opts: Any) -> None:
         app.send_task(name, args=args, queue=queue, routing_key=queue, **opts)
 
@@ -47,7 +49,8 @@ def send_mixed_batch(app: Any, queue: str) -> None:
     for task_id in revoked_ids:
         wait_for(
             lambda task_id=task_id: app.control.broadcast(
-                "revoke", arguments={"task_id": task_id}, reply=True, timeout=2, limit=1
+                "revoke", arguments={"task_id": task_id}, reply=True, timeout=2, limit=1,
+                destination=[destination] if destination else None,
             ),
             timeout=20, what="the worker to confirm the revoke",
         )

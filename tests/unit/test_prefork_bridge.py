@@ -331,3 +331,34 @@ def test_a_pool_childs_silenced_reader_neither_collects_nor_exports() -> None:
         assert not exported
     finally:
         provider.shutdown()
+
+
+def test_a_collection_waiting_for_a_fork_gives_up_after_the_bound_and_counts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fork that never ends (its after-fork hook never ran) cannot hold collections off
+    for good, nor can a reader of the socketpair that never lets go: each collection
+    waits a bounded time, serves what there is, and counts the miss."""
+    pytest.importorskip("celery")
+    monkeypatch.setattr("otel_celery_metrics._prefork._READ_LOCK_WAIT", 0.01)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    bridge, _recorder, sink = _installed_bridge(provider)
+    bridge.fence._max_wait = 0.01
+    try:
+        sink.emit(TASKS, 1, ("t", "q", "SUCCESS"))
+        bridge._before_fork()  # a fork starts (creates the socketpair) and never finishes
+        assert bridge._read_lock.acquire()  # and a reader that never lets go
+        try:
+            tasks = _points(reader, mt.TASKS.name)
+        finally:
+            bridge._read_lock.release()
+            bridge._after_fork_in_parent()
+        assert tasks == {frozenset({("task_name", "t"), ("queue", "q"), ("state", "SUCCESS")}): 1}
+        dropped = _points(reader, mt.SELF_DROPPED.name)
+        # One fenced collection gave up waiting for the fork, and its one read of the
+        # socketpair (the adapter's hook reads before each collection) gave up too.
+        assert dropped[frozenset({("reason", "collection_timeout")})] == 2
+    finally:
+        bridge.uninstall()
+        provider.shutdown()

@@ -242,3 +242,35 @@ def test_traced_runtime_points_carry_their_span_as_an_exemplar(harness: Harness)
     # Handed out once, as the SDK's reservoirs do.
     (point,) = harness.points(mt.TASK_RUNTIME).values()
     assert list(point.exemplars) == []  # type: ignore[attr-defined]
+
+
+def test_a_collection_that_cannot_get_the_lock_serves_the_rest_and_counts_the_miss(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every wait of a collection is bounded: a stuck holder of the aggregates' lock costs
+    that collection our counters and histograms, not the whole scrape."""
+    monkeypatch.setattr("otel_celery_metrics._recorder._COLLECTION_LOCK_WAIT", 0.01)
+    h = Harness(Settings(), observers={mt.TASKS_EXECUTING.name: lambda: [(2.0, ("t", "q"))]})
+    h.recorder.task_ended("t", "q", "SUCCESS", 0.2)
+    assert h.recorder._lock.acquire()  # a holder that never lets go (a copied lock)
+    try:
+        data = h.reader.get_metrics_data()  # one collection
+    finally:
+        h.recorder._lock.release()
+    served = {m.name: [p.value for p in m.data.data_points]  # type: ignore[union-attr]
+              for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+              if m.data.data_points}
+    assert served == {mt.TASKS_EXECUTING.name: [2.0]}
+    # Counters, and gauges set through emit() (the self-metrics), read our aggregates.
+    counters = sum(
+        spec.kind is mt.InstrumentKind.COUNTER
+        or (spec.kind is mt.InstrumentKind.OBSERVABLE_GAUGE and spec.recorded_in == "self")
+        for spec in mt.METRICS
+    )
+    # Each of those callbacks and the histogram read gave up once.
+    assert h.nonzero(mt.SELF_DROPPED) == {attrs(reason="collection_timeout"): counters + 1}
+    assert h.points(mt.TASKS) == {attrs(task_name="t", queue="q", state="SUCCESS"): 1}
+    assert len([r for r in caplog.records if "collection_timeout" in r.getMessage()]) == (
+        counters + 1  # one line per place, not per collection
+    )
+    h.provider.shutdown()

@@ -116,6 +116,9 @@ def pre_sdk_init(resource: Any) -> None:
     """``_opentelemetry_opamp`` ``pre_sdk_init_function`` entry point: runs in
     ``opentelemetry-instrument``'s configurator before exporters are created."""
     check_prometheus_port(os.environ)
+    from otel_celery_metrics._prometheus_web import select_guarded_reader
+
+    select_guarded_reader(os.environ)  # OTEL_CELERY_METRICS_WEB_CONFIG_FILE: TLS, basic auth
     _chain_other_hooks(resource)
 
 

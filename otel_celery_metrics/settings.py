@@ -58,6 +58,9 @@ class Settings:
     #: opentelemetry-instrumentation-celery traces the worker; ``off``: never (no
     #: per-task work in pool processes at all).
     exemplars: str = "auto"
+    #: Prometheus exporter-toolkit web config file (TLS, basic auth) for the in-process
+    #: ``/metrics``; empty: plain HTTP, as opentelemetry-exporter-prometheus serves it.
+    web_config_file: str = ""
 
 
 def _parse_buckets(raw: str) -> tuple[float, ...]:
@@ -118,6 +121,12 @@ def _parse_queue(raw: str) -> str:
     return raw.strip()
 
 
+def _parse_path(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("expected a file path")
+    return raw.strip()
+
+
 _PARSERS: dict[str, Callable[[str], object]] = {
     "runtime_buckets": _parse_buckets,
     "queue_wait_buckets": _parse_buckets,
@@ -128,6 +137,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "default_queue": _parse_queue,
     "prometheus_scope_labels": _parse_bool,
     "exemplars": _parse_exemplars,
+    "web_config_file": _parse_path,
 }
 
 

@@ -9,7 +9,7 @@ imports its exporters) checks the file and swaps ``prometheus`` in
 ``OTEL_METRICS_EXPORTER`` for our own entry point, :data:`EXPORTER_NAME`, whose reader
 (``_prometheus_web_reader.GuardedPrometheusMetricReader``) is the same Prometheus reader
 serving the same registry on the same ``OTEL_EXPORTER_PROMETHEUS_HOST:PORT``, through
-:mod:`otel_celery_metrics._web_config`. The SDK builds it in the worker's main process at
+:mod:`otel_celery_metrics._web_serving`. The SDK builds it in the worker's main process at
 start-up, so the main process serves it (pool children fork after and start no server).
 
 A bad file is one error line and ``prometheus`` is dropped from ``OTEL_METRICS_EXPORTER``:
@@ -30,12 +30,8 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from otel_celery_metrics._web_config import (
-    GuardedServerMixin,
-    WebConfigError,
-    WebConfigFile,
-    guard_wsgi,
-)
+from otel_celery_metrics._web_config import WebConfigError
+from otel_celery_metrics._web_serving import GuardedServerMixin, WebConfigFile, guard_wsgi
 from otel_celery_metrics.settings import variable_name
 
 _logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._web_config import WebConfigFile
+from otel_celery_metrics._web_serving import WebConfigFile
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
 from otel_celery_metrics.exporter.http import make_server

@@ -179,14 +179,15 @@ def fuzzed_event(fdp: Any, now: float) -> dict[str, Any]:
     return event
 
 
-def split(fdp: Any, data: bytes) -> list[bytes]:
-    """``data`` cut where the input says, as TCP reads would cut it."""
-    chunks, pos = [], 0
-    while pos < len(data):
-        size = max(1, fdp.ConsumeIntInRange(1, 4096))
-        chunks.append(data[pos:pos + size])
-        pos += size
-    return chunks
+def split(data: bytes, size: int) -> list[bytes]:
+    """``data`` in reads of ``size`` bytes, as TCP reads would cut it."""
+    return [data[pos:pos + size] for pos in range(0, len(data), size)] or [b""]
+
+
+def seed(payload: bytes, mode: int, chunk: int = 4096) -> bytes:
+    """An input selecting ``mode``: atheris takes integers from the end of the data
+    (the clock step, then the mode, then the read size) and bytes from the front."""
+    return payload + chunk.to_bytes(2, "little") + bytes([mode, 0])
 
 
 def make_one_input(pipeline: Pipeline, findings: Findings, check_every: int,
@@ -198,6 +199,7 @@ def make_one_input(pipeline: Pipeline, findings: Findings, check_every: int,
         fdp = atheris.FuzzedDataProvider(data)
         pipeline.now += fdp.ConsumeIntInRange(0, 20) / 4
         mode = fdp.ConsumeIntInRange(0, 3)
+        chunk = fdp.ConsumeIntInRange(1, 4096)
         if mode == 0:
             stream = fdp.ConsumeBytes(fdp.remaining_bytes())
         elif mode == 1:
@@ -208,7 +210,7 @@ def make_one_input(pipeline: Pipeline, findings: Findings, check_every: int,
             events = [fuzzed_event(fdp, pipeline.now) for _ in range(fdp.ConsumeIntInRange(1, 4))]
             body = json.dumps(events if len(events) > 1 else events[0]).encode()
             stream = resp_message(envelope(body))
-        pipeline.feed(split(fdp, stream) if mode != 3 else [stream])
+        pipeline.feed(split(stream, chunk))
         pipeline.inputs += 1
         if pipeline.inputs % 100 == 0:
             pipeline.exporter.maintain()
@@ -264,12 +266,14 @@ def seed_corpus(directory: Path) -> None:
          "processed": 3, "freq": 2.0},
     ]
     for i, event in enumerate(events):
-        stream = resp_message(envelope(json.dumps(event).encode()))
-        (directory / f"seed-raw-{i}").write_bytes(b"\x00" * 2 + b"\x00" + stream)
-        (directory / f"seed-body-{i}").write_bytes(
-            b"\x00" * 2 + b"\x02" + json.dumps(event).encode())
-    multi = json.dumps(events).encode()
-    (directory / "seed-multi").write_bytes(b"\x00\x00\x02" + multi)
+        body = json.dumps(event).encode()
+        (directory / f"seed-raw-{i}").write_bytes(seed(resp_message(envelope(body)), 0, 7 + i))
+        (directory / f"seed-payload-{i}").write_bytes(seed(envelope(body), 1))
+        (directory / f"seed-body-{i}").write_bytes(seed(body, 2))
+    # RESP's null bulk string among the items: the parser's rarely taken branch.
+    null_bulk = b"*1\r\n$-1\r\n" + resp_message(envelope(json.dumps(events[0]).encode()))
+    (directory / "seed-null-bulk").write_bytes(seed(null_bulk, 0))
+    (directory / "seed-multi").write_bytes(seed(json.dumps(events).encode(), 2))
 
 
 def parse_args() -> argparse.Namespace:

@@ -71,7 +71,9 @@ def select_guarded_reader(environ: MutableMapping[str, str]) -> str | None:
     except Exception as exc:  # noqa: BLE001 - a worker must start whatever happens here
         _logger.error("otel-celery-metrics: could not apply %s: %s; /metrics is not served",
                       WEB_CONFIG_VARIABLE, exc)
-        environ[_EXPORTER_VARIABLE] = "none"
+        rest = [n.strip() for n in str(environ.get(_EXPORTER_VARIABLE, "")).split(",")
+                if n.strip() and n.strip() not in (_PROMETHEUS, EXPORTER_NAME)]
+        environ[_EXPORTER_VARIABLE] = ",".join(rest) or "none"  # closed, never open
         return None
 
 

@@ -94,6 +94,10 @@ class Pipeline:
             decode_envelope,
         )
 
+        # Each input is a new stream (as after a reconnect, when the receiver resets the
+        # parser): a partial message left by one input would otherwise swallow the next
+        # ones and make every later input re-parse an ever longer buffer.
+        self.parser.reset()
         for chunk in chunks:
             try:
                 payloads = self.parser.feed(chunk)

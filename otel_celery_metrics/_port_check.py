@@ -195,9 +195,11 @@ def pre_sdk_init(resource: Any) -> None:
     """``_opentelemetry_opamp`` ``pre_sdk_init_function`` entry point: runs in
     ``opentelemetry-instrument``'s configurator before exporters are created."""
     from otel_celery_metrics._green import patch_gevent_early
+    from otel_celery_metrics._prometheus_web import select_guarded_reader
 
     patch_gevent_early()  # before the SDK starts threads: see _green.py
     prepare_metrics_exporters(os.environ, process_role())
+    select_guarded_reader(os.environ)  # OTEL_CELERY_METRICS_WEB_CONFIG_FILE: TLS, basic auth
     _chain_other_hooks(resource, "pre_sdk_init_function")
 
 

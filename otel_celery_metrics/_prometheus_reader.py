@@ -10,7 +10,9 @@ constructor and raises on a busy port:
 
 - the port is the node's own under ``celery multi`` (:func:`plan_endpoint`);
 - a busy port is one error line and a background retry (:class:`MetricsServer`), not an
-  exception out of the SDK's configuration. In a ``celery worker`` those lines wait for
+  exception out of the SDK's configuration;
+- with ``OTEL_CELERY_METRICS_WEB_CONFIG_FILE``, TLS and basic auth
+  (:mod:`otel_celery_metrics._prometheus_web`). In a ``celery worker`` those lines wait for
   Celery's ``celeryd_after_setup`` signal, i.e. for the worker's own logging: a detached
   node (every ``celery multi`` node) has ``/dev/null`` as stderr until then.
 
@@ -28,6 +30,7 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
 from otel_celery_metrics._metrics_endpoint import EndpointError, MetricsServer, plan_endpoint
 from otel_celery_metrics._process_role import Role, process_role
+from otel_celery_metrics._prometheus_web import WEB_CONFIG_VARIABLE, guarded_serve
 
 _logger = logging.getLogger(__name__)
 
@@ -49,7 +52,14 @@ class CeleryPrometheusReader(PrometheusMetricReader):
             )
             _after_logging_setup(in_worker, lambda: _logger.error("%s", message))
             return
-        self.server = MetricsServer(endpoint, hold_messages=in_worker)
+        web_config = os.environ.get(WEB_CONFIG_VARIABLE, "").strip()
+        if web_config:
+            serve = guarded_serve(web_config)
+            if serve is None:
+                return  # a bad file: one error line, the endpoint stays closed
+            self.server = MetricsServer(endpoint, serve, hold_messages=in_worker)
+        else:
+            self.server = MetricsServer(endpoint, hold_messages=in_worker)
         _after_logging_setup(in_worker, self.server.release_messages)
         self.server.start()
 

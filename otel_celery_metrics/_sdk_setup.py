@@ -75,9 +75,17 @@ def setup_metrics(
             from prometheus_client import CollectorRegistry
 
             registry = CollectorRegistry()
-        reader = _prometheus_reader(
-            prometheus_host, prometheus_port, settings.prometheus_scope_labels, registry
-        )
+        if settings.web_config_file:  # TLS and basic auth: see _prometheus_web
+            from otel_celery_metrics._prometheus_web import guarded_prometheus_reader
+
+            reader = guarded_prometheus_reader(
+                prometheus_host, prometheus_port, settings.prometheus_scope_labels, registry,
+                settings.web_config_file,
+            )
+        else:
+            reader = _prometheus_reader(
+                prometheus_host, prometheus_port, settings.prometheus_scope_labels, registry
+            )
     elif exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 

@@ -62,6 +62,9 @@ class Settings:
     #: other instrumentations' metrics, spans) to the worker's main process; ``false``:
     #: children keep it (and, under OTLP, export nothing), as before the relay.
     relay: bool = True
+    #: Prometheus exporter-toolkit web config file (TLS, basic auth) for the in-process
+    #: ``/metrics``; empty: plain HTTP, as opentelemetry-exporter-prometheus serves it.
+    web_config_file: str = ""
 
 
 def _parse_buckets(raw: str) -> tuple[float, ...]:
@@ -122,6 +125,12 @@ def _parse_queue(raw: str) -> str:
     return raw.strip()
 
 
+def _parse_path(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("expected a file path")
+    return raw.strip()
+
+
 _PARSERS: dict[str, Callable[[str], object]] = {
     "runtime_buckets": _parse_buckets,
     "queue_wait_buckets": _parse_buckets,
@@ -133,6 +142,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "prometheus_scope_labels": _parse_bool,
     "exemplars": _parse_exemplars,
     "relay": _parse_bool,
+    "web_config_file": _parse_path,
 }
 
 

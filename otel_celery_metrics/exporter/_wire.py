@@ -95,8 +95,18 @@ def _array(buf: bytes, header_end: int, end: int) -> tuple[list[bytes], int] | N
             return None
         kind = buf[pos : pos + 1]
         if kind == b"$":
+            length = int(buf[pos + 1 : item_end])
+            if length < 0:
+                # Only $-1 (a null bulk string) is RESP; any other negative length would
+                # move the parser backwards, for ever (found writing bench/fuzz_events.py).
+                if length != -1:
+                    msg = f"negative bulk length {length} in a pub/sub reply"
+                    raise ProtocolError(msg)
+                items.append(b"")
+                pos = item_end + 2
+                continue
             data_start = item_end + 2
-            data_end = data_start + int(buf[pos + 1 : item_end])
+            data_end = data_start + length
             if data_end + 2 > end:
                 return None
             items.append(buf[data_start:data_end])

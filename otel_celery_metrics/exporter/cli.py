@@ -155,7 +155,11 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "reconnect_initial": (_seconds, "First reconnect delay; doubles per failure."),
     "reconnect_max": (_seconds, "Longest reconnect delay."),
     "log_level": (_choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level."),
+    "web_config_file": (str, "Prometheus exporter-toolkit web config file (TLS, basic auth) "
+                             "for /metrics and /health; re-read on change and on SIGHUP."),
 }
+#: Flags spelled as Prometheus' exporters spell them, besides the dashed form.
+FLAG_ALIASES = {"web_config_file": ("--web.config.file",)}
 
 
 def env_name(field_name: str) -> str:
@@ -186,8 +190,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=parse, default=default,
-                                metavar=name.upper(), help=help_text)
+            parser.add_argument(*FLAG_ALIASES.get(name, ()), flag, dest=name, type=parse,
+                                default=default, metavar=name.upper(), help=help_text)
     parser.formatter_class = argparse.HelpFormatter  # defaults are in each help text
     return parser
 
@@ -206,11 +210,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from otel_celery_metrics._web_config import WebConfigError
     from otel_celery_metrics.exporter.service import Exporter
 
     exporter = Exporter(config)
     try:
         exporter.start()
+    except WebConfigError as exc:
+        # Never serve without the TLS or auth the operator asked for.
+        logging.getLogger(__name__).error("%s; not starting", exc)
+        return 2
     except OSError as exc:
         logging.getLogger(__name__).error(
             "cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)
@@ -220,8 +229,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         logging.getLogger(__name__).info("signal %d: stopping", signum)
         exporter.request_stop()
 
+    def _reload(_signum: int, _frame: FrameType | None) -> None:
+        exporter.reload_web_config()
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     exporter.wait()
     exporter.stop()
     return 0

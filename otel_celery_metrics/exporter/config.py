@@ -73,6 +73,8 @@ class ExporterConfig:
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
     log_level: str = "INFO"
+    #: Prometheus exporter-toolkit web config (TLS, basic auth) for /metrics and /health.
+    web_config_file: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

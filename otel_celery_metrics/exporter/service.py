@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from otel_celery_metrics._web_serving import WebConfigFile
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
 from otel_celery_metrics.exporter.http import make_server
@@ -76,6 +77,7 @@ class Exporter:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
+        self._web_config: WebConfigFile | None = None
         self._forgotten_at_build = 0
 
         self.caps = Caps(config.max_task_names, config.max_queues, config.max_workers)
@@ -123,9 +125,14 @@ class Exporter:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start serving; raises WebConfigError (before binding anything) on a bad web
+        config file, OSError when the port cannot be bound."""
         cfg = self.config
+        if cfg.web_config_file:
+            self._web_config = WebConfigFile.open(cfg.web_config_file)
         self._server = make_server(
-            cfg.host, cfg.port, self.registry, self.instruments.collect_lock, self.health
+            cfg.host, cfg.port, self.registry, self.instruments.collect_lock, self.health,
+            web_config=self._web_config,
         )
         self._spawn("http", self._server.serve_forever)
         self._spawn("receiver", lambda: self.receiver.run(self._stop))
@@ -135,14 +142,22 @@ class Exporter:
             cfg.inspect_interval, self._stop, self._inspect, "inspect probe"))
         self._spawn("maintenance", lambda: run_every(
             1.0, self._stop, self.maintain, "maintenance"))
+        web = self._web_config.current() if self._web_config else None
         _logger.info(
-            "otel-celery-exporter serving http://%s:%s/metrics for broker %s (receiver: %s)",
-            cfg.host, self.port, cfg.masked_broker_url, type(self.receiver).__name__,
+            "otel-celery-exporter serving %s://%s:%s/metrics for broker %s (receiver: %s)%s",
+            web.scheme if web else "http", cfg.host, self.port, cfg.masked_broker_url,
+            type(self.receiver).__name__,
+            f"; web config {web.path}: {web.describe()}" if web else "",
         )
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1]) if self._server else self.config.port
+
+    def reload_web_config(self) -> None:
+        """Re-read the web config file now (SIGHUP); a bad file closes the endpoint."""
+        if self._web_config is not None:
+            self._web_config.reload()
 
     def _inspect(self) -> None:
         self.inspect_probe.maybe_enable_events()

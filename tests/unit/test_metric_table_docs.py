@@ -77,7 +77,7 @@ def _configuration_rows() -> dict[str, str]:
 def test_every_setting_is_documented_with_its_default(variable: str, default: str) -> None:
     rows = _configuration_rows()
     assert variable in rows, f"{variable} is missing from docs/configuration.md"
-    assert f"`{default}`" in rows[variable], (
+    assert (f"`{default}`" if default else "| unset |") in rows[variable], (
         f"docs/configuration.md documents {variable} without its default `{default}`"
     )
 

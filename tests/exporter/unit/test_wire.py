@@ -71,6 +71,31 @@ def test_parser_raises_on_an_error_reply_or_garbage() -> None:
         PubSubParser().feed(b"?what\r\n")
 
 
+def test_parser_never_loops_on_a_negative_bulk_length() -> None:
+    # Found while writing bench/fuzz_events.py: "$-12" moved the parser back to the start
+    # of its buffer and the decode thread spun for ever (from a broken or hostile Redis).
+    # Run in a thread so a regression fails here instead of hanging the suite.
+    import threading
+
+    outcome: list[object] = []
+
+    def feed() -> None:
+        try:
+            outcome.append(PubSubParser().feed(b"*1\r\n$-12\r\n"))
+        except ProtocolError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive(), "the parser loops on a negative bulk length"
+    assert isinstance(outcome[0], ProtocolError)
+    assert "negative bulk length -12" in str(outcome[0])
+    # A null bulk string ($-1) is RESP: it carries nothing and the stream goes on.
+    parser = PubSubParser()
+    assert parser.feed(b"*1\r\n$-1\r\n*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nok\r\n") == [b"ok"]
+
+
 def test_envelope_with_one_event_or_a_batch() -> None:
     event = {"type": "task-sent", "uuid": "1"}
     assert decode_envelope(envelope(event)) == [event]

@@ -96,6 +96,7 @@ def series_names(promql: str) -> set[str]:
     for matcher in _NAME_MATCHER.findall(promql):
         names |= set(matcher.split("|"))
     text = _BRACES.sub(" ", promql)  # label matchers (values may hold anything)
+    text = re.sub(r'"[^"]*"', " ", text)  # string arguments (label_replace's label names)
     text = re.sub(r"\[[^\]]*\]", " ", text)  # range and subquery durations
     text = _LABEL_LISTS.sub(" ", text)
     for ident, call in _IDENT.findall(text):

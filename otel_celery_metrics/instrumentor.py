@@ -53,6 +53,7 @@ class _Wiring:
     hooks: RequestHooks
     exemplars: _ExemplarSwitch
     checks: WorkerStartChecks
+    worker_view: _worker_state.WorkerView
 
 
 class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -89,13 +90,20 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         failures = FailureLog()
         default_queue = settings.default_queue
         degraded = _green.check_green_pool()
+        view = _worker_state.WorkerView(default_queue)
         recorder = Recorder(
             meter,
             settings,
             failures,
             observers={
-                mt.TASKS_EXECUTING.name: lambda: _worker_state.executing(default_queue),
-                mt.TASKS_PREFETCHED.name: lambda: _worker_state.prefetched(default_queue),
+                mt.TASKS_EXECUTING.name: view.executing,
+                mt.TASKS_PREFETCHED.name: view.prefetched,
+                mt.TASKS_RESERVED.name: view.reserved,
+                mt.TASKS_SCHEDULED.name: view.scheduled,
+                mt.TASKS_EXECUTING_OLDEST_AGE.name: view.oldest_executing_age,
+                mt.TASKS_PAST_SOFT_TIME_LIMIT.name: view.past_soft_time_limit,
+                mt.WORKER_POOL_PROCESSES.name: view.pool_processes,
+                mt.WORKER_POOL_MAX_PROCESSES.name: view.pool_max_processes,
                 mt.SELF_DEGRADED.name: lambda: _degraded(degraded),
             },
             histograms_via_api=not adapter.hookable,
@@ -138,12 +146,16 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         bridge.install()
         exemplars.install()
         checks.install()
-        self._wiring = _Wiring(adapter, recorder, receivers, bridge, hooks, exemplars, checks)
+        view.install()
+        self._wiring = _Wiring(
+            adapter, recorder, receivers, bridge, hooks, exemplars, checks, view
+        )
 
     def _uninstrument(self, **kwargs: Any) -> None:
         wiring = self._wiring
         if wiring is None:
             return
+        wiring.worker_view.uninstall()
         wiring.checks.uninstall()
         wiring.exemplars.uninstall()
         wiring.receivers.disconnect()

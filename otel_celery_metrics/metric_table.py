@@ -93,10 +93,11 @@ TASK_RUNTIME = MetricSpec(
     name="celery.task.runtime",
     kind=InstrumentKind.HISTOGRAM,
     unit="s",
-    description="Execution time of tasks that ran to an end (any outcome but a lost worker): "
-    "Celery's own runtime for successes (its 'succeeded in' figure); for other outcomes, "
-    "from the pool process accepting the task to its result reaching the worker.",
-    attributes=(TASK_NAME, QUEUE),
+    description="Execution time of tasks that ran to an end (any outcome but a lost worker), "
+    "by the state it ended in (state: SUCCESS, FAILURE, RETRY, ...): Celery's own runtime "
+    "for successes (its 'succeeded in' figure); for other outcomes, from the pool process "
+    "accepting the task to its result reaching the worker.",
+    attributes=(TASK_NAME, QUEUE, STATE),
     buckets=DEFAULT_SECONDS_BUCKETS,
 )
 TASKS_PUBLISHED = MetricSpec(
@@ -138,9 +139,58 @@ TASKS_PREFETCHED = MetricSpec(
     name="celery.tasks.prefetched",
     kind=InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER,
     unit="{task}",
-    description="Tasks received and reserved by this worker but not yet started "
-    "(prefetched, waiting for a pool process or an ETA).",
+    description="Tasks this worker holds but has not started (prefetched): "
+    "celery.tasks.reserved plus celery.tasks.scheduled.",
     attributes=(TASK_NAME, QUEUE),
+)
+TASKS_RESERVED = MetricSpec(
+    name="celery.tasks.reserved",
+    kind=InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER,
+    unit="{task}",
+    description="Prefetched tasks waiting for a free pool process (no ETA, or their ETA "
+    "has come): what `celery inspect reserved` lists.",
+    attributes=(TASK_NAME, QUEUE),
+)
+TASKS_SCHEDULED = MetricSpec(
+    name="celery.tasks.scheduled",
+    kind=InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER,
+    unit="{task}",
+    description="Prefetched tasks held until their ETA or countdown (or a rate limit's "
+    "slot): what `celery inspect scheduled` lists.",
+    attributes=(TASK_NAME, QUEUE),
+)
+TASKS_EXECUTING_OLDEST_AGE = MetricSpec(
+    name="celery.tasks.executing.oldest_age",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="s",
+    description="Seconds since the longest-running execution of the task on this worker "
+    "started; 0 while none executes (a stuck task shows as a growing age).",
+    attributes=(TASK_NAME, QUEUE),
+)
+TASKS_PAST_SOFT_TIME_LIMIT = MetricSpec(
+    name="celery.tasks.past_soft_time_limit",
+    kind=InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER,
+    unit="{task}",
+    description="Executing tasks running longer than their soft time limit (the message's, "
+    "else the task's, else the worker's --soft-time-limit; tasks without one never "
+    "count): the task caught SoftTimeLimitExceeded or its pool does not enforce limits.",
+    attributes=(TASK_NAME, QUEUE),
+)
+WORKER_POOL_PROCESSES = MetricSpec(
+    name="celery.worker.pool.processes",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{process}",
+    description="Pool processes (threads, greenlets) this worker has now: "
+    "celery_tasks_executing / this is its utilisation, 0..1.",
+    attributes=(),
+)
+WORKER_POOL_MAX_PROCESSES = MetricSpec(
+    name="celery.worker.pool.max_processes",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{process}",
+    description="The most pool processes this worker may have: the --autoscale maximum, "
+    "else the pool's size.",
+    attributes=(),
 )
 TASK_FAILURES = MetricSpec(
     name="celery.task.failures",
@@ -304,10 +354,15 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
         STATE,
         in_process="Which request callback ended the task and, for an execution that "
         "raised, Celery's control-flow exception (Retry, Ignore, Reject); REVOKED and "
-        "REJECTED from the worker's task_revoked, task_unknown and task_rejected signals.",
+        "REJECTED from the worker's task_revoked, task_unknown and task_rejected signals. "
+        "On celery.task.runtime, the state the execution ended in, so failed runs are "
+        "separable from successful ones.",
         exporter="The event type (task-succeeded, task-failed, task-retried, "
         "task-rejected, task-revoked).",
-        bounded="A fixed set (see Attribute values).",
+        bounded="A fixed set (see Attribute values). On the runtime histogram a series "
+        "exists only for the states a task reached (usually SUCCESS, and FAILURE for tasks "
+        "that fail); narrow it away with OTEL_CELERY_METRICS_ATTRIBUTES to keep one "
+        "histogram per task and queue.",
         tests=(
             _T_OUTCOMES + "test_raised_outcomes_count_their_state_and_runtime",
             _T_RECEIVERS + "test_revoked_unknown_and_rejected_messages_count_their_state",
@@ -422,6 +477,12 @@ METRICS: tuple[MetricSpec, ...] = (
     TASK_QUEUE_WAIT,
     TASKS_EXECUTING,
     TASKS_PREFETCHED,
+    TASKS_RESERVED,
+    TASKS_SCHEDULED,
+    TASKS_EXECUTING_OLDEST_AGE,
+    TASKS_PAST_SOFT_TIME_LIMIT,
+    WORKER_POOL_PROCESSES,
+    WORKER_POOL_MAX_PROCESSES,
     SELF_OVERFLOW,
     SELF_DROPPED,
     SELF_RELAYED,

@@ -71,8 +71,12 @@ class Histograms:
                 self._attrs[key] = attrs
         return attrs
 
-    def runtime(self, name: str, queue: str, hostname: str, seconds: float) -> None:
-        self._runtime.record(seconds, self._cached(("r", name, queue), (mt.TASK_NAME, mt.QUEUE)))
+    def runtime(
+        self, name: str, queue: str, state: str, hostname: str, seconds: float
+    ) -> None:
+        self._runtime.record(
+            seconds, self._cached(("r", name, queue, state), (mt.TASK_NAME, mt.QUEUE, mt.STATE))
+        )
         if self._compat is not None:
             self._compat.record(
                 seconds, self._cached(("c", name, queue, hostname), compat.TASK_LABELS)

@@ -182,6 +182,7 @@ class Recorder:
         self._admit_lock = threading.Lock()
         self._task_names: set[str] = set()
         self._queues: set[str] = set()
+        self._schedule_entries: set[str] = set()
         self._series: list[set[AttrValues]] = [set() for _ in mt.METRICS]
         # Raw attribute values -> (admitted values, which cap replaced a value).
         self._cache: list[dict[AttrValues, tuple[AttrValues, str | None]]] = [
@@ -254,7 +255,11 @@ class Recorder:
     def _kept_keys(self, spec: mt.MetricSpec) -> tuple[str, ...]:
         if spec.recorded_in == "self":
             return spec.attributes
-        return tuple(k for k in spec.attributes if k in self._settings.attributes)
+        # Keys users cannot narrow (beat's schedule_entry) are always kept.
+        return tuple(
+            k for k in spec.attributes
+            if k in self._settings.attributes or k not in mt.NARROWABLE_ATTRIBUTES
+        )
 
     def _buckets(self, spec: mt.MetricSpec) -> Sequence[float] | None:
         if spec is mt.TASK_RUNTIME:
@@ -660,6 +665,11 @@ class Recorder:
                     elif key == mt.QUEUE:
                         text, capped = _capped(text, self._queues, self._settings.max_queues)
                         overflowed = overflowed or ("queue" if capped else None)
+                    elif key == mt.SCHEDULE_ENTRY:
+                        text, capped = _capped(
+                            text, self._schedule_entries, self._settings.max_task_names
+                        )
+                        overflowed = overflowed or ("schedule_entry" if capped else None)
                 values.append(text)
             admitted = tuple(values)
             series = self._series[metric]

@@ -22,6 +22,7 @@ from opentelemetry.metrics import MeterProvider, get_meter, get_meter_provider
 
 from otel_celery_metrics import _green, _worker_state
 from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._beat import BeatHooks
 from otel_celery_metrics._hook_checks import HookReport, WorkerStartChecks
 from otel_celery_metrics._outcomes import RequestHooks, SpanJoin, TaskOutcomes
 from otel_celery_metrics._prefork import ForkBridge, SwitchableSink
@@ -54,6 +55,7 @@ class _Wiring:
     exemplars: _ExemplarSwitch
     checks: WorkerStartChecks
     worker_view: _worker_state.WorkerView
+    beat: BeatHooks
 
 
 class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -147,14 +149,18 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         exemplars.install()
         checks.install()
         view.install()
+        # Beat sends from its main process (no pool): straight into the Recorder.
+        beat = BeatHooks(recorder, failures)
+        beat.install()
         self._wiring = _Wiring(
-            adapter, recorder, receivers, bridge, hooks, exemplars, checks, view
+            adapter, recorder, receivers, bridge, hooks, exemplars, checks, view, beat
         )
 
     def _uninstrument(self, **kwargs: Any) -> None:
         wiring = self._wiring
         if wiring is None:
             return
+        wiring.beat.uninstall()
         wiring.worker_view.uninstall()
         wiring.checks.uninstall()
         wiring.exemplars.uninstall()

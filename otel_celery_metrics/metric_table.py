@@ -48,6 +48,7 @@ REASON = "reason"
 ATTRIBUTE = "attribute"
 SIGNAL = "signal"
 HOOK = "hook"
+SCHEDULE_ENTRY = "schedule_entry"
 # Exporter only.
 HOSTNAME = "hostname"
 EVENT_TYPE = "type"
@@ -73,7 +74,8 @@ class MetricSpec:
     description: str
     attributes: tuple[str, ...]
     buckets: tuple[float, ...] | None = None
-    #: Where it is measured: "worker" (in-process), "producer", "self" (our own health).
+    #: Where it is measured: "worker" (in-process), "producer", "beat", "self" (our own
+    #: health).
     recorded_in: str = "worker"
 
     @property
@@ -199,12 +201,47 @@ TASK_FAILURES = MetricSpec(
     description="Task failures (the task_failure signal) by exception class name.",
     attributes=(TASK_NAME, QUEUE, EXCEPTION_TYPE),
 )
+# Beat lateness: milliseconds when beat keeps up; minutes to a day when it was down or
+# blocked (a run missed overnight shows as one send hours late).
+BEAT_LATENESS_BUCKETS: tuple[float, ...] = (
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+)
+BEAT_SENDS = MetricSpec(
+    name="celery.beat.sends",
+    kind=InstrumentKind.COUNTER,
+    unit="{task}",
+    description="Tasks celery beat sent, per schedule entry (a send that raised is not "
+    "counted; Celery logs it).",
+    attributes=(SCHEDULE_ENTRY, TASK_NAME),
+    recorded_in="beat",
+)
+BEAT_LATENESS = MetricSpec(
+    name="celery.beat.lateness",
+    kind=InstrumentKind.HISTOGRAM,
+    unit="s",
+    description="How far behind its scheduled time each send of the entry went out (0 when "
+    "on time; the first send after beat was down shows the whole gap). Entries whose "
+    "schedule has no remaining_estimate have none.",
+    attributes=(SCHEDULE_ENTRY, TASK_NAME),
+    buckets=BEAT_LATENESS_BUCKETS,
+    recorded_in="beat",
+)
+BEAT_LAST_SEND = MetricSpec(
+    name="celery.beat.last_send.timestamp",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="s",
+    description="Unix time of the entry's last send by this beat process: "
+    "time() - this is how long ago the job last ran.",
+    attributes=(SCHEDULE_ENTRY, TASK_NAME),
+    recorded_in="beat",
+)
 SELF_OVERFLOW = MetricSpec(
     name="otel_celery_metrics.overflow",
     kind=InstrumentKind.COUNTER,
     unit="{measurement}",
     description="Measurements whose attribute value was replaced by the overflow value "
-    "because a cardinality cap was reached (attribute: task_name, queue or series).",
+    "because a cardinality cap was reached (attribute: task_name, queue, schedule_entry or "
+    "series).",
     attributes=(ATTRIBUTE,),
     recorded_in="self",
 )
@@ -259,7 +296,7 @@ DROP_REASONS: tuple[str, ...] = (
     "pool_buffer_full", "undecodable", "internal_error", "collection_timeout",
 )
 #: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
-OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "series")
+OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "schedule_entry", "series")
 #: Values of ``hook`` on ``otel_celery_metrics_hook_inactive``: the request class Celery's
 #: worker builds (task outcomes), the readers' collection (histograms, fork fence), the
 #: silencing of inherited exporters in prefork pool children.
@@ -409,7 +446,7 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
         ATTRIBUTE,
         in_process="The attribute whose cap replaced a value (overflow).",
         exporter="-",
-        bounded="A fixed set: task_name, queue, series.",
+        bounded="A fixed set: task_name, queue, schedule_entry, series.",
         tests=(_T_RECORDER + "test_series_past_the_cap_fold_into_one_all_overflow_series",),
     ),
     AttributeSource(
@@ -437,6 +474,21 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
             "test_a_reader_without_the_private_collect_hook_is_reported_and_histograms_still_appear",
             "tests/unit/test_instrumentor_lifecycle.py::"
             "test_a_pool_child_whose_exporter_cannot_be_silenced_is_reported_to_the_main_process",
+        ),
+    ),
+    AttributeSource(
+        SCHEDULE_ENTRY,
+        in_process="Beat: the name of the schedule entry beat sent (the key of "
+        "`beat_schedule`, or the scheduler's entry name, e.g. a django-celery-beat "
+        "PeriodicTask's name).",
+        exporter="-",
+        bounded="The schedule. Capped like task names (OTEL_CELERY_METRICS_MAX_TASK_NAMES "
+        "distinct entries), then `__overflow__`.",
+        tests=(
+            "tests/unit/test_beat.py::test_each_send_counts_its_entry_lateness_and_time",
+            "tests/unit/test_beat.py::test_entries_past_the_cap_become_overflow",
+            "tests/integration/test_beat.py::"
+            "test_a_real_beat_reports_sends_lateness_and_last_send_per_entry",
         ),
     ),
     AttributeSource(
@@ -483,6 +535,9 @@ METRICS: tuple[MetricSpec, ...] = (
     TASKS_PAST_SOFT_TIME_LIMIT,
     WORKER_POOL_PROCESSES,
     WORKER_POOL_MAX_PROCESSES,
+    BEAT_SENDS,
+    BEAT_LATENESS,
+    BEAT_LAST_SEND,
     SELF_OVERFLOW,
     SELF_DROPPED,
     SELF_RELAYED,

@@ -689,12 +689,33 @@ WORKER_PROCESSES = MetricSpec(
     attributes=(HOSTNAME,),
     recorded_in=_EXPORTER,
 )
+WORKER_UTILISATION = MetricSpec(
+    name="celery.worker.utilisation",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="1",
+    description="Busy share of the worker's pool, 0..1: tasks active at its last heartbeat "
+    "over its pool processes (last inspect stats reply); absent until both are known.",
+    attributes=(HOSTNAME,),
+    recorded_in=_EXPORTER,
+)
 QUEUE_MESSAGES = MetricSpec(
     name="celery.queue.messages",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
     unit="{message}",
     description="Messages waiting in the broker queue (Redis: all priority lists summed; "
     "RabbitMQ: ready messages from a passive declare).",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_OLDEST_MESSAGE_AGE = MetricSpec(
+    name="celery.queue.oldest_message.age",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="s",
+    description="Redis only: how long the oldest message waiting in the queue (over its "
+    "priority lists) has waited, read without consuming it; 0 when the queue is empty. Its "
+    "time is our publish header (instrumented producer), else the task-sent event of its "
+    "task id; absent when neither is known. RabbitMQ cannot show a queue's head without "
+    "delivering it: no such series there (see docs/exporter.md).",
     attributes=(QUEUE,),
     recorded_in=_EXPORTER,
 )
@@ -795,7 +816,9 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     WORKER_UP,
     WORKER_TASKS_ACTIVE,
     WORKER_PROCESSES,
+    WORKER_UTILISATION,
     QUEUE_MESSAGES,
+    QUEUE_OLDEST_MESSAGE_AGE,
     QUEUE_CONSUMERS,
     QUEUE_WORKERS,
     QUEUE_PROCESSES,

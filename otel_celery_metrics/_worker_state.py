@@ -158,12 +158,13 @@ class WorkerView:
         worker = self._worker()
         consumer = getattr(worker, "consumer", None) if worker is not None else None
         timer = getattr(consumer, "timer", None)
-        schedule = getattr(timer, "schedule", None)
-        if schedule is None:
+        if timer is None:
             return
-        # Celery's own `inspect scheduled` reads the same heap: an entry whose first
-        # argument is a request is a task waiting for its ETA (or a rate limit's slot).
-        for waiting in list(schedule.queue):
+        # What Celery's own `inspect scheduled` reads: an entry whose first argument is a
+        # request is a task waiting for its ETA (or a rate limit's slot). `queue` is the
+        # timer's pending entries for every pool: timer2's heap (prefork, solo, threads),
+        # a set of greenlets carrying `.entry` (gevent), kombu's heap (eventlet).
+        for waiting in list(timer.queue):
             args = getattr(getattr(waiting, "entry", None), "args", None)
             if args and isinstance(args[0], Request):
                 yield args[0]

@@ -36,7 +36,7 @@ def fake_worker(timer: Timer, *, processes: int = 2, soft: float | None = None,
                 autoscale_max: int | None = None) -> Any:
     return SimpleNamespace(
         pool=SimpleNamespace(num_processes=processes),
-        consumer=SimpleNamespace(timer=SimpleNamespace(schedule=timer)),
+        consumer=SimpleNamespace(timer=timer),
         soft_time_limit=soft,
         autoscaler=SimpleNamespace(max_concurrency=autoscale_max) if autoscale_max else None,
     )
@@ -127,3 +127,15 @@ def test_pool_size_and_autoscale_maximum_come_from_the_worker_once_it_exists() -
     # A prefork pool before its processes start has no size yet.
     view._on_worker_init(sender=SimpleNamespace(pool=SimpleNamespace(_pool=None)))
     assert list(view.pool_processes()) == []
+
+
+def test_gevents_timer_of_greenlets_is_read_the_same_way(world: World) -> None:
+    """Under -P gevent the consumer's timer holds greenlets that carry their entry."""
+    view = WorkerView("dq")
+    eta = world.request(queue="q1")
+    greenlet = SimpleNamespace(entry=SimpleNamespace(args=(eta,)), eta=T0 + 60)
+    other = SimpleNamespace(entry=SimpleNamespace(args=()), eta=T0 + 60)
+    worker = SimpleNamespace(consumer=SimpleNamespace(timer=SimpleNamespace(
+        queue=[greenlet, other])))
+    view._on_worker_init(sender=worker)
+    assert list(view.scheduled()) == [(1.0, (NAME, "q1"))]

@@ -60,6 +60,7 @@ RULE_EXPECT: dict[str, tuple[str, ...]] = {
     "CeleryQueueWaitHigh": (),  # waits are seconds, the threshold is 60 s
     "CeleryQueueBacklogGrowing": (),  # the queue was empty minutes ago
     "CeleryFleetStalled": (),  # messages wait, but tasks end
+    "CeleryQueueOldestMessageOld": (),  # the oldest message waits seconds, not 10 minutes
     "CeleryWorkerDown": (),
     "CeleryWorkerMetricsGone": (),
     # The backlog keeps both pool processes busy with more tasks waiting: the condition holds

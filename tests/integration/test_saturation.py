@@ -55,3 +55,14 @@ def test_two_long_tasks_fill_a_two_process_pool_and_show_as_stuck_until_they_end
         assert value(done, PAST_SOFT) == 0
         assert utilisation(done) == 0
         assert value(done, "celery_tasks_scheduled", task_name="tests.ok") == 1
+
+
+def test_an_autoscaling_worker_reports_its_maximum_and_current_pool(
+    redis_url: str, queue: str
+) -> None:
+    with running_worker(redis_url, queue, pool="prefork", concurrency=1,
+                        extra_args=("--autoscale=3,1",)) as worker:
+        s = wait_for(lambda: (s := worker.samples()) and
+                     value(s, "celery_worker_pool_max_processes") == 3 and s,
+                     timeout=20, what="the autoscale maximum")
+        assert 1 <= value(s, "celery_worker_pool_processes") <= 3

@@ -108,27 +108,36 @@ class _Series:
 class _TaskPair:
     """Everything the hot path touches for one (task name, queue), found by one lookup."""
 
-    __slots__ = (
-        "name", "queue", "received", "received_overflowed", "runtime", "runtime_key",
-        "runtime_overflowed", "states", "waits",
-    )
+    __slots__ = ("name", "queue", "received", "received_overflowed", "states", "waits")
 
-    def __init__(
-        self, name: str, queue: str, runtime_key: AttrValues, runtime: _Series,
-        runtime_overflowed: str | None,
-    ) -> None:
+    def __init__(self, name: str, queue: str) -> None:
         self.name = name
         self.queue = queue
-        self.runtime_key = runtime_key
-        self.runtime = runtime
-        self.runtime_overflowed = runtime_overflowed
         #: counter cell of celery.tasks.received, and the cap that replaced a value
         self.received: list[float] = [0]
         self.received_overflowed: str | None = None
-        #: state -> (counter cell of celery.tasks, cap that replaced a value)
-        self.states: dict[str, tuple[list[float], str | None]] = {}
+        #: state -> its cells (celery.tasks counter, celery.task.runtime series)
+        self.states: dict[str, _StateCells] = {}
         #: wait_from -> (queue-wait series, cap that replaced a value, admitted key)
         self.waits: dict[str, tuple[_Series, str | None, AttrValues]] = {}
+
+
+class _StateCells:
+    """What task_ended touches for one (task name, queue, state)."""
+
+    __slots__ = ("cell", "overflowed", "runtime", "runtime_key", "runtime_overflowed")
+
+    def __init__(
+        self, cell: list[float], overflowed: str | None,
+    ) -> None:
+        #: counter cell of celery.tasks, and the cap that replaced a value
+        self.cell = cell
+        self.overflowed = overflowed
+        #: the celery.task.runtime series, its admitted key and the cap that replaced a
+        #: value; made with the first runtime (states such as REVOKED never have one)
+        self.runtime: _Series | None = None
+        self.runtime_key: AttrValues = ()
+        self.runtime_overflowed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,7 @@ class Recorder:
         self._admit_lock = threading.Lock()
         self._task_names: set[str] = set()
         self._queues: set[str] = set()
+        self._schedule_entries: set[str] = set()
         self._series: list[set[AttrValues]] = [set() for _ in mt.METRICS]
         # Raw attribute values -> (admitted values, which cap replaced a value).
         self._cache: list[dict[AttrValues, tuple[AttrValues, str | None]]] = [
@@ -245,7 +255,11 @@ class Recorder:
     def _kept_keys(self, spec: mt.MetricSpec) -> tuple[str, ...]:
         if spec.recorded_in == "self":
             return spec.attributes
-        return tuple(k for k in spec.attributes if k in self._settings.attributes)
+        # Keys users cannot narrow (beat's schedule_entry) are always kept.
+        return tuple(
+            k for k in spec.attributes
+            if k in self._settings.attributes or k not in mt.NARROWABLE_ATTRIBUTES
+        )
 
     def _buckets(self, spec: mt.MetricSpec) -> Sequence[float] | None:
         if spec is mt.TASK_RUNTIME:
@@ -324,13 +338,17 @@ class Recorder:
         # Attribute sets seen before keep reporting 0 instead of vanishing, so a gauge
         # that drops to zero reads 0 in Prometheus rather than going stale.
         seen: set[AttrValues] = set()
+        gauge = spec.kind is _GAUGE
 
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
             try:
                 totals: dict[AttrValues, float] = dict.fromkeys(seen, 0.0)
                 for value, raw in observe():
                     key, _ = self._admitted(index, raw)
-                    totals[key] = totals.get(key, 0.0) + value
+                    if gauge:  # an age: values folded into one key keep the largest
+                        totals[key] = max(totals.get(key, 0.0), value)
+                    else:
+                        totals[key] = totals.get(key, 0.0) + value
                     seen.add(key)
                 return [Observation(v, self._attributes(index, k)) for k, v in totals.items()]
             except Exception as exc:  # noqa: BLE001 - never break a collection
@@ -390,10 +408,12 @@ class Recorder:
             pair = self._pairs.get((name, queue))
             if pair is None:
                 pair = self._new_pair(name, queue)
-            state_cell = pair.states.get(state)
-            if state_cell is None:
-                state_cell = self._pair_state(pair, state)
-            cell, overflowed = state_cell
+            cells = pair.states.get(state)
+            if cells is None:
+                cells = self._pair_state(pair, state)
+            cell, overflowed = cells.cell, cells.overflowed
+            if runtime is not None and cells.runtime is None:
+                self._state_runtime(pair, state, cells)
             wait_series = None
             if wait is not None:
                 wait_series = pair.waits.get(wait[0])
@@ -403,26 +423,26 @@ class Recorder:
                 with self._lock:
                     cell[0] += 1
                 if runtime is not None:
-                    self._record_via_api(_RUNTIME, runtime, pair.runtime_key, span)
+                    self._record_via_api(_RUNTIME, runtime, cells.runtime_key, span)
                 if wait is not None and wait_series is not None:
                     self._record_via_api(_QUEUE_WAIT, wait[1], wait_series[2], None)
             else:
                 with self._lock:
                     cell[0] += 1
-                    if runtime is not None:
-                        series = pair.runtime
+                    rseries = cells.runtime
+                    if runtime is not None and rseries is not None:
                         bucket = bisect_left(self._runtime_bounds, runtime)
-                        series.counts[bucket] += 1
-                        series.total += runtime
-                        series.count += 1
-                        if runtime < series.min:  # noqa: PLR1730
-                            series.min = runtime
-                        if runtime > series.max:  # noqa: PLR1730
-                            series.max = runtime
+                        rseries.counts[bucket] += 1
+                        rseries.total += runtime
+                        rseries.count += 1
+                        if runtime < rseries.min:  # noqa: PLR1730
+                            rseries.min = runtime
+                        if runtime > rseries.max:  # noqa: PLR1730
+                            rseries.max = runtime
                         if self.track_interval:
-                            series.interval(runtime)
+                            rseries.interval(runtime)
                         if span is not None:
-                            series.exemplar(bucket, runtime, span)
+                            rseries.exemplar(bucket, runtime, span)
                     if wait_series is not None and wait is not None:
                         series, seconds = wait_series[0], wait[1]
                         series.counts[bisect_left(self._wait_bounds, seconds)] += 1
@@ -436,8 +456,8 @@ class Recorder:
                             series.interval(seconds)
             if overflowed is not None:
                 self._count_overflow(overflowed)
-            if runtime is not None and pair.runtime_overflowed is not None:
-                self._count_overflow(pair.runtime_overflowed)
+            if runtime is not None and cells.runtime_overflowed is not None:
+                self._count_overflow(cells.runtime_overflowed)
             if wait_series is not None and wait_series[1] is not None:
                 self._count_overflow(wait_series[1])
         except Exception as exc:  # noqa: BLE001 - metrics never raise into tasks
@@ -457,12 +477,7 @@ class Recorder:
             self._failures.record("counting a received task", exc)
 
     def _new_pair(self, name: str, queue: str) -> _TaskPair:
-        key, overflowed = self._admitted(_RUNTIME, (name, queue))
-        with self._lock:
-            series = self._histograms[_RUNTIME].get(key)
-            if series is None:
-                series = self._new_series(_RUNTIME, key)
-        pair = _TaskPair(name, queue, key, series, overflowed)
+        pair = _TaskPair(name, queue)
         rkey, pair.received_overflowed = self._admitted(_RECEIVED, (name, queue))
         with self._lock:
             cell = self._totals[_RECEIVED].get(rkey)
@@ -474,14 +489,23 @@ class Recorder:
             self._pairs[(name, queue)] = pair
         return pair
 
-    def _pair_state(self, pair: _TaskPair, state: str) -> tuple[list[float], str | None]:
+    def _pair_state(self, pair: _TaskPair, state: str) -> _StateCells:
         key, overflowed = self._admitted(_TASKS, (pair.name, pair.queue, state))
         with self._lock:
             cell = self._totals[_TASKS].get(key)
             if cell is None:
                 cell = self._totals[_TASKS][key] = [0]
-        pair.states[state] = (cell, overflowed)
-        return cell, overflowed
+        cells = pair.states[state] = _StateCells(cell, overflowed)
+        return cells
+
+    def _state_runtime(self, pair: _TaskPair, state: str, cells: _StateCells) -> None:
+        key, overflowed = self._admitted(_RUNTIME, (pair.name, pair.queue, state))
+        with self._lock:
+            series = self._histograms[_RUNTIME].get(key)
+            if series is None:
+                series = self._new_series(_RUNTIME, key)
+        cells.runtime_key, cells.runtime_overflowed = key, overflowed
+        cells.runtime = series
 
     def _pair_wait(
         self, pair: _TaskPair, wait_from: str
@@ -641,6 +665,11 @@ class Recorder:
                     elif key == mt.QUEUE:
                         text, capped = _capped(text, self._queues, self._settings.max_queues)
                         overflowed = overflowed or ("queue" if capped else None)
+                    elif key == mt.SCHEDULE_ENTRY:
+                        text, capped = _capped(
+                            text, self._schedule_entries, self._settings.max_task_names
+                        )
+                        overflowed = overflowed or ("schedule_entry" if capped else None)
                 values.append(text)
             admitted = tuple(values)
             series = self._series[metric]

@@ -22,6 +22,7 @@ from opentelemetry.metrics import MeterProvider, get_meter, get_meter_provider
 
 from otel_celery_metrics import _green, _worker_state
 from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._beat import BeatHooks
 from otel_celery_metrics._hook_checks import HookReport, WorkerStartChecks
 from otel_celery_metrics._outcomes import RequestHooks, SpanJoin, TaskOutcomes
 from otel_celery_metrics._prefork import ForkBridge, SwitchableSink
@@ -53,6 +54,8 @@ class _Wiring:
     hooks: RequestHooks
     exemplars: _ExemplarSwitch
     checks: WorkerStartChecks
+    worker_view: _worker_state.WorkerView
+    beat: BeatHooks
 
 
 class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -89,13 +92,20 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         failures = FailureLog()
         default_queue = settings.default_queue
         degraded = _green.check_green_pool()
+        view = _worker_state.WorkerView(default_queue)
         recorder = Recorder(
             meter,
             settings,
             failures,
             observers={
-                mt.TASKS_EXECUTING.name: lambda: _worker_state.executing(default_queue),
-                mt.TASKS_PREFETCHED.name: lambda: _worker_state.prefetched(default_queue),
+                mt.TASKS_EXECUTING.name: view.executing,
+                mt.TASKS_PREFETCHED.name: view.prefetched,
+                mt.TASKS_RESERVED.name: view.reserved,
+                mt.TASKS_SCHEDULED.name: view.scheduled,
+                mt.TASKS_EXECUTING_OLDEST_AGE.name: view.oldest_executing_age,
+                mt.TASKS_PAST_SOFT_TIME_LIMIT.name: view.past_soft_time_limit,
+                mt.WORKER_POOL_PROCESSES.name: view.pool_processes,
+                mt.WORKER_POOL_MAX_PROCESSES.name: view.pool_max_processes,
                 mt.SELF_DEGRADED.name: lambda: _degraded(degraded),
             },
             histograms_via_api=not adapter.hookable,
@@ -138,12 +148,20 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         bridge.install()
         exemplars.install()
         checks.install()
-        self._wiring = _Wiring(adapter, recorder, receivers, bridge, hooks, exemplars, checks)
+        view.install()
+        # Beat sends from its main process (no pool): straight into the Recorder.
+        beat = BeatHooks(recorder, failures)
+        beat.install()
+        self._wiring = _Wiring(
+            adapter, recorder, receivers, bridge, hooks, exemplars, checks, view, beat
+        )
 
     def _uninstrument(self, **kwargs: Any) -> None:
         wiring = self._wiring
         if wiring is None:
             return
+        wiring.beat.uninstall()
+        wiring.worker_view.uninstall()
         wiring.checks.uninstall()
         wiring.exemplars.uninstall()
         wiring.receivers.disconnect()

@@ -48,6 +48,7 @@ REASON = "reason"
 ATTRIBUTE = "attribute"
 SIGNAL = "signal"
 HOOK = "hook"
+SCHEDULE_ENTRY = "schedule_entry"
 # Exporter only.
 HOSTNAME = "hostname"
 EVENT_TYPE = "type"
@@ -73,7 +74,8 @@ class MetricSpec:
     description: str
     attributes: tuple[str, ...]
     buckets: tuple[float, ...] | None = None
-    #: Where it is measured: "worker" (in-process), "producer", "self" (our own health).
+    #: Where it is measured: "worker" (in-process), "producer", "beat", "self" (our own
+    #: health).
     recorded_in: str = "worker"
 
     @property
@@ -93,10 +95,11 @@ TASK_RUNTIME = MetricSpec(
     name="celery.task.runtime",
     kind=InstrumentKind.HISTOGRAM,
     unit="s",
-    description="Execution time of tasks that ran to an end (any outcome but a lost worker): "
-    "Celery's own runtime for successes (its 'succeeded in' figure); for other outcomes, "
-    "from the pool process accepting the task to its result reaching the worker.",
-    attributes=(TASK_NAME, QUEUE),
+    description="Execution time of tasks that ran to an end (any outcome but a lost worker), "
+    "by the state it ended in (state: SUCCESS, FAILURE, RETRY, ...): Celery's own runtime "
+    "for successes (its 'succeeded in' figure); for other outcomes, from the pool process "
+    "accepting the task to its result reaching the worker.",
+    attributes=(TASK_NAME, QUEUE, STATE),
     buckets=DEFAULT_SECONDS_BUCKETS,
 )
 TASKS_PUBLISHED = MetricSpec(
@@ -138,9 +141,58 @@ TASKS_PREFETCHED = MetricSpec(
     name="celery.tasks.prefetched",
     kind=InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER,
     unit="{task}",
-    description="Tasks received and reserved by this worker but not yet started "
-    "(prefetched, waiting for a pool process or an ETA).",
+    description="Tasks this worker holds but has not started (prefetched): "
+    "celery.tasks.reserved plus celery.tasks.scheduled.",
     attributes=(TASK_NAME, QUEUE),
+)
+TASKS_RESERVED = MetricSpec(
+    name="celery.tasks.reserved",
+    kind=InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER,
+    unit="{task}",
+    description="Prefetched tasks waiting for a free pool process (no ETA, or their ETA "
+    "has come): what `celery inspect reserved` lists.",
+    attributes=(TASK_NAME, QUEUE),
+)
+TASKS_SCHEDULED = MetricSpec(
+    name="celery.tasks.scheduled",
+    kind=InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER,
+    unit="{task}",
+    description="Prefetched tasks held until their ETA or countdown (or a rate limit's "
+    "slot): what `celery inspect scheduled` lists.",
+    attributes=(TASK_NAME, QUEUE),
+)
+TASKS_EXECUTING_OLDEST_AGE = MetricSpec(
+    name="celery.tasks.executing.oldest_age",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="s",
+    description="Seconds since the longest-running execution of the task on this worker "
+    "started; 0 while none executes (a stuck task shows as a growing age).",
+    attributes=(TASK_NAME, QUEUE),
+)
+TASKS_PAST_SOFT_TIME_LIMIT = MetricSpec(
+    name="celery.tasks.past_soft_time_limit",
+    kind=InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER,
+    unit="{task}",
+    description="Executing tasks running longer than their soft time limit (the message's, "
+    "else the task's, else the worker's --soft-time-limit; tasks without one never "
+    "count): the task caught SoftTimeLimitExceeded or its pool does not enforce limits.",
+    attributes=(TASK_NAME, QUEUE),
+)
+WORKER_POOL_PROCESSES = MetricSpec(
+    name="celery.worker.pool.processes",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{process}",
+    description="Pool processes (threads, greenlets) this worker has now: "
+    "celery_tasks_executing / this is its utilisation, 0..1.",
+    attributes=(),
+)
+WORKER_POOL_MAX_PROCESSES = MetricSpec(
+    name="celery.worker.pool.max_processes",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{process}",
+    description="The most pool processes this worker may have: the --autoscale maximum, "
+    "else the pool's size.",
+    attributes=(),
 )
 TASK_FAILURES = MetricSpec(
     name="celery.task.failures",
@@ -149,12 +201,47 @@ TASK_FAILURES = MetricSpec(
     description="Task failures (the task_failure signal) by exception class name.",
     attributes=(TASK_NAME, QUEUE, EXCEPTION_TYPE),
 )
+# Beat lateness: milliseconds when beat keeps up; minutes to a day when it was down or
+# blocked (a run missed overnight shows as one send hours late).
+BEAT_LATENESS_BUCKETS: tuple[float, ...] = (
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+)
+BEAT_SENDS = MetricSpec(
+    name="celery.beat.sends",
+    kind=InstrumentKind.COUNTER,
+    unit="{task}",
+    description="Tasks celery beat sent, per schedule entry (a send that raised is not "
+    "counted; Celery logs it).",
+    attributes=(SCHEDULE_ENTRY, TASK_NAME),
+    recorded_in="beat",
+)
+BEAT_LATENESS = MetricSpec(
+    name="celery.beat.lateness",
+    kind=InstrumentKind.HISTOGRAM,
+    unit="s",
+    description="How far behind its scheduled time each send of the entry went out (0 when "
+    "on time; the first send after beat was down shows the whole gap). Entries whose "
+    "schedule has no remaining_estimate have none.",
+    attributes=(SCHEDULE_ENTRY, TASK_NAME),
+    buckets=BEAT_LATENESS_BUCKETS,
+    recorded_in="beat",
+)
+BEAT_LAST_SEND = MetricSpec(
+    name="celery.beat.last_send.timestamp",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="s",
+    description="Unix time of the entry's last send by this beat process: "
+    "time() - this is how long ago the job last ran.",
+    attributes=(SCHEDULE_ENTRY, TASK_NAME),
+    recorded_in="beat",
+)
 SELF_OVERFLOW = MetricSpec(
     name="otel_celery_metrics.overflow",
     kind=InstrumentKind.COUNTER,
     unit="{measurement}",
     description="Measurements whose attribute value was replaced by the overflow value "
-    "because a cardinality cap was reached (attribute: task_name, queue or series).",
+    "because a cardinality cap was reached (attribute: task_name, queue, schedule_entry or "
+    "series).",
     attributes=(ATTRIBUTE,),
     recorded_in="self",
 )
@@ -209,7 +296,7 @@ DROP_REASONS: tuple[str, ...] = (
     "pool_buffer_full", "undecodable", "internal_error", "collection_timeout",
 )
 #: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
-OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "series")
+OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "schedule_entry", "series")
 #: Values of ``hook`` on ``otel_celery_metrics_hook_inactive``: the request class Celery's
 #: worker builds (task outcomes), the readers' collection (histograms, fork fence), the
 #: silencing of inherited exporters in prefork pool children.
@@ -304,10 +391,16 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
         STATE,
         in_process="Which request callback ended the task and, for an execution that "
         "raised, Celery's control-flow exception (Retry, Ignore, Reject); REVOKED and "
-        "REJECTED from the worker's task_revoked, task_unknown and task_rejected signals.",
+        "REJECTED from the worker's task_revoked, task_unknown and task_rejected signals. "
+        "On celery.task.runtime, the state the execution ended in, so failed runs are "
+        "separable from successful ones.",
         exporter="The event type (task-succeeded, task-failed, task-retried, "
         "task-rejected, task-revoked).",
-        bounded="A fixed set (see Attribute values).",
+        bounded="A fixed set (see Attribute values). On the runtime histogram a series "
+        "exists only for the states a task's executions ended in (usually SUCCESS alone; "
+        "SUCCESS and FAILURE for tasks that fail): chosen over a second histogram, which "
+        "would cost the same series for failing tasks but split every runtime query in "
+        "two; `sum without (state)` gives one histogram per task and queue.",
         tests=(
             _T_OUTCOMES + "test_raised_outcomes_count_their_state_and_runtime",
             _T_RECEIVERS + "test_revoked_unknown_and_rejected_messages_count_their_state",
@@ -354,7 +447,7 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
         ATTRIBUTE,
         in_process="The attribute whose cap replaced a value (overflow).",
         exporter="-",
-        bounded="A fixed set: task_name, queue, series.",
+        bounded="A fixed set: task_name, queue, schedule_entry, series.",
         tests=(_T_RECORDER + "test_series_past_the_cap_fold_into_one_all_overflow_series",),
     ),
     AttributeSource(
@@ -382,6 +475,21 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
             "test_a_reader_without_the_private_collect_hook_is_reported_and_histograms_still_appear",
             "tests/unit/test_instrumentor_lifecycle.py::"
             "test_a_pool_child_whose_exporter_cannot_be_silenced_is_reported_to_the_main_process",
+        ),
+    ),
+    AttributeSource(
+        SCHEDULE_ENTRY,
+        in_process="Beat: the name of the schedule entry beat sent (the key of "
+        "`beat_schedule`, or the scheduler's entry name, e.g. a django-celery-beat "
+        "PeriodicTask's name).",
+        exporter="-",
+        bounded="The schedule. Capped like task names (OTEL_CELERY_METRICS_MAX_TASK_NAMES "
+        "distinct entries), then `__overflow__`.",
+        tests=(
+            "tests/unit/test_beat.py::test_each_send_counts_its_entry_lateness_and_time",
+            "tests/unit/test_beat.py::test_entries_past_the_cap_become_overflow",
+            "tests/integration/test_beat.py::"
+            "test_a_real_beat_reports_sends_lateness_and_last_send_per_entry",
         ),
     ),
     AttributeSource(
@@ -422,6 +530,15 @@ METRICS: tuple[MetricSpec, ...] = (
     TASK_QUEUE_WAIT,
     TASKS_EXECUTING,
     TASKS_PREFETCHED,
+    TASKS_RESERVED,
+    TASKS_SCHEDULED,
+    TASKS_EXECUTING_OLDEST_AGE,
+    TASKS_PAST_SOFT_TIME_LIMIT,
+    WORKER_POOL_PROCESSES,
+    WORKER_POOL_MAX_PROCESSES,
+    BEAT_SENDS,
+    BEAT_LATENESS,
+    BEAT_LAST_SEND,
     SELF_OVERFLOW,
     SELF_DROPPED,
     SELF_RELAYED,
@@ -573,12 +690,33 @@ WORKER_PROCESSES = MetricSpec(
     attributes=(HOSTNAME,),
     recorded_in=_EXPORTER,
 )
+WORKER_UTILISATION = MetricSpec(
+    name="celery.worker.utilisation",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="1",
+    description="Busy share of the worker's pool, 0..1: tasks active at its last heartbeat "
+    "over its pool processes (last inspect stats reply); absent until both are known.",
+    attributes=(HOSTNAME,),
+    recorded_in=_EXPORTER,
+)
 QUEUE_MESSAGES = MetricSpec(
     name="celery.queue.messages",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
     unit="{message}",
     description="Messages waiting in the broker queue (Redis: all priority lists summed; "
     "RabbitMQ: ready messages from a passive declare).",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_OLDEST_MESSAGE_AGE = MetricSpec(
+    name="celery.queue.oldest_message.age",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="s",
+    description="Redis only: how long the oldest message waiting in the queue (over its "
+    "priority lists) has waited, read without consuming it; 0 when the queue is empty. Its "
+    "time is our publish header (instrumented producer), else the task-sent event of its "
+    "task id; absent when neither is known. RabbitMQ cannot show a queue's head without "
+    "delivering it: no such series there (see docs/exporter.md).",
     attributes=(QUEUE,),
     recorded_in=_EXPORTER,
 )
@@ -679,7 +817,9 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     WORKER_UP,
     WORKER_TASKS_ACTIVE,
     WORKER_PROCESSES,
+    WORKER_UTILISATION,
     QUEUE_MESSAGES,
+    QUEUE_OLDEST_MESSAGE_AGE,
     QUEUE_CONSUMERS,
     QUEUE_WORKERS,
     QUEUE_PROCESSES,

@@ -60,7 +60,9 @@ class InvalidEvent(ValueError):
 
 
 class HistogramSink(Protocol):
-    def runtime(self, name: str, queue: str, hostname: str, seconds: float) -> None: ...
+    def runtime(
+        self, name: str, queue: str, state: str, hostname: str, seconds: float
+    ) -> None: ...
 
     def queue_wait(self, name: str, queue: str, wait_from: str, seconds: float) -> None: ...
 
@@ -409,7 +411,7 @@ class EventHandlers:
         self._per_event["task-succeeded"].add(self._key(name, queue, hostname))
         self._tasks.add((name, queue, "SUCCESS"))
         if runtime is not None and runtime >= 0:
-            self._hist.runtime(name, queue, hostname, runtime)
+            self._hist.runtime(name, queue, "SUCCESS", hostname, runtime)
 
     def _failed(self, event: Mapping[str, Any]) -> None:
         task_id, info = self._info(event)
@@ -425,7 +427,7 @@ class EventHandlers:
         self._tasks.add((name, queue, "FAILURE"))
         self._failures_by_class.add((name, queue, exc))
         if started is not None and finished is not None and finished >= started:
-            self._hist.runtime(name, queue, hostname, finished - started)
+            self._hist.runtime(name, queue, "FAILURE", hostname, finished - started)
 
     def _finished_as(self, state: str) -> Callable[[Mapping[str, Any]], None]:
         kind = {"RETRY": "task-retried", "REJECTED": "task-rejected", "REVOKED": "task-revoked"}

@@ -71,8 +71,12 @@ class Histograms:
                 self._attrs[key] = attrs
         return attrs
 
-    def runtime(self, name: str, queue: str, hostname: str, seconds: float) -> None:
-        self._runtime.record(seconds, self._cached(("r", name, queue), (mt.TASK_NAME, mt.QUEUE)))
+    def runtime(
+        self, name: str, queue: str, state: str, hostname: str, seconds: float
+    ) -> None:
+        self._runtime.record(
+            seconds, self._cached(("r", name, queue, state), (mt.TASK_NAME, mt.QUEUE, mt.STATE))
+        )
         if self._compat is not None:
             self._compat.record(
                 seconds, self._cached(("c", name, queue, hostname), compat.TASK_LABELS)
@@ -207,7 +211,9 @@ class Instruments:
         add(mt.WORKER_UP, _from_mapping(src.liveness.up, mt.HOSTNAME))
         add(mt.WORKER_TASKS_ACTIVE, _from_mapping(src.liveness.active, mt.HOSTNAME))
         add(mt.WORKER_PROCESSES, _from_mapping(src.liveness.processes, mt.HOSTNAME))
+        add(mt.WORKER_UTILISATION, _from_mapping(self._utilisation, mt.HOSTNAME))
         add(mt.QUEUE_MESSAGES, _from_mapping(self._queue_messages, mt.QUEUE))
+        add(mt.QUEUE_OLDEST_MESSAGE_AGE, _from_mapping(self._oldest_message_age, mt.QUEUE))
         add(mt.QUEUE_CONSUMERS, _from_mapping(self._queue_consumers, mt.QUEUE))
         add(mt.QUEUE_WORKERS, _from_mapping(lambda: self._per_queue(0), mt.QUEUE))
         add(mt.QUEUE_PROCESSES, _from_mapping(lambda: self._per_queue(1), mt.QUEUE))
@@ -234,6 +240,19 @@ class Instruments:
 
     def _queue_messages(self) -> dict[str, float]:
         return {q: m for q, (m, _) in self._sources.queue_probe().values.items()}
+
+    def _oldest_message_age(self) -> dict[str, float]:
+        """The probe's ages, grown by the time since it took them (an empty queue stays 0
+        until the next probe)."""
+        result = self._sources.queue_probe()
+        if result.taken_at is None:
+            return {}
+        since = max(0.0, self._sources.clock() - result.taken_at)
+        return {q: age + since if age else 0.0 for q, age in result.oldest_age.items()}
+
+    def _utilisation(self) -> dict[str, float]:
+        active, processes = self._sources.liveness.active(), self._sources.liveness.processes()
+        return {h: active[h] / n for h, n in processes.items() if n and h in active}
 
     def _queue_consumers(self) -> dict[str, float]:
         return {q: c for q, (_, c) in self._sources.queue_probe().values.items() if c is not None}

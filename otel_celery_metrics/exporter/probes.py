@@ -1,5 +1,11 @@
 """Background probes: queue depth from the broker, workers' queues and pools from inspect.
 
+On Redis the queue probe also peeks at the oldest message of each priority list (the
+tail: kombu pushes on the left and consumers pop on the right; LINDEX reads without
+consuming) and takes its time from our publish header (an instrumented producer), else
+from the task-sent event of its task id when the exporter saw one. RabbitMQ cannot show a
+queue's head without delivering it (basic.get), so there is no such age on RabbitMQ.
+
 Scrapes never wait on these. Each probe runs on its own thread every interval with every
 broker round trip bounded by ``probe_timeout``, publishes a complete new result at once
 (a dict swapped in, never mutated), and records when it last succeeded; the scrape
@@ -8,11 +14,14 @@ serves the latest result and its age (``celery_exporter_probe_age_seconds``).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from otel_celery_metrics._outcomes import PUBLISHED_AT_HEADER
 from otel_celery_metrics._routing import Binding, bindings_from_reply
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.liveness import Liveness
@@ -25,6 +34,9 @@ class ProbeResult:
 
     def __init__(self) -> None:
         self.values: dict[str, tuple[int, int | None]] = {}
+        #: Queue -> seconds its oldest waiting message had waited when the values were
+        #: taken (0: empty). Queues whose oldest message has no known time are absent.
+        self.oldest_age: dict[str, float] = {}
         self.taken_at: float | None = None
         self.last_error: str | None = None
 
@@ -36,8 +48,28 @@ def redis_queue_keys(
     return [prefix + (f"{queue}{separator}{step}" if step else queue) for step in steps]
 
 
+def published_at(raw: bytes | str | None, sent_at: Callable[[str], float | None]) -> float | None:
+    """When the kombu Redis message ``raw`` was published (seconds since the epoch): our
+    publish header, else ``sent_at`` of its task id; None when neither is known."""
+    if raw is None:
+        return None
+    try:
+        headers = json.loads(raw).get("headers") or {}
+    except (ValueError, AttributeError):
+        return None
+    stamp = headers.get(PUBLISHED_AT_HEADER)
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+        return float(stamp)
+    task_id = headers.get("id")
+    return sent_at(task_id) if isinstance(task_id, str) else None
+
+
 class QueueDepthProbe:
-    """Messages (and, on RabbitMQ, consumers) per queue."""
+    """Messages (and, on RabbitMQ, consumers) per queue; on Redis the oldest one's age.
+
+    ``sent_at`` gives the task-sent time of a task id the exporter saw (or None);
+    ``wall_clock`` is seconds since the epoch, what message times are measured in.
+    """
 
     def __init__(
         self,
@@ -45,11 +77,16 @@ class QueueDepthProbe:
         app: Any,
         queues: Callable[[], set[str]],
         clock: Callable[[], float],
+        *,
+        sent_at: Callable[[str], float | None] = lambda _task_id: None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._app = app
         self._queues = queues
         self._clock = clock
+        self._sent_at = sent_at
+        self._wall_clock = wall_clock
         self._filter = NameFilter(config.queue_allow, config.queue_deny)
         self.result = ProbeResult()
         scheme = config.broker_url.split(":", 1)[0].lower()
@@ -62,8 +99,10 @@ class QueueDepthProbe:
 
     def poll(self) -> None:
         names = self.queue_names()
+        oldest: dict[str, float] = {}
         try:
-            values = self._redis_depths(names) if self._redis else self._amqp_depths(names)
+            redis = self._redis
+            values = self._redis_depths(names, oldest) if redis else self._amqp_depths(names)
         except Exception as exc:  # noqa: BLE001 - the probe retries next interval
             self.result.last_error = f"{type(exc).__name__}: {exc}"[:300]
             self._client = None
@@ -74,10 +113,14 @@ class QueueDepthProbe:
             return
         result = ProbeResult()
         result.values = values
+        result.oldest_age = oldest
         result.taken_at = self._clock()
         self.result = result
 
-    def _redis_depths(self, names: list[str]) -> dict[str, tuple[int, int | None]]:
+    def _redis_depths(
+        self, names: list[str], oldest: dict[str, float]
+    ) -> dict[str, tuple[int, int | None]]:
+        """Depth per queue; fills ``oldest`` with each queue's oldest message age."""
         if self._client is None:
             import redis
 
@@ -93,14 +136,34 @@ class QueueDepthProbe:
                                     cfg.redis_key_prefix)
             for key in keys:
                 pipe.llen(key)
+                pipe.lindex(key, -1)  # the oldest message of this priority list
             spans.append((name, len(keys)))
         replies = pipe.execute()
+        now = self._wall_clock()
         out: dict[str, tuple[int, int | None]] = {}
         pos = 0
         for name, count in spans:
-            out[name] = (sum(int(v) for v in replies[pos : pos + count]), None)
-            pos += count
+            lengths = replies[pos : pos + 2 * count : 2]
+            tails = replies[pos + 1 : pos + 2 * count : 2]
+            pos += 2 * count
+            out[name] = (sum(int(v) for v in lengths), None)
+            age = self._oldest_age(tails, now)
+            if age is not None:
+                oldest[name] = age
         return out
+
+    def _oldest_age(self, tails: list[Any], now: float) -> float | None:
+        """The oldest of the priority lists' tail messages: 0 when all are empty, None
+        when a waiting tail's time is unknown (an age we cannot vouch for is not given)."""
+        ages = [0.0]
+        for raw in tails:
+            if raw is None:
+                continue
+            stamp = published_at(raw, self._sent_at)
+            if stamp is None:
+                return None
+            ages.append(max(0.0, now - stamp))  # clamped: the producer's clock may be ahead
+        return max(ages)
 
     def _amqp_depths(self, names: list[str]) -> dict[str, tuple[int, int | None]]:
         out: dict[str, tuple[int, int | None]] = {}

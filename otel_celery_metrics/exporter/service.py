@@ -92,7 +92,9 @@ class Exporter:
         )
         self.handlers: EventHandlers
         self.receiver: RedisPubSubReceiver | KombuReceiver
-        self.queue_probe = QueueDepthProbe(config, self.app, self.liveness.queues, clock)
+        self.queue_probe = QueueDepthProbe(
+            config, self.app, self.liveness.queues, clock, sent_at=self._task_sent_at
+        )
         self.inspect_probe = InspectProbe(config, self.app, self.liveness, clock)
         self._build(clock)
 
@@ -190,6 +192,12 @@ class Exporter:
             pass
 
     # -- periodic upkeep and health --------------------------------------------------------
+
+    def _task_sent_at(self, task_id: str) -> float | None:
+        """The task-sent time of ``task_id``, if the exporter saw it (read by the queue
+        probe's thread: one dict lookup, no lock needed for a value that may be stale)."""
+        info = self.tracker.get(task_id)
+        return info.sent if info is not None else None
 
     def maintain(self) -> None:
         gone = self.liveness.expire()

@@ -82,6 +82,18 @@ def sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+@app.task(name="tests.overrun")
+def overrun(seconds: float) -> None:
+    """Runs ``seconds`` whatever its soft time limit: catches SoftTimeLimitExceeded and goes
+    on, as a task that cleans up slowly does (past_soft_time_limit counts it)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(SoftTimeLimitExceeded):
+            time.sleep(left)
+
+
 @app.task(name="tests.die")
 def die() -> None:
     """Kills its own pool process, as the OOM killer would."""

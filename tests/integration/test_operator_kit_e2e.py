@@ -53,12 +53,14 @@ RULE_EXPECT: dict[str, tuple[str, ...]] = {
     "job_queue_task_name:celery_task_queue_wait_seconds:quantile_rate5m": BOTH,
     "job_instance:celery_tasks:rate5m": BOTH,
     "job_instance:celery_tasks_held:sum": BOTH,
+    "job_instance:celery_worker_saturation:ratio": IN,  # celery_worker_pool_processes
     "job_hostname:celery_worker_saturation:ratio": EXPORTER,  # pool size comes from inspect
     # tests.fail fails 3 of 3 runs (ratio 1), under the guard of 10 runs in 5 minutes.
     "CeleryTaskFailureRatioHigh": (),
     "CeleryQueueWaitHigh": (),  # waits are seconds, the threshold is 60 s
     "CeleryQueueBacklogGrowing": (),  # the queue was empty minutes ago
     "CeleryFleetStalled": (),  # messages wait, but tasks end
+    "CeleryQueueOldestMessageOld": (),  # the oldest message waits seconds, not 10 minutes
     "CeleryWorkerDown": (),
     "CeleryWorkerMetricsGone": (),
     # The backlog keeps both pool processes busy with more tasks waiting: the condition holds
@@ -67,6 +69,7 @@ RULE_EXPECT: dict[str, tuple[str, ...]] = {
     "CeleryTaskEventsDisabled": (),  # the worker runs with -E
     "CeleryMetricsPipelineLosingData": (),  # nothing dropped, nothing overflowed
     "CeleryInstrumentationDegraded": (),  # every hook active (or the series not there yet)
+    "CeleryTaskStuck": (),  # the longest task runs 3 s and none has a soft time limit
 }
 
 #: The per-task dashboard runs for these tasks; the overview for all (".*").
@@ -183,15 +186,18 @@ def _workload(worker: Any, exporter: ExporterProc, redis_url: str, queue: str,
     send_mixed_batch(app, queue)
     for i in range(2):  # ETA tasks: their wait is measured from the ETA
         app.send_task("tests.ok", args=(200 + i,), queue=queue, routing_key=queue, countdown=2)
+    # One not due before the test ends: held in the worker as scheduled, never reserved.
+    app.send_task("tests.ok", args=(300,), queue=queue, routing_key=queue, countdown=3600)
     wait_for(lambda: value(worker.samples(), "celery_tasks_total", state="SUCCESS") >= 11,
              timeout=60, what="the mixed batch and the ETA tasks done")
     # A backlog: 2 pool processes, 10 tasks of 3 s. Messages wait in Redis, tasks wait
-    # prefetched in the worker, both processes are busy.
+    # reserved in the worker, both processes are busy.
     for _ in range(10):
         app.send_task("tests.sleep", args=(3,), queue=queue, routing_key=queue)
     busy = (f'celery_queue_messages{{queue="{queue}"}} > 0',
-            f'sum(celery_tasks_prefetched{{queue="{queue}"}}) > 0',
+            f'sum(celery_tasks_reserved{{queue="{queue}"}}) > 0',
             'job_hostname:celery_worker_saturation:ratio >= 1',
+            'job_instance:celery_worker_saturation:ratio >= 1',
             *(f"count(sum by (job) (rate(celery_tasks_total{{{sel}}}[2m])) > 0) == {len(JOBS)}"
               for sel in ('state="FAILURE"', 'task_name="tests.sleep"')))
     for prom in servers:

@@ -112,6 +112,8 @@ def test_series_names_parses_what_the_kit_uses() -> None:
     ) == {"celery_task_runtime_seconds_bucket", "up", "x:y:z"}
     assert series_names('{__name__=~"a_total|b",job=~"$job"}') == {
         "a_total", "b"}
+    assert series_names('label_replace(max by (job) (a_seconds) > 1, "reason", "x", "", "")'
+                        ) == {"a_seconds"}
 
 
 def test_rules_and_dashboards_name_only_series_in_the_metric_table() -> None:
@@ -136,7 +138,9 @@ def test_rules_and_dashboards_name_only_series_in_the_metric_table() -> None:
     # And the kit covers the table: every task series is read somewhere.
     everything = set().union(*used.values())
     for spec in (mt.TASKS, mt.TASK_FAILURES, mt.TASKS_EXECUTING, mt.TASKS_PREFETCHED,
-                 mt.SELF_DROPPED, mt.SELF_OVERFLOW, mt.WORKER_UP, mt.QUEUE_MESSAGES):
+                 mt.TASKS_RESERVED, mt.WORKER_POOL_PROCESSES, mt.TASKS_EXECUTING_OLDEST_AGE,
+                 mt.TASKS_PAST_SOFT_TIME_LIMIT, mt.SELF_DROPPED, mt.SELF_OVERFLOW,
+                 mt.WORKER_UP, mt.QUEUE_MESSAGES):
         assert spec.prometheus_name in everything, spec.prometheus_name
 
 

@@ -140,7 +140,7 @@ def test_a_success_counts_its_state_runtime_and_queue_wait(world: World) -> None
     received = {k: v for k, v in world.points(mt.TASKS_RECEIVED).items() if v}
     assert received == {frozenset({("task_name", NAME), ("queue", "q1")}): 1}
     ((attrs, runtime),) = world.points(mt.TASK_RUNTIME).items()
-    assert dict(attrs) == {"task_name": NAME, "queue": "q1"}
+    assert dict(attrs) == {"task_name": NAME, "queue": "q1", "state": "SUCCESS"}
     assert runtime.count == 1
     assert runtime.sum == 0.25  # Celery's own runtime, as in its "succeeded in" line
     ((attrs, wait),) = world.points(mt.TASK_QUEUE_WAIT).items()
@@ -192,7 +192,8 @@ def test_raised_outcomes_count_their_state_and_runtime(
     assert world.states() == {state: 1}
     failures = {dict(k)["exception_type"]: v for k, v in world.points(mt.TASK_FAILURES).items()}
     assert failures == ({failure_class: 1} if failure_class else {})
-    ((_, runtime),) = world.points(mt.TASK_RUNTIME).items()
+    ((attrs, runtime),) = world.points(mt.TASK_RUNTIME).items()
+    assert dict(attrs)["state"] == state  # failed runs separable from successful ones
     assert runtime.count == 1
     assert 1.9 < runtime.sum < 3.0  # from acceptance to the result
 
@@ -309,14 +310,16 @@ def test_executing_and_prefetched_label_the_registered_name_and_consumed_queue(
 ) -> None:
     from celery.worker import state
 
-    from otel_celery_metrics import _worker_state
+    from otel_celery_metrics._worker_state import WorkerView
 
+    view = WorkerView("dq")
     request = world.request(queue="images", shadow="report.for.user42")
     state.task_reserved(request)
     try:
-        assert list(_worker_state.prefetched("dq")) == [(1.0, (NAME, "images"))]
+        assert list(view.prefetched()) == [(1.0, (NAME, "images"))]
+        assert list(view.reserved()) == [(1.0, (NAME, "images"))]
         state.task_accepted(request)
-        assert list(_worker_state.executing("dq")) == [(1.0, (NAME, "images"))]
-        assert list(_worker_state.prefetched("dq")) == []
+        assert list(view.executing()) == [(1.0, (NAME, "images"))]
+        assert list(view.prefetched()) == []
     finally:
         state.task_ready(request)

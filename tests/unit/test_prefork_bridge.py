@@ -120,7 +120,7 @@ def test_measurements_from_a_forked_child_reach_the_parent_recorder() -> None:
                 assert bridge.forwarding
                 for i in range(100):
                     sink.emit(TASKS, 1, ("child.task", "q", "SUCCESS"))
-                    sink.emit(RUNTIME, 0.25, ("child.task", "q"))
+                    sink.emit(RUNTIME, 0.25, ("child.task", "q", "SUCCESS"))
                     sink.span(f"task-{i}", 1000 + i, 2000 + i)
                     sink.flush()
             finally:
@@ -142,7 +142,7 @@ def test_measurements_from_a_forked_child_reach_the_parent_recorder() -> None:
         assert points[frozenset({("task_name", "parent.task"), ("queue", "q"),
                                  ("state", "SUCCESS")})] == 1
         assert _points(reader, "celery.task.runtime")[
-            frozenset({("task_name", "child.task"), ("queue", "q")})] == 100
+            frozenset({("task_name", "child.task"), ("queue", "q"), ("state", "SUCCESS")})] == 100
         # Exemplar spans wait for their task's outcome, which looks them up by id.
         assert bridge.take_span("task-7") == (1007, 2007)
         assert bridge.take_span("task-7") is None

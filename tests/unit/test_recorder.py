@@ -74,7 +74,7 @@ def test_a_measurement_becomes_a_point_with_the_table_attributes(harness: Harnes
 
 def test_histograms_use_the_configured_buckets() -> None:
     h = Harness(Settings(runtime_buckets=(0.25, 4.0)))
-    h.recorder.emit(RUNTIME, 1.0, ("app.add", "celery"))
+    h.recorder.emit(RUNTIME, 1.0, ("app.add", "celery", "SUCCESS"))
     (point,) = h.points(mt.TASK_RUNTIME).values()
     assert tuple(point.explicit_bounds) == (0.25, 4.0)  # type: ignore[attr-defined]
     assert list(point.bucket_counts) == [0, 1, 0]  # type: ignore[attr-defined]
@@ -97,13 +97,15 @@ def test_queues_past_the_cap_become_overflow_and_are_counted() -> None:
     h = Harness(Settings(max_queues=1))
     h.recorder.emit(TASKS, 1, ("t", "q1", "SUCCESS"))
     h.recorder.emit(TASKS, 1, ("t", "q2", "SUCCESS"))
-    h.recorder.emit(RUNTIME, 0.1, ("t", "q3"))
+    h.recorder.emit(RUNTIME, 0.1, ("t", "q3", "SUCCESS"))
     assert set(h.points(mt.TASKS)) == {
         attrs(task_name="t", queue="q1", state="SUCCESS"),
         attrs(task_name="t", queue=OVERFLOW, state="SUCCESS"),
     }
     # The queue budget is shared by all metrics of a worker.
-    assert set(h.points(mt.TASK_RUNTIME)) == {attrs(task_name="t", queue=OVERFLOW)}
+    assert set(h.points(mt.TASK_RUNTIME)) == {
+        attrs(task_name="t", queue=OVERFLOW, state="SUCCESS")
+    }
     assert h.overflow_count("queue") == 2
 
 
@@ -145,9 +147,9 @@ def test_narrowed_attributes_are_dropped_from_every_measurement() -> None:
     h = Harness(Settings(attributes=frozenset({"task_name", "state"})))
     h.recorder.emit(TASKS, 1, ("t", "q1", "SUCCESS"))
     h.recorder.emit(TASKS, 1, ("t", "q2", "SUCCESS"))
-    h.recorder.emit(RUNTIME, 0.5, ("t", "q1"))
+    h.recorder.emit(RUNTIME, 0.5, ("t", "q1", "SUCCESS"))
     assert h.points(mt.TASKS) == {attrs(task_name="t", state="SUCCESS"): 2}
-    assert set(h.points(mt.TASK_RUNTIME)) == {attrs(task_name="t")}
+    assert set(h.points(mt.TASK_RUNTIME)) == {attrs(task_name="t", state="SUCCESS")}
 
 
 def test_self_metrics_keep_their_attribute_when_users_narrow() -> None:
@@ -261,10 +263,11 @@ def test_a_collection_that_cannot_get_the_lock_serves_the_rest_and_counts_the_mi
               for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
               if m.data.data_points}
     assert served == {mt.TASKS_EXECUTING.name: [2.0]}
-    # Counters, and gauges set through emit() (the self-metrics), read our aggregates.
+    # Counters, and gauges without an observer (set through emit(), as the self-metrics
+    # are; this harness observes none), read our aggregates.
     counters = sum(
         spec.kind is mt.InstrumentKind.COUNTER
-        or (spec.kind is mt.InstrumentKind.OBSERVABLE_GAUGE and spec.recorded_in == "self")
+        or spec.kind is mt.InstrumentKind.OBSERVABLE_GAUGE
         for spec in mt.METRICS
     )
     # Each of those callbacks and the histogram read gave up once.

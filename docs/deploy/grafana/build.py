@@ -163,10 +163,12 @@ OVERVIEW = Dashboard(
                   (Target(f"sum by (queue) (celery_queue_messages{{{JOBQ}}})", "{{queue}}",
                           EXPORTER),)),
             Panel("Tasks waiting inside workers (in-process)",
-                  "How many tasks did workers reserve but not start (prefetched, or waiting "
-                  "for their ETA)?",
-                  (Target(f"sum by (queue) (celery_tasks_prefetched{{{SEL}}})", "{{queue}}",
-                          INPROCESS),)),
+                  "How many tasks did workers take but not start: reserved (waiting for a "
+                  "free pool process) or scheduled (waiting for their ETA/countdown)?",
+                  (Target(f"sum by (queue) (celery_tasks_reserved{{{SEL}}})",
+                          "{{queue}} reserved", INPROCESS),
+                   Target(f"sum by (queue) (celery_tasks_scheduled{{{SEL}}})",
+                          "{{queue}} scheduled", INPROCESS))),
             WORKERS_UP,
             Panel("Executing by worker",
                   "How busy is each worker? In-process: per instance; exporter: per hostname "
@@ -176,15 +178,21 @@ OVERVIEW = Dashboard(
                    Target(f"max by (hostname) (celery_worker_tasks_active{{{JOB}}})",
                           "{{hostname}}", EXPORTER)), width=6),
             Panel("Saturation",
-                  "Is any worker out of pool processes? Exporter: busy / pool size (1 = full); "
-                  "in-process: tasks held (executing + prefetched) per worker.",
+                  "Is any worker out of pool processes? Busy / pool size per worker, 1 = full "
+                  "(exporter: per hostname; in-process: per instance).",
                   (Target(f"max by (hostname) (celery_worker_tasks_active{{{JOB}}}) / "
                           f"(max by (hostname) (celery_worker_processes{{{JOB}}}) > 0)",
                           "{{hostname}} busy/pool", EXPORTER),
-                   Target(f"sum by (instance) (celery_tasks_executing{{{SEL}}}) + "
-                          f"(sum by (instance) (celery_tasks_prefetched{{{SEL}}}) or "
-                          f"0 * sum by (instance) (celery_tasks_executing{{{SEL}}}))",
-                          "{{instance}} held", BOTH))),
+                   Target(f"sum by (instance) (celery_tasks_executing{{{SEL}}}) / "
+                          f"(max by (instance) (celery_worker_pool_processes{{{JOB}}}) > 0)",
+                          "{{instance}} busy/pool", INPROCESS)), unit="percentunit"),
+            Panel("Longest-running execution by task (in-process)",
+                  "Is a task stuck? Seconds since the oldest running execution of each task "
+                  "started (0 when none runs), and runs past their soft time limit.",
+                  (Target(f"max by (task_name) (celery_tasks_executing_oldest_age_seconds"
+                          f"{{{SEL}}})", "{{task_name}}", INPROCESS),
+                   Target(f"sum by (task_name) (celery_tasks_past_soft_time_limit{{{SEL}}})",
+                          "{{task_name}} past soft limit", NONE)), unit="s", width=24),
             Panel("Throughput per worker",
                   "Is work spread over the workers? (For the exporter, one series for the "
                   "fleet it watches.)",

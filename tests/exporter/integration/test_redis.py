@@ -375,3 +375,29 @@ def test_hostile_payloads_on_the_bus_are_dropped_and_the_exposition_stays_valid(
     assert dropped == len(hostile)
     assert exporter.alive() and exporter.get("/health")[0] == 200
     promtool_check(text)
+
+
+def test_oldest_message_age_grows_while_nobody_consumes_and_drops_when_a_worker_starts(
+    redis_url, queue, start_exporter, start_worker
+) -> None:
+    """The age of the oldest waiting message, read without consuming it, dated by the
+    task-sent event of its task (the producer is not instrumented)."""
+    exporter = start_exporter(redis_url, f"--queues={queue}")
+    app = producer(redis_url)
+    for i in range(3):
+        app.send_task("exp.ok", args=[i], queue=queue)
+    age = "celery_queue_oldest_message_age_seconds"
+
+    def aged(than: float) -> float | None:
+        got = value(exporter.scrape(), age, queue=queue)
+        return got if got is not None and got > than else None
+
+    first = wait_for(lambda: aged(0.0), 20, "an oldest-message age above 0")
+    wait_for(lambda: aged(first + 1.0), 20, "the age growing while nobody consumes")
+    assert redis.Redis.from_url(redis_url).llen(queue) == 3, "the probe consumed nothing"
+    start_worker(redis_url, queue)
+    wait_for(
+        lambda: (t := exporter.scrape()) and value(t, age, queue=queue) == 0
+        and value(t, "celery_queue_messages", queue=queue) == 0,
+        40, "the age back to 0 once a worker drained the queue",
+    )

@@ -90,8 +90,12 @@ def test_counts_every_event_once_under_seed_and_unified_names(make_exporter) -> 
     assert value(text, "celery_task_failures_total", exception_type="KeyError", **labels) == 1
     assert value(text, "celery_tasks_published_total", **labels) == 4
     # Runtime: 3 x 0.25 s from task-succeeded, plus the failure's start -> failed (1 s).
-    assert value(text, "celery_task_runtime_seconds_count", **labels) == 4
-    assert value(text, "celery_task_runtime_seconds_sum", **labels) == pytest.approx(1.75)
+    # The state separates the failed run's runtime from the successful ones'.
+    ok, failed = {"state": "SUCCESS", **labels}, {"state": "FAILURE", **labels}
+    assert value(text, "celery_task_runtime_seconds_count", **ok) == 3
+    assert value(text, "celery_task_runtime_seconds_sum", **ok) == pytest.approx(0.75)
+    assert value(text, "celery_task_runtime_seconds_count", **failed) == 1
+    assert value(text, "celery_task_runtime_seconds_sum", **failed) == pytest.approx(1.0)
     assert value(text, "celery_task_queue_wait_seconds_count", wait_from="publish", **labels) == 4
     assert value(
         text, "celery_task_queue_wait_seconds_sum", wait_from="publish", **labels

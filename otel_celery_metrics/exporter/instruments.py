@@ -138,18 +138,33 @@ class Sources:
         self.clock = clock
 
 
+def _exporter_resource() -> Resource:
+    return Resource.create({"service.name": "otel-celery-exporter"})
+
+
+def histogram_provider(registry: Any) -> MeterProvider:
+    """The meter provider the event handlers' histograms record into, served on
+    ``registry`` (with ``target_info``); :class:`Instruments` takes it and shuts it down.
+
+    Made before the handlers, which need it, and before :class:`Instruments`, whose
+    observables read the handlers: each object gets what it needs when it is built."""
+    reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
+    return MeterProvider(resource=_exporter_resource(), metric_readers=[reader])
+
+
 class Instruments:
-    def __init__(self, config: ExporterConfig, registry: Any, sources: Sources) -> None:
+    def __init__(
+        self, config: ExporterConfig, registry: Any, sources: Sources,
+        histograms: MeterProvider,
+    ) -> None:
         self._config = config
         self._registry = registry
         self._sources = sources
         #: Held while a scrape collects and while the observable provider is replaced,
         #: so no scrape sees both or neither.
         self.collect_lock = threading.Lock()
-        resource = Resource.create({"service.name": "otel-celery-exporter"})
-        self._resource = resource
-        reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
-        self.histogram_provider = MeterProvider(resource=resource, metric_readers=[reader])
+        self._resource = _exporter_resource()
+        self.histogram_provider = histograms
         self._observable_provider = self._build_observables()
         self.rebuilds = 0
 

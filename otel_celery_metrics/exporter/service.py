@@ -17,7 +17,12 @@ from otel_celery_metrics._web_serving import WebConfigFile
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
 from otel_celery_metrics.exporter.http import make_server
-from otel_celery_metrics.exporter.instruments import Histograms, Instruments, Sources
+from otel_celery_metrics.exporter.instruments import (
+    Histograms,
+    Instruments,
+    Sources,
+    histogram_provider,
+)
 from otel_celery_metrics.exporter.liveness import Liveness
 from otel_celery_metrics.exporter.probes import InspectProbe, QueueDepthProbe, run_every
 from otel_celery_metrics.exporter.receiver import KombuReceiver, RedisPubSubReceiver
@@ -103,26 +108,27 @@ class Exporter:
         receiver_kind = config.receiver
         if receiver_kind == "auto":
             receiver_kind = "redis" if config.broker_url.startswith("redis://") else "kombu"
-        sink = _LateSink()
+        # Each object is built after what it needs: the handlers record into the histogram
+        # provider, the receiver feeds the handlers, the instruments read all of them.
+        provider = histogram_provider(self.registry)
+        self.handlers = EventHandlers(
+            config, counters=self.counters, caps=self.caps, tracker=self.tracker,
+            liveness=self.liveness, histograms=Histograms(provider, config), clock=clock,
+        )
         if receiver_kind == "redis":
-            self.receiver = RedisPubSubReceiver(config, sink.handle, sink.drop, clock)
+            self.receiver = RedisPubSubReceiver(
+                config, self.handlers.handle, self.handlers.drop, clock
+            )
         else:
-            self.receiver = KombuReceiver(config, self.app, sink.handle, clock)
+            self.receiver = KombuReceiver(config, self.app, self.handlers.handle, clock)
         sources = Sources(
-            counters=self.counters, caps=self.caps, handlers=None,  # type: ignore[arg-type]
+            counters=self.counters, caps=self.caps, handlers=self.handlers,
             liveness=self.liveness, receiver=self.receiver.status,
             queue_probe=lambda: self.queue_probe.result,
             inspect_probe=lambda: self.inspect_probe.result,
             queue_names=self.queue_probe.queue_names, clock=clock,
         )
-        self.instruments = Instruments(config, self.registry, sources)
-        histograms = Histograms(self.instruments.histogram_provider, config)
-        self.handlers = EventHandlers(
-            config, counters=self.counters, caps=self.caps, tracker=self.tracker,
-            liveness=self.liveness, histograms=histograms, clock=clock,
-        )
-        sources.handlers = self.handlers
-        sink.target = self.handlers
+        self.instruments = Instruments(config, self.registry, sources, provider)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -222,18 +228,3 @@ class Exporter:
             problems.append(f"event receiver stuck for {stuck:.0f}s")
         return not problems, problems
 
-
-class _LateSink:
-    """Lets the receiver be built before the handlers it feeds."""
-
-    target: EventHandlers | None = None
-
-    def handle(self, event: object) -> None:
-        target = self.target
-        if target is not None:
-            target.handle(event)
-
-    def drop(self, kind: str, reason: str, amount: int) -> None:
-        target = self.target
-        if target is not None:
-            target.drop(kind, reason, amount)

@@ -177,7 +177,10 @@ class Recorder:
         same output). ``track_interval``: keep min/max per collection interval too (a
         reader wants delta temporality)."""
         self._settings = settings
-        self._failures = failures or FailureLog()
+        # Standalone use (no FailureLog given): failures count here. The instrumentor passes
+        # one that routes them through the process' sink, so a pool child's failures reach
+        # the main process.
+        self._failures = failures or FailureLog(on_failure=self._count_internal_errors)
         self._lock = threading.Lock()  # guards the aggregates below
         self._admit_lock = threading.Lock()
         self._task_names: set[str] = set()
@@ -215,12 +218,6 @@ class Recorder:
         slots.update(self._callbacks)
         if histograms_via_api:
             self._use_api_for_histograms(meter)
-        if self._failures.on_failure is None:
-            # Standalone use: failures count here. The instrumentor routes them through the
-            # process' sink instead, so a pool child's failures reach the main process.
-            self._failures.on_failure = lambda n: self.emit(
-                mt.METRIC_INDEX[mt.SELF_DROPPED.name], n, ("internal_error",)
-            )
         # Self-metrics start at an explicit 0, so "increase(...) > 0" alerts see the first
         # drop and dashboards show that nothing was lost rather than no data.
         dropped = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
@@ -243,6 +240,9 @@ class Recorder:
         for name, callback in self._callbacks.items():
             if self._slots.get(name) is callback:
                 del self._slots[name]
+
+    def _count_internal_errors(self, n: int) -> None:
+        self.emit(mt.METRIC_INDEX[mt.SELF_DROPPED.name], n, ("internal_error",))
 
     def reinit_locks(self) -> None:
         """New locks, in a forked child: a copy may have been taken while another thread

@@ -19,13 +19,15 @@ _logger = logging.getLogger(__name__)
 class FailureLog:
     """Logs each distinct (where, exception class) once and counts every occurrence."""
 
-    def __init__(self, logger: logging.Logger = _logger) -> None:
+    def __init__(
+        self, logger: logging.Logger = _logger, on_failure: Callable[[int], None] | None = None
+    ) -> None:
         self._logger = logger
         self._seen: set[tuple[str, type[BaseException]]] = set()
         self._lock = threading.Lock()
         self.count = 0
         #: Called with the number of failures each time one happens (a self-metric hook).
-        self.on_failure: Callable[[int], None] | None = None
+        self.on_failure = on_failure
 
     def reinit_locks(self) -> None:
         """A new lock, in a forked child (see ``Recorder.reinit_locks``)."""

@@ -89,7 +89,12 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         meter = get_meter(METER_NAME, __version__, provider)
         # Only reads the provider; apply() below makes the changes, undo() reverts them.
         adapter = SdkAdapter(provider, METER_NAME, __version__)
-        failures = FailureLog()
+        # Failures inside metrics code count as dropped measurements, through whatever sink
+        # this process has (a pool child's failures reach the main process too). The sink is
+        # made below, after the recorder it feeds; until then a failure is only logged.
+        failures = FailureLog(
+            on_failure=lambda n: sink.emit(_DROPPED, n, ("internal_error",))
+        )
         default_queue = settings.default_queue
         degraded = _green.check_green_pool()
         view = _worker_state.WorkerView(default_queue)
@@ -113,9 +118,6 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         )
         spans = SpanJoin()
         sink = SwitchableSink(recorder, spans)
-        # Failures inside metrics code count as dropped measurements, through whatever
-        # sink this process has (a pool child's failures reach the main process too).
-        failures.on_failure = lambda n: sink.emit(_DROPPED, n, ("internal_error",))
         report = HookReport(sink)
 
         def silence_pool_child() -> None:

@@ -26,7 +26,9 @@ class Harness:
     def __init__(self, settings: Settings, **kwargs: object) -> None:
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(metric_readers=[self.reader])
-        self.failures = FailureLog()
+        # Failures count as dropped measurements of this recorder, as the instrumentor wires it.
+        self.failures = FailureLog(on_failure=lambda n: self.recorder.emit(
+            mt.METRIC_INDEX[mt.SELF_DROPPED.name], n, ("internal_error",)))
         self.recorder, adapter = hooked_recorder(self.provider, settings, self.failures, **kwargs)
         assert adapter.delta_readers == 0
 

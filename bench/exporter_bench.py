@@ -39,7 +39,14 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exporter_publisher import TASK_EVENTS_PER_TASK, publish, task_messages
+from exporter_publisher import (
+    TASK_EVENTS_PER_TASK,
+    amqp_body,
+    envelope,
+    publish,
+    publish_amqp,
+    task_messages,
+)
 
 HERE = Path(__file__).resolve().parent
 DANIHODOVIC_VENV = Path(os.environ.get("DANIHODOVIC_VENV", "/work/venv-danihodovic"))
@@ -95,6 +102,54 @@ class Redis:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+class RabbitMQ:
+    """A private rabbitmq-server node (own name, ports, data and cookie under a temp dir).
+
+    Started once per bench run (about 20 s here) and shared by its runs: each exporter
+    declares its own event queue, which goes when the exporter does.
+    """
+
+    SBIN = Path(os.environ.get("RABBITMQ_SBIN", "/usr/lib/rabbitmq/bin"))
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-rabbitmq-"))
+        self.node = f"bench{self.port}@localhost"
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        self.env = {**os.environ, "HOME": str(self.dir), "RABBITMQ_NODENAME": self.node,
+                    "RABBITMQ_NODE_PORT": str(self.port),
+                    "RABBITMQ_DIST_PORT": str(free_port()),
+                    "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+                    "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+                    "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),
+                    "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.dir / "advanced.config"),
+                    "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf")}
+        subprocess.run([str(self.SBIN / "rabbitmq-server"), "-detached"], env=self.env,
+                       check=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                import amqp
+
+                conn = amqp.Connection(f"127.0.0.1:{self.port}", connect_timeout=1)
+                conn.connect()
+                conn.close()
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.5)  # polling for the node with a deadline
+        raise RuntimeError("rabbitmq-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def stop(self) -> None:
+        subprocess.run([str(self.SBIN / "rabbitmqctl"), "-n", self.node, "stop"],
+                       env=self.env, check=False, stdout=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def proc_stats(pid: int) -> tuple[float, int]:
@@ -157,10 +212,11 @@ class Exporter:
                 self.proc.wait()
 
 
-def run_once(template: str, tasks: int, rate: float, churn: int = 0,
-             sample_rss: bool = False) -> dict[str, object]:
-    redis = Redis()
-    exporter = Exporter(template, redis.url)
+def run_once(template: str, tasks: int, rate: float, *, churn: int = 0,
+             sample_rss: bool = False, rabbitmq: RabbitMQ | None = None) -> dict[str, object]:
+    redis = Redis() if rabbitmq is None else None
+    broker_url = redis.url if redis is not None else rabbitmq.url  # type: ignore[union-attr]
+    exporter = Exporter(template, broker_url)
     try:
         cpu0, _ = proc_stats(exporter.proc.pid)
         expected = tasks * TASK_EVENTS_PER_TASK
@@ -174,14 +230,18 @@ def run_once(template: str, tasks: int, rate: float, churn: int = 0,
 
         if sample_rss:
             threading.Thread(target=sampler, daemon=True).start()
-        generated = task_messages(tasks, 200, 50, 5, churn)
+        encode = envelope if redis is not None else amqp_body
+        generated = task_messages(tasks, 200, 50, 5, churn, encode=encode)
         # Built before the clock starts (up to ~1 GB) so the publisher, not the JSON
         # encoding, sets the pace; the 1M-event churn run encodes as it goes.
         source = iter(list(generated)) if tasks * TASK_EVENTS_PER_TASK <= 1_200_000 and \
             not churn else generated
+        pace = rate * 1.036 if rate else 0  # heartbeats ride on top (1 per 7 tasks)
         t0 = time.perf_counter()
-        messages = publish(redis.url, source,
-                           rate * 1.036 if rate else 0)  # heartbeats ride on top (1 per 7 tasks)
+        if redis is not None:
+            messages = publish(redis.url, source, pace)
+        else:
+            messages = publish_amqp(broker_url, source, pace)
         published_s = time.perf_counter() - t0
         shown, last, last_change = 0.0, -1.0, time.perf_counter()
         while True:
@@ -215,15 +275,17 @@ def run_once(template: str, tasks: int, rate: float, churn: int = 0,
         }
     finally:
         exporter.stop()
-        redis.stop()
+        if redis is not None:
+            redis.stop()
 
 
-def ladder(template: str, rates: list[float], tasks_per_step: int) -> dict[str, object]:
+def ladder(template: str, rates: list[float], tasks_per_step: int,
+           rabbitmq: RabbitMQ | None = None) -> dict[str, object]:
     steps = []
     sustained = 0.0
     for rate in rates:
         tasks = max(1000, int(min(tasks_per_step, rate * 20) // TASK_EVENTS_PER_TASK))
-        result = run_once(template, tasks, rate)
+        result = run_once(template, tasks, rate, rabbitmq=rabbitmq)
         # Kept up: nothing lost, and done within 2 s of the publisher plus one scrape's
         # duration (completion is seen at most one slow scrape late; more is backlog).
         slack = 2.0 + float(result["slowest_scrape_s"])  # type: ignore[arg-type]
@@ -247,6 +309,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["otel-celery-exporter", "danihodovic"],
                         help="measure one of the two default exporters")
     parser.add_argument("--setup-danihodovic", action="store_true")
+    parser.add_argument("--broker", choices=["redis", "rabbitmq", "both"], default="redis",
+                        help="rabbitmq: a private rabbitmq-server node started for the run")
     parser.add_argument("--rates", default="2000,4000,6000,8000,12000,16000,24000,32000,48000")
     parser.add_argument("--tasks-per-step", type=int, default=400_000,
                         help="task events per ladder step at most (20 s of the rate)")
@@ -261,23 +325,34 @@ def main() -> None:
         "otel-celery-exporter": OURS, "danihodovic": DANIHODOVIC}
     if args.only:
         exporters = {args.only: exporters[args.only]}
-    if shutil.which("redis-server") is None:
+    if shutil.which("redis-server") is None and args.broker != "rabbitmq":
         sys.exit("redis-server is not on PATH")
-    report: dict[str, dict[str, object]] = {name: {} for name in exporters}
+    brokers = ["redis", "rabbitmq"] if args.broker == "both" else [args.broker]
+    rabbitmq = RabbitMQ() if "rabbitmq" in brokers else None
+    report: dict[str, dict[str, object]] = {}
     rates = [float(r) for r in args.rates.split(",")]
-    for name, template in exporters.items():
-        print(f"== {name}", file=sys.stderr, flush=True)
-        if "ladder" in args.scenarios:
-            report[name]["ladder"] = ladder(template, rates, args.tasks_per_step)
-        if "burst" in args.scenarios:
-            report[name]["burst"] = run_once(
-                template, args.burst_events // TASK_EVENTS_PER_TASK, args.burst_rate)
-            print(json.dumps(report[name]["burst"]), file=sys.stderr, flush=True)
-        if "churn" in args.scenarios and name == "otel-celery-exporter":
-            report[name]["churn"] = run_once(
-                template, args.churn_events // TASK_EVENTS_PER_TASK, args.churn_rate,
-                churn=2000, sample_rss=True)
-            print(json.dumps(report[name]["churn"]), file=sys.stderr, flush=True)
+    try:
+        for broker in brokers:
+            on = rabbitmq if broker == "rabbitmq" else None
+            for name, template in exporters.items():
+                key = f"{name} on {broker}"
+                result = report[key] = {}
+                print(f"== {key}", file=sys.stderr, flush=True)
+                if "ladder" in args.scenarios:
+                    result["ladder"] = ladder(template, rates, args.tasks_per_step, on)
+                if "burst" in args.scenarios:
+                    result["burst"] = run_once(
+                        template, args.burst_events // TASK_EVENTS_PER_TASK, args.burst_rate,
+                        rabbitmq=on)
+                    print(json.dumps(result["burst"]), file=sys.stderr, flush=True)
+                if "churn" in args.scenarios and name == "otel-celery-exporter":
+                    result["churn"] = run_once(
+                        template, args.churn_events // TASK_EVENTS_PER_TASK, args.churn_rate,
+                        churn=2000, sample_rss=True, rabbitmq=on)
+                    print(json.dumps(result["churn"]), file=sys.stderr, flush=True)
+    finally:
+        if rabbitmq is not None:
+            rabbitmq.stop()
     print(json.dumps(report, indent=2))
 
 

@@ -131,6 +131,17 @@ def decode_envelope(payload: bytes) -> list[Any]:
     return decoded if isinstance(decoded, list) else [decoded]
 
 
+def decode_body(body: bytes, content_type: str, encoding: str) -> list[Any]:
+    """An AMQP message body (no envelope, no base64) -> the event dicts in it."""
+    if content_type in ("application/json", ""):
+        try:
+            decoded = _loads(body)
+        except (ValueError, TypeError) as exc:
+            raise UndecodableEvent(str(exc)[:200]) from None
+        return decoded if isinstance(decoded, list) else [decoded]
+    return _decode_other(body, content_type, encoding or "utf-8")
+
+
 def _decode_other(body: Any, content_type: str, encoding: str) -> list[Any]:
     # Apps that set event_serializer to something else; kombu knows every codec it has
     # registered (pickle is refused by kombu unless explicitly accepted; we never do).

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from otel_celery_metrics.exporter.amqp_receiver import AmqpEventReceiver
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
 from otel_celery_metrics.exporter.http import make_server
@@ -28,6 +29,8 @@ _logger = logging.getLogger(__name__)
 #: Forgotten workers after which the observable instruments are rebuilt (see
 #: :mod:`.instruments`); well below the SDK's 2000 attribute sets per instrument.
 REBUILD_AFTER_FORGOTTEN = 500
+#: URL scheme -> receiver for ``--receiver=auto``; the rest go through kombu.
+_AUTO_RECEIVERS = {"redis": "redis", "amqp": "amqp", "amqps": "amqp", "pyamqp": "amqp"}
 
 
 def make_app(config: ExporterConfig) -> Any:
@@ -37,11 +40,12 @@ def make_app(config: ExporterConfig) -> Any:
     app.conf.update(
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=config.probe_timeout,
-        # Our event queue (RabbitMQ) goes 60 s after we do, so restarts leak nothing.
-        event_queue_expires=60.0,
-        # Celery's default drops events older than 5 s from our queue: a busy exporter
-        # would lose counts silently. Five minutes rides out a pause, still bounded.
-        event_queue_ttl=300.0,
+        # --receiver=kombu's event queue (the amqp receiver declares its own with the
+        # same settings): it goes event_queue_expires after we do, so restarts leak
+        # nothing. Celery's default TTL drops events older than 5 s from it: a busy
+        # exporter would lose counts silently. Five minutes rides out a pause, bounded.
+        event_queue_expires=config.event_queue_expires,
+        event_queue_ttl=config.event_queue_ttl,
         # The probes must not hang on a dead broker: bounded connect and socket waits.
         broker_transport_options={
             "socket_timeout": config.probe_timeout,
@@ -86,7 +90,7 @@ class Exporter:
         # The histogram provider must exist before the handlers that record into it.
         self._histograms_holder: list[Histograms] = []
         self.handlers: EventHandlers
-        self.receiver: RedisPubSubReceiver | KombuReceiver
+        self.receiver: RedisPubSubReceiver | AmqpEventReceiver | KombuReceiver
         self.queue_probe = QueueDepthProbe(config, self.app, self.liveness.queues, clock)
         self.inspect_probe = InspectProbe(config, self.app, self.liveness, clock)
         self._build(clock)
@@ -95,10 +99,12 @@ class Exporter:
         config = self.config
         receiver_kind = config.receiver
         if receiver_kind == "auto":
-            receiver_kind = "redis" if config.broker_url.startswith("redis://") else "kombu"
+            receiver_kind = _AUTO_RECEIVERS.get(config.broker_url.split(":", 1)[0], "kombu")
         sink = _LateSink()
         if receiver_kind == "redis":
             self.receiver = RedisPubSubReceiver(config, sink.handle, sink.drop, clock)
+        elif receiver_kind == "amqp":
+            self.receiver = AmqpEventReceiver(config, self.app, sink.handle, sink.drop, clock)
         else:
             self.receiver = KombuReceiver(config, self.app, sink.handle, clock)
         sources = Sources(

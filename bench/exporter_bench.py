@@ -58,6 +58,11 @@ _SHOWN = re.compile(
     rb"^celery_task_(?:sent|received|started|succeeded|failed)_total\{[^\n]*\} ([0-9.e+]+)$",
     re.MULTILINE,
 )
+# What the broker dropped from our RabbitMQ event queue (ours only; others show nothing).
+_BROKER_DROPPED = re.compile(
+    rb'^celery_exporter_events_dropped_total\{[^\n]*reason="broker_[a-z_]+"[^\n]*\} '
+    rb"([0-9.e+]+)$", re.MULTILINE,
+)
 
 
 def setup_danihodovic() -> None:
@@ -175,6 +180,7 @@ class Exporter:
     def __init__(self, template: str, broker: str) -> None:
         self.port = free_port()
         self.slowest_scrape_s = 0.0
+        self.broker_dropped = 0.0
         argv = shlex.split(template.format(broker=broker, port=self.port))
         self.proc = subprocess.Popen(argv, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
@@ -197,6 +203,7 @@ class Exporter:
         started = time.perf_counter()
         text = self.scrape()
         self.slowest_scrape_s = max(self.slowest_scrape_s, time.perf_counter() - started)
+        self.broker_dropped = sum(float(v) for v in _BROKER_DROPPED.findall(text))
         return sum(float(v) for v in _SHOWN.findall(text))
 
     def alive(self) -> bool:
@@ -272,6 +279,7 @@ def run_once(template: str, tasks: int, rate: float, *, churn: int = 0,
             "peak_rss_mb": round(peak / 2**20, 1),
             "slowest_scrape_s": round(exporter.slowest_scrape_s, 2),
             "rss_samples_mb": [round(s / 2**20, 1) for s in samples],
+            "broker_dropped_messages": int(exporter.broker_dropped),
         }
     finally:
         exporter.stop()
@@ -343,7 +351,7 @@ def main() -> None:
                 if "burst" in args.scenarios:
                     result["burst"] = run_once(
                         template, args.burst_events // TASK_EVENTS_PER_TASK, args.burst_rate,
-                        rabbitmq=on)
+                        sample_rss=True, rabbitmq=on)
                     print(json.dumps(result["burst"]), file=sys.stderr, flush=True)
                 if "churn" in args.scenarios and name == "otel-celery-exporter":
                     result["churn"] = run_once(

@@ -144,7 +144,8 @@ class AmqpEventReceiver(_BaseReceiver):
     def _start_consuming(self, conn: Any) -> tuple[socket.socket, DeliveryParser]:
         raw = conn.connection
         if not hasattr(raw, "transport") or not hasattr(raw.transport, "sock"):
-            msg = f"--receiver=amqp needs the py-amqp transport, not {type(raw).__name__}"
+            msg = (f"--receiver=amqp needs the py-amqp transport, not {type(raw).__name__}; "
+                   "use --receiver=kombu")
             raise RuntimeError(msg)
         channel = raw.channel()
         self._channel = int(channel.channel_id)
@@ -207,6 +208,11 @@ class AmqpEventReceiver(_BaseReceiver):
                 raise ConnectionError("connection closed by the broker")
             last_in = time.monotonic()
             self._dispatch(parser.feed(data), sock)
+            if heartbeat and last_in - self._last_out >= heartbeat / 2:
+                # Busy but sending nothing (only drops arriving): the broker still
+                # needs to hear from us within its heartbeat.
+                sock.sendall(HEARTBEAT_FRAME)
+                self._last_out = last_in
 
     def _dispatch(self, deliveries: list[Any], sock: socket.socket) -> None:
         handle = self._handle

@@ -14,6 +14,9 @@ Scenarios:
   the exporter is done within 2 s (plus its slowest scrape) of the publisher.
   Reports the highest sustained rate and, per step, CPU s per 10k events and peak RSS.
 - ``burst``: one run at ``--burst-rate`` (default 14,000 events/s): lost events.
+- ``drain`` (RabbitMQ): the exporter is stopped (SIGSTOP) while ``--drain-events`` are
+  published, then resumed: how fast it works off a backlog held in its queue, its own
+  capacity whatever rate the broker can take in, and RSS while it does.
 - ``churn``: ``--churn-events`` task events with worker hostnames renamed every 2,000
   tasks; RSS sampled as it runs (flat memory = last quarter ~ second quarter).
 
@@ -219,8 +222,29 @@ class Exporter:
                 self.proc.wait()
 
 
+def wait_shown(exporter: Exporter, expected: int) -> float:
+    """Scrape until ``expected`` events show, the exporter dies, or 15 s pass with no progress."""
+    shown, last, last_change = 0.0, -1.0, time.perf_counter()
+    while True:
+        if not exporter.alive():
+            return shown
+        try:
+            shown = exporter.shown()
+        except OSError:
+            shown = last
+        now = time.perf_counter()
+        if shown >= expected:
+            return shown
+        if shown != last:
+            last, last_change = shown, now
+        elif now - last_change > 15:
+            return shown  # no progress for 15 s: the rest is lost
+        time.sleep(1.0)  # scrape interval while waiting for the count (with deadline)
+
+
 def run_once(template: str, tasks: int, rate: float, *, churn: int = 0,
-             sample_rss: bool = False, rabbitmq: RabbitMQ | None = None) -> dict[str, object]:
+             sample_rss: bool = False, rabbitmq: RabbitMQ | None = None,
+             stall: bool = False) -> dict[str, object]:
     redis = Redis() if rabbitmq is None else None
     broker_url = redis.url if redis is not None else rabbitmq.url  # type: ignore[union-attr]
     exporter = Exporter(template, broker_url)
@@ -244,28 +268,19 @@ def run_once(template: str, tasks: int, rate: float, *, churn: int = 0,
         source = iter(list(generated)) if tasks * TASK_EVENTS_PER_TASK <= 1_200_000 and \
             not churn else generated
         pace = rate * 1.036 if rate else 0  # heartbeats ride on top (1 per 7 tasks)
+        if stall:  # the backlog builds up in the broker's queue while the exporter is stopped
+            exporter.proc.send_signal(signal.SIGSTOP)
         t0 = time.perf_counter()
-        if redis is not None:
-            messages = publish(redis.url, source, pace)
-        else:
-            messages = publish_amqp(broker_url, source, pace)
+        try:
+            if redis is not None:
+                messages = publish(redis.url, source, pace)
+            else:
+                messages = publish_amqp(broker_url, source, pace)
+        finally:
+            if stall:
+                exporter.proc.send_signal(signal.SIGCONT)
         published_s = time.perf_counter() - t0
-        shown, last, last_change = 0.0, -1.0, time.perf_counter()
-        while True:
-            if not exporter.alive():
-                break
-            try:
-                shown = exporter.shown()
-            except OSError:
-                shown = last
-            now = time.perf_counter()
-            if shown >= expected:
-                break
-            if shown != last:
-                last, last_change = shown, now
-            elif now - last_change > 15:
-                break  # no progress for 15 s: the rest is lost
-            time.sleep(1.0)  # scrape interval while waiting for the count (with deadline)
+        shown = wait_shown(exporter, expected)
         done_s = time.perf_counter() - t0
         stop_sampling.set()
         alive = exporter.alive()
@@ -280,6 +295,9 @@ def run_once(template: str, tasks: int, rate: float, *, churn: int = 0,
             "slowest_scrape_s": round(exporter.slowest_scrape_s, 2),
             "rss_samples_mb": [round(s / 2**20, 1) for s in samples],
             "broker_dropped_messages": int(exporter.broker_dropped),
+            # With --stall: how fast the exporter worked off the backlog once resumed.
+            "drain_events_per_s": round(shown / max(done_s - published_s, 1e-9))
+            if stall else None,
         }
     finally:
         exporter.stop()
@@ -325,6 +343,7 @@ def main() -> None:
     parser.add_argument("--burst-rate", type=float, default=14_000)
     parser.add_argument("--burst-events", type=int, default=400_000)
     parser.add_argument("--churn-events", type=int, default=1_000_000)
+    parser.add_argument("--drain-events", type=int, default=400_000)
     parser.add_argument("--churn-rate", type=float, default=20_000)
     args = parser.parse_args()
     if args.setup_danihodovic:
@@ -353,6 +372,11 @@ def main() -> None:
                         template, args.burst_events // TASK_EVENTS_PER_TASK, args.burst_rate,
                         sample_rss=True, rabbitmq=on)
                     print(json.dumps(result["burst"]), file=sys.stderr, flush=True)
+                if "drain" in args.scenarios and broker == "rabbitmq":
+                    result["drain"] = run_once(
+                        template, args.drain_events // TASK_EVENTS_PER_TASK, 0,
+                        sample_rss=True, rabbitmq=on, stall=True)
+                    print(json.dumps(result["drain"]), file=sys.stderr, flush=True)
                 if "churn" in args.scenarios and name == "otel-celery-exporter":
                     result["churn"] = run_once(
                         template, args.churn_events // TASK_EVENTS_PER_TASK, args.churn_rate,

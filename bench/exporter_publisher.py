@@ -25,6 +25,7 @@ import argparse
 import base64
 import json
 import random
+import socket
 import struct
 import time
 import uuid
@@ -173,6 +174,10 @@ def publish_amqp(url: str, messages: Iterator[tuple[str, bytes]], rate: float,
     channel.exchange_declare(exchange, "topic", durable=True, auto_delete=False)
     sock = conn.transport.sock
     sock.settimeout(None)
+    # py-amqp sets TCP_USER_TIMEOUT (1 s): RabbitMQ's flow control, which stops reading
+    # a publisher that outruns it, would then kill the connection instead of pacing it.
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 0)
     sent = 0
     pending: list[bytes] = []
     started = time.perf_counter()

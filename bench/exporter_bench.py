@@ -199,7 +199,7 @@ class Exporter:
         time.sleep(1.0)  # let it subscribe before the first event (not a result wait)
 
     def scrape(self) -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=60) as r:
             return bytes(r.read())
 
     def shown(self) -> float:
@@ -317,10 +317,14 @@ def ladder(template: str, rates: list[float], tasks_per_step: int,
         slack = 2.0 + float(result["slowest_scrape_s"])  # type: ignore[arg-type]
         ok = result["lost"] == 0 and result["exporter_alive"] and (
             float(result["all_shown_s"]) <= float(result["publish_s"]) + slack)  # type: ignore[arg-type]
-        result["sustained"] = ok
+        # A rate the broker could not take in (RabbitMQ's flow control slows the
+        # publisher) says nothing about the exporter: the ladder ends there, not counted.
+        offered = result["task_events"] / max(float(result["publish_s"]), 1e-9)  # type: ignore[call-overload]
+        result["broker_limited"] = offered < 0.9 * rate
+        result["sustained"] = ok and not result["broker_limited"]
         steps.append(result)
         print(json.dumps(result), file=sys.stderr, flush=True)
-        if not ok:
+        if not result["sustained"]:
             break
         sustained = rate
     return {"sustained_events_per_s": sustained, "steps": steps}

@@ -4,8 +4,10 @@ kombu opens the connection (URL, credentials, TLS, ``broker_use_ssl``, virtual h
 and py-amqp declares the queues and starts the consumers. Then the receiver reads the
 socket itself in large chunks and splits deliveries with :mod:`._amqp_frames`, decodes
 bodies with :func:`._wire.decode_body` (orjson) and acknowledges in batches: one
-``basic.ack multiple`` per ``ACK_EVERY`` events or when the socket goes quiet, never one
-per message.
+``basic.ack multiple`` per chunk read, never one per message. The ack goes out before
+the chunk's events are handled, so after a lost connection RabbitMQ redelivers only
+messages we never handled: a network blip neither loses nor double-counts (short of
+the connection dying with that one ack frame in flight).
 
 Why acknowledgements at all, on a transient queue: without them RabbitMQ ignores the
 prefetch and pushes the whole backlog at us, so a burst would sit in socket buffers and
@@ -54,14 +56,12 @@ _logger = logging.getLogger(__name__)
 
 #: Unacknowledged messages RabbitMQ may have in flight to us.
 PREFETCH = 2000
-#: Acknowledge (``multiple``) after this many handled messages.
-ACK_EVERY = PREFETCH // 4
 #: Heartbeat we ask for (the broker may lower it); we send ours at half of it.
 HEARTBEAT_S = 30
 #: Messages the drop queue holds while the exporter is stalled (past it: uncounted).
 DROP_QUEUE_MAX_LENGTH = 1_000_000
 _READ_SIZE = 1 << 20
-_QUIET = 0.5  # socket wait: pending acks go out and ``stop`` is checked this often
+_QUIET = 0.5  # socket wait: ``stop`` and heartbeats are checked this often
 _EVENTS_TAG = b"events"
 _DROPS_TAG = b"drops"
 _DEATH_REASONS = {"maxlen": "broker_queue_full", "expired": "broker_expired"}
@@ -116,8 +116,6 @@ class AmqpEventReceiver(_BaseReceiver):
         self.event_queue, self.drop_queue, self.dead_letter_exchange = names or queue_names()
         self._channel = 1
         self._heartbeat = 0.0
-        self._unacked = 0
-        self._last_tag = 0
         self._last_out = 0.0
 
     def run(self, stop: threading.Event) -> None:
@@ -186,17 +184,13 @@ class AmqpEventReceiver(_BaseReceiver):
                    ) -> None:
         status = self.status
         heartbeat = self._heartbeat
-        last_in = last_out = time.monotonic()
-        self._unacked = 0
-        self._last_tag = 0
-        self._last_out = last_out
+        last_in = self._last_out = time.monotonic()
         while not stop.is_set():
             status.turn("read")
             try:
                 data = sock.recv(_READ_SIZE)
             except TimeoutError:
                 now = time.monotonic()
-                self._ack(sock)
                 if heartbeat:
                     if now - self._last_out >= heartbeat / 2:
                         sock.sendall(HEARTBEAT_FRAME)
@@ -215,11 +209,16 @@ class AmqpEventReceiver(_BaseReceiver):
                 self._last_out = last_in
 
     def _dispatch(self, deliveries: list[Any], sock: socket.socket) -> None:
+        last_tag = 0
+        for delivery in deliveries:
+            if delivery.consumer_tag == _EVENTS_TAG:
+                last_tag = delivery.delivery_tag
+        if last_tag:
+            sock.sendall(basic_ack(self._channel, last_tag, multiple=True))
+            self._last_out = time.monotonic()
         handle = self._handle
         for delivery in deliveries:
             if delivery.consumer_tag == _EVENTS_TAG:
-                self._last_tag = delivery.delivery_tag
-                self._unacked += 1
                 try:
                     events = decode_body(
                         delivery.body, delivery.content_type, delivery.content_encoding
@@ -233,14 +232,6 @@ class AmqpEventReceiver(_BaseReceiver):
                 reason = _DEATH_REASONS.get(delivery.death_reason, "broker_dropped")
                 kind = delivery.routing_key.decode("ascii", "replace").replace(".", "-")
                 self._drop(kind, reason, 1)
-        if self._unacked >= ACK_EVERY:
-            self._ack(sock)
-
-    def _ack(self, sock: socket.socket) -> None:
-        if self._unacked:
-            sock.sendall(basic_ack(self._channel, self._last_tag, multiple=True))
-            self._unacked = 0
-            self._last_out = time.monotonic()
 
     def _close(self, conn: Any, stopping: bool) -> None:
         raw = getattr(conn, "connection", None)

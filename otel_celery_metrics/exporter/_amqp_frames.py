@@ -50,6 +50,8 @@ class BrokerClosed(ConnectionError):
 class Delivery(NamedTuple):
     consumer_tag: bytes
     delivery_tag: int
+    #: RabbitMQ delivered it before, on a connection that was lost unacknowledged.
+    redelivered: bool
     routing_key: bytes
     content_type: str
     content_encoding: str
@@ -63,7 +65,7 @@ class DeliveryParser:
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._method: tuple[bytes, int, bytes] | None = None
+        self._method: tuple[bytes, int, bool, bytes] | None = None
         self._header: tuple[str, str, str] = ("", "", "")
         self._size = 0
         self._parts: list[bytes] = []
@@ -127,7 +129,7 @@ class DeliveryParser:
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._parts = []
         content_type, encoding, reason = self._header
-        return Delivery(method[0], method[1], method[2], content_type, encoding, reason, body)
+        return Delivery(*method, content_type, encoding, reason, body)
 
 
 def _shortstr(buf: bytes, pos: int) -> tuple[bytes, int]:
@@ -135,12 +137,13 @@ def _shortstr(buf: bytes, pos: int) -> tuple[bytes, int]:
     return buf[pos + 1 : pos + 1 + length], pos + 1 + length
 
 
-def _deliver(buf: bytes, pos: int) -> tuple[bytes, int, bytes]:
+def _deliver(buf: bytes, pos: int) -> tuple[bytes, int, bool, bytes]:
     consumer_tag, pos = _shortstr(buf, pos)
     delivery_tag = _U64.unpack_from(buf, pos)[0]
-    _exchange, pos = _shortstr(buf, pos + 9)  # + delivery tag and the redelivered bit
+    redelivered = bool(buf[pos + 8] & 1)
+    _exchange, pos = _shortstr(buf, pos + 9)
     routing_key, _ = _shortstr(buf, pos)
-    return consumer_tag, delivery_tag, routing_key
+    return consumer_tag, delivery_tag, redelivered, routing_key
 
 
 def _properties(buf: bytes, pos: int, end: int) -> tuple[str, str, str]:

@@ -4,10 +4,16 @@ kombu opens the connection (URL, credentials, TLS, ``broker_use_ssl``, virtual h
 and py-amqp declares the queues and starts the consumers. Then the receiver reads the
 socket itself in large chunks and splits deliveries with :mod:`._amqp_frames`, decodes
 bodies with :func:`._wire.decode_body` (orjson) and acknowledges in batches: one
-``basic.ack multiple`` per chunk read, never one per message. The ack goes out before
-the chunk's events are handled, so after a lost connection RabbitMQ redelivers only
-messages we never handled: a network blip neither loses nor double-counts (short of
-the connection dying with that one ack frame in flight).
+``basic.ack multiple`` per chunk read, never one per message, before the chunk's
+events are handled.
+
+A lost connection: RabbitMQ requeues what it had not seen acknowledged, and delivers it
+again flagged ``redelivered``. Some of that we had counted (its ack was written to a
+connection already dead), some never reached us. The receiver remembers a hash of the
+last ``2 * PREFETCH`` message bodies it handled and skips a redelivered message whose
+body it has counted, so a network blip neither loses nor double-counts events. The same
+holds for what the requeue pushes out of a full queue: a dropped message it had counted
+is not counted as dropped.
 
 Why acknowledgements at all, on a transient queue: without them RabbitMQ ignores the
 prefetch and pushes the whole backlog at us, so a burst would sit in socket buffers and
@@ -23,8 +29,9 @@ Queues (names carry this process's id, see :func:`queue_names`):
   ``x-message-ttl``, ``x-max-length`` and ``x-max-length-bytes`` bound it; past the
   length limits RabbitMQ drops the oldest messages (``x-overflow: drop-head``).
 - the *drop queue*: what the event queue drops (TTL or length) is dead-lettered here
-  through a per-exporter fanout exchange. The receiver consumes it without
-  acknowledgements and counts each message in
+  through a per-exporter fanout exchange. The receiver consumes it on the same channel,
+  with the same batched acknowledgements (a drop notice in flight when the connection
+  is lost comes back), and counts each message in
   ``celery_exporter_events_dropped_total{reason="broker_queue_full"|"broker_expired"}``,
   by the event type its routing key names. It is bounded too: past its own limit
   RabbitMQ discards without telling anyone, and the docs say so.
@@ -39,6 +46,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -117,6 +125,9 @@ class AmqpEventReceiver(_BaseReceiver):
         self._channel = 1
         self._heartbeat = 0.0
         self._last_out = 0.0
+        #: hash() of the bodies handled lately: what a redelivery may repeat.
+        self._recent: deque[int] = deque(maxlen=2 * PREFETCH)
+        self._counted_before: set[int] = set()
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -165,8 +176,13 @@ class AmqpEventReceiver(_BaseReceiver):
         )
         channel.queue_bind(self.event_queue, exchange, "#")
         channel.basic_qos(0, PREFETCH, False)
-        channel.basic_consume(self.event_queue, consumer_tag=_EVENTS_TAG.decode(), no_ack=False)
-        channel.basic_consume(self.drop_queue, consumer_tag=_DROPS_TAG.decode(), no_ack=True)
+        # nowait: deliveries from a queue that already holds messages (a reconnect) can
+        # follow a consume-ok at once; py-amqp waiting for the next one would take them.
+        # From here on every frame goes to our parser, which skips the consume-oks.
+        channel.basic_consume(self.drop_queue, consumer_tag=_DROPS_TAG.decode(), no_ack=False,
+                              nowait=True)
+        channel.basic_consume(self.event_queue, consumer_tag=_EVENTS_TAG.decode(),
+                              no_ack=False, nowait=True)
         _logger.info("reading events from queue %s (%d waiting)", self.event_queue, waiting)
         transport = raw.transport
         sock: socket.socket = transport.sock
@@ -176,6 +192,7 @@ class AmqpEventReceiver(_BaseReceiver):
         if leftover:  # py-amqp reads exact frames, so this stays empty; be safe anyway
             self._dispatch(parser.feed(leftover), sock)
         sock.settimeout(_QUIET)
+        self._counted_before = set(self._recent)
         return sock, parser
 
     # -- reading ---------------------------------------------------------------------------
@@ -209,15 +226,22 @@ class AmqpEventReceiver(_BaseReceiver):
                 self._last_out = last_in
 
     def _dispatch(self, deliveries: list[Any], sock: socket.socket) -> None:
-        last_tag = 0
-        for delivery in deliveries:
-            if delivery.consumer_tag == _EVENTS_TAG:
-                last_tag = delivery.delivery_tag
-        if last_tag:
-            sock.sendall(basic_ack(self._channel, last_tag, multiple=True))
-            self._last_out = time.monotonic()
+        if not deliveries:
+            return
+        # Delivery tags count per channel, across both consumers: one ack covers all.
+        sock.sendall(basic_ack(self._channel, deliveries[-1].delivery_tag, multiple=True))
+        self._last_out = time.monotonic()
         handle = self._handle
+        remember = self._recent.append
+        counted_before = self._counted_before
         for delivery in deliveries:
+            fingerprint = hash(delivery.body)
+            if counted_before and fingerprint in counted_before:
+                # Counted on the lost connection and delivered again: redelivered (its
+                # ack never arrived), or dropped from the full queue it was requeued to.
+                counted_before.discard(fingerprint)
+                continue
+            remember(fingerprint)
             if delivery.consumer_tag == _EVENTS_TAG:
                 try:
                     events = decode_body(

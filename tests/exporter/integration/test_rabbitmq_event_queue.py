@@ -154,3 +154,31 @@ def test_a_broker_restart_mid_stream_is_seen_and_counts_resume(node, exporter) -
         node.ctl("list_queues", "name", "arguments", "--formatter=json"))}
     assert name in queues
     assert "reconnected to the broker" in exporter.log
+
+
+def test_a_dropped_connection_neither_loses_nor_double_counts(node, exporter) -> None:
+    # Stalled, the exporter has up to the prefetch delivered but unread; then RabbitMQ
+    # drops every connection (as a network blip would). The queue outlives the
+    # connection, RabbitMQ requeues what was not acknowledged, and the exporter,
+    # which acknowledges each chunk before counting it, takes up the same queue.
+    published = 3000
+    os.kill(exporter.proc.pid, signal.SIGSTOP)
+    try:
+        publish(node.url, published)
+        node.ctl("close_all_connections", "--global", "network blip (test)")
+    finally:
+        os.kill(exporter.proc.pid, signal.SIGCONT)
+    name = event_queue(exporter)
+
+    def drained() -> bool:
+        rows = json.loads(node.ctl("list_queues", "name", "messages", "--formatter=json"))
+        return any(q["name"] == name and q["messages"] == 0 for q in rows)
+
+    scrape_when(exporter, lambda t: value(t, "celery_exporter_broker_reconnects_total") == 1,
+                30, "the exporter to reconnect")
+    wait_for(drained, 30, "the event queue to be empty (ready + unacknowledged)")
+    for _ in range(2):  # and nothing more arrives: no message lost or counted twice
+        text = exporter.scrape()
+        dropped = total(text, "celery_exporter_events_dropped_total")  # the 500 limit
+        assert received(text) + dropped == published
+        assert received(text) > 500  # the unread prefetch came back and was counted

@@ -20,13 +20,14 @@ from otel_celery_metrics.exporter._amqp_frames import (
 from otel_celery_metrics.exporter._wire import UndecodableEvent, decode_body
 
 
-def frames(*deliveries: tuple[int, str, Message], frame_max: int = 4096) -> bytes:
+def frames(*deliveries: tuple[int, str, Message], frame_max: int = 4096,
+           redelivered: bool = False) -> bytes:
     """What RabbitMQ sends for these deliveries, encoded by py-amqp (not by us)."""
     written: list[bytes] = []
     transport = SimpleNamespace(write=lambda data: written.append(bytes(data)))
     write = frame_writer(SimpleNamespace(frame_max=frame_max, bytes_sent=0), transport)
     for tag, routing_key, message in deliveries:
-        args = dumps("sLbss", ["events", tag, False, "celeryev", routing_key])
+        args = dumps("sLbss", ["events", tag, redelivered, "celeryev", routing_key])
         write(1, 1, (60, 60), args, message)
     return b"".join(written)
 
@@ -65,6 +66,13 @@ def test_a_dead_lettered_message_names_why_rabbitmq_dropped_it() -> None:
     first, second = DeliveryParser().feed(stream)
     assert (first.death_reason, first.content_encoding) == ("maxlen", "utf-8")
     assert second.death_reason == ""
+    assert not first.redelivered
+
+
+def test_a_redelivery_is_flagged() -> None:
+    (again,) = DeliveryParser().feed(
+        frames((4, "task.sent", event_message(b"{}")), redelivered=True))
+    assert (again.redelivered, again.delivery_tag, again.routing_key) == (True, 4, b"task.sent")
 
 
 def test_the_broker_closing_the_connection_is_an_error_that_says_why() -> None:

@@ -6,7 +6,8 @@ subscriber whose output buffer grows past its limit, 32 MB by default). This par
 takes those chunks as they come, split anywhere, and returns the published payloads.
 
 A payload is kombu's JSON envelope; its ``body`` is base64 (Redis transport) and holds
-one event, or a list of them (workers batch task events: ``task.multi``).
+one event, or a list of them (workers batch task events: ``task.multi``). On AMQP the
+message body is the events themselves: :func:`decode_body`.
 """
 
 from __future__ import annotations

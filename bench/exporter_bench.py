@@ -14,6 +14,9 @@ Scenarios:
   the exporter is done within 2 s (plus its slowest scrape) of the publisher.
   Reports the highest sustained rate and, per step, CPU s per 10k events and peak RSS.
 - ``burst``: one run at ``--burst-rate`` (default 14,000 events/s): lost events.
+- ``drain`` (RabbitMQ): the exporter is stopped (SIGSTOP) while ``--drain-events`` are
+  published, then resumed: how fast it works off a backlog held in its queue, its own
+  capacity whatever rate the broker can take in, and RSS while it does.
 - ``churn``: ``--churn-events`` task events with worker hostnames renamed every 2,000
   tasks; RSS sampled as it runs (flat memory = last quarter ~ second quarter).
 
@@ -39,7 +42,14 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exporter_publisher import TASK_EVENTS_PER_TASK, publish, task_messages
+from exporter_publisher import (
+    TASK_EVENTS_PER_TASK,
+    amqp_body,
+    envelope,
+    publish,
+    publish_amqp,
+    task_messages,
+)
 
 HERE = Path(__file__).resolve().parent
 DANIHODOVIC_VENV = Path(os.environ.get("DANIHODOVIC_VENV", "/work/venv-danihodovic"))
@@ -50,6 +60,11 @@ DANIHODOVIC = f"{DANIHODOVIC_VENV}/bin/python -c 'from src.cli import cli; cli()
 _SHOWN = re.compile(
     rb"^celery_task_(?:sent|received|started|succeeded|failed)_total\{[^\n]*\} ([0-9.e+]+)$",
     re.MULTILINE,
+)
+# What the broker dropped from our RabbitMQ event queue (ours only; others show nothing).
+_BROKER_DROPPED = re.compile(
+    rb'^celery_exporter_events_dropped_total\{[^\n]*reason="broker_[a-z_]+"[^\n]*\} '
+    rb"([0-9.e+]+)$", re.MULTILINE,
 )
 
 
@@ -97,6 +112,54 @@ class Redis:
         self.proc.wait(10)
 
 
+class RabbitMQ:
+    """A private rabbitmq-server node (own name, ports, data and cookie under a temp dir).
+
+    Started once per bench run (about 20 s here) and shared by its runs: each exporter
+    declares its own event queue, which goes when the exporter does.
+    """
+
+    SBIN = Path(os.environ.get("RABBITMQ_SBIN", "/usr/lib/rabbitmq/bin"))
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-rabbitmq-"))
+        self.node = f"bench{self.port}@localhost"
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        self.env = {**os.environ, "HOME": str(self.dir), "RABBITMQ_NODENAME": self.node,
+                    "RABBITMQ_NODE_PORT": str(self.port),
+                    "RABBITMQ_DIST_PORT": str(free_port()),
+                    "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+                    "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+                    "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),
+                    "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.dir / "advanced.config"),
+                    "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf")}
+        subprocess.run([str(self.SBIN / "rabbitmq-server"), "-detached"], env=self.env,
+                       check=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                import amqp
+
+                conn = amqp.Connection(f"127.0.0.1:{self.port}", connect_timeout=1)
+                conn.connect()
+                conn.close()
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.5)  # polling for the node with a deadline
+        raise RuntimeError("rabbitmq-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def stop(self) -> None:
+        subprocess.run([str(self.SBIN / "rabbitmqctl"), "-n", self.node, "stop"],
+                       env=self.env, check=False, stdout=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def proc_stats(pid: int) -> tuple[float, int]:
     """(CPU seconds user+system, peak RSS bytes) of ``pid``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -120,6 +183,7 @@ class Exporter:
     def __init__(self, template: str, broker: str) -> None:
         self.port = free_port()
         self.slowest_scrape_s = 0.0
+        self.broker_dropped = 0.0
         argv = shlex.split(template.format(broker=broker, port=self.port))
         self.proc = subprocess.Popen(argv, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
@@ -135,13 +199,14 @@ class Exporter:
         time.sleep(1.0)  # let it subscribe before the first event (not a result wait)
 
     def scrape(self) -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=60) as r:
             return bytes(r.read())
 
     def shown(self) -> float:
         started = time.perf_counter()
         text = self.scrape()
         self.slowest_scrape_s = max(self.slowest_scrape_s, time.perf_counter() - started)
+        self.broker_dropped = sum(float(v) for v in _BROKER_DROPPED.findall(text))
         return sum(float(v) for v in _SHOWN.findall(text))
 
     def alive(self) -> bool:
@@ -157,10 +222,32 @@ class Exporter:
                 self.proc.wait()
 
 
-def run_once(template: str, tasks: int, rate: float, churn: int = 0,
-             sample_rss: bool = False) -> dict[str, object]:
-    redis = Redis()
-    exporter = Exporter(template, redis.url)
+def wait_shown(exporter: Exporter, expected: int) -> float:
+    """Scrape until ``expected`` events show, the exporter dies, or 15 s pass with no progress."""
+    shown, last, last_change = 0.0, -1.0, time.perf_counter()
+    while True:
+        if not exporter.alive():
+            return shown
+        try:
+            shown = exporter.shown()
+        except OSError:
+            shown = last
+        now = time.perf_counter()
+        if shown >= expected:
+            return shown
+        if shown != last:
+            last, last_change = shown, now
+        elif now - last_change > 15:
+            return shown  # no progress for 15 s: the rest is lost
+        time.sleep(1.0)  # scrape interval while waiting for the count (with deadline)
+
+
+def run_once(template: str, tasks: int, rate: float, *, churn: int = 0,
+             sample_rss: bool = False, rabbitmq: RabbitMQ | None = None,
+             stall: bool = False) -> dict[str, object]:
+    redis = Redis() if rabbitmq is None else None
+    broker_url = redis.url if redis is not None else rabbitmq.url  # type: ignore[union-attr]
+    exporter = Exporter(template, broker_url)
     try:
         cpu0, _ = proc_stats(exporter.proc.pid)
         expected = tasks * TASK_EVENTS_PER_TASK
@@ -174,31 +261,26 @@ def run_once(template: str, tasks: int, rate: float, churn: int = 0,
 
         if sample_rss:
             threading.Thread(target=sampler, daemon=True).start()
-        generated = task_messages(tasks, 200, 50, 5, churn)
+        encode = envelope if redis is not None else amqp_body
+        generated = task_messages(tasks, 200, 50, 5, churn, encode=encode)
         # Built before the clock starts (up to ~1 GB) so the publisher, not the JSON
         # encoding, sets the pace; the 1M-event churn run encodes as it goes.
         source = iter(list(generated)) if tasks * TASK_EVENTS_PER_TASK <= 1_200_000 and \
             not churn else generated
+        pace = rate * 1.036 if rate else 0  # heartbeats ride on top (1 per 7 tasks)
+        if stall:  # the backlog builds up in the broker's queue while the exporter is stopped
+            exporter.proc.send_signal(signal.SIGSTOP)
         t0 = time.perf_counter()
-        messages = publish(redis.url, source,
-                           rate * 1.036 if rate else 0)  # heartbeats ride on top (1 per 7 tasks)
+        try:
+            if redis is not None:
+                messages = publish(redis.url, source, pace)
+            else:
+                messages = publish_amqp(broker_url, source, pace)
+        finally:
+            if stall:
+                exporter.proc.send_signal(signal.SIGCONT)
         published_s = time.perf_counter() - t0
-        shown, last, last_change = 0.0, -1.0, time.perf_counter()
-        while True:
-            if not exporter.alive():
-                break
-            try:
-                shown = exporter.shown()
-            except OSError:
-                shown = last
-            now = time.perf_counter()
-            if shown >= expected:
-                break
-            if shown != last:
-                last, last_change = shown, now
-            elif now - last_change > 15:
-                break  # no progress for 15 s: the rest is lost
-            time.sleep(1.0)  # scrape interval while waiting for the count (with deadline)
+        shown = wait_shown(exporter, expected)
         done_s = time.perf_counter() - t0
         stop_sampling.set()
         alive = exporter.alive()
@@ -212,27 +294,37 @@ def run_once(template: str, tasks: int, rate: float, churn: int = 0,
             "peak_rss_mb": round(peak / 2**20, 1),
             "slowest_scrape_s": round(exporter.slowest_scrape_s, 2),
             "rss_samples_mb": [round(s / 2**20, 1) for s in samples],
+            "broker_dropped_messages": int(exporter.broker_dropped),
+            # With --stall: how fast the exporter worked off the backlog once resumed.
+            "drain_events_per_s": round(shown / max(done_s - published_s, 1e-9))
+            if stall else None,
         }
     finally:
         exporter.stop()
-        redis.stop()
+        if redis is not None:
+            redis.stop()
 
 
-def ladder(template: str, rates: list[float], tasks_per_step: int) -> dict[str, object]:
+def ladder(template: str, rates: list[float], tasks_per_step: int,
+           rabbitmq: RabbitMQ | None = None) -> dict[str, object]:
     steps = []
     sustained = 0.0
     for rate in rates:
         tasks = max(1000, int(min(tasks_per_step, rate * 20) // TASK_EVENTS_PER_TASK))
-        result = run_once(template, tasks, rate)
+        result = run_once(template, tasks, rate, rabbitmq=rabbitmq)
         # Kept up: nothing lost, and done within 2 s of the publisher plus one scrape's
         # duration (completion is seen at most one slow scrape late; more is backlog).
         slack = 2.0 + float(result["slowest_scrape_s"])  # type: ignore[arg-type]
         ok = result["lost"] == 0 and result["exporter_alive"] and (
             float(result["all_shown_s"]) <= float(result["publish_s"]) + slack)  # type: ignore[arg-type]
-        result["sustained"] = ok
+        # A rate the broker could not take in (RabbitMQ's flow control slows the
+        # publisher) says nothing about the exporter: the ladder ends there, not counted.
+        offered = result["task_events"] / max(float(result["publish_s"]), 1e-9)  # type: ignore[call-overload]
+        result["broker_limited"] = offered < 0.9 * rate
+        result["sustained"] = ok and not result["broker_limited"]
         steps.append(result)
         print(json.dumps(result), file=sys.stderr, flush=True)
-        if not ok:
+        if not result["sustained"]:
             break
         sustained = rate
     return {"sustained_events_per_s": sustained, "steps": steps}
@@ -247,12 +339,15 @@ def main() -> None:
     parser.add_argument("--only", choices=["otel-celery-exporter", "danihodovic"],
                         help="measure one of the two default exporters")
     parser.add_argument("--setup-danihodovic", action="store_true")
+    parser.add_argument("--broker", choices=["redis", "rabbitmq", "both"], default="redis",
+                        help="rabbitmq: a private rabbitmq-server node started for the run")
     parser.add_argument("--rates", default="2000,4000,6000,8000,12000,16000,24000,32000,48000")
     parser.add_argument("--tasks-per-step", type=int, default=400_000,
                         help="task events per ladder step at most (20 s of the rate)")
     parser.add_argument("--burst-rate", type=float, default=14_000)
     parser.add_argument("--burst-events", type=int, default=400_000)
     parser.add_argument("--churn-events", type=int, default=1_000_000)
+    parser.add_argument("--drain-events", type=int, default=400_000)
     parser.add_argument("--churn-rate", type=float, default=20_000)
     args = parser.parse_args()
     if args.setup_danihodovic:
@@ -261,23 +356,39 @@ def main() -> None:
         "otel-celery-exporter": OURS, "danihodovic": DANIHODOVIC}
     if args.only:
         exporters = {args.only: exporters[args.only]}
-    if shutil.which("redis-server") is None:
+    if shutil.which("redis-server") is None and args.broker != "rabbitmq":
         sys.exit("redis-server is not on PATH")
-    report: dict[str, dict[str, object]] = {name: {} for name in exporters}
+    brokers = ["redis", "rabbitmq"] if args.broker == "both" else [args.broker]
+    rabbitmq = RabbitMQ() if "rabbitmq" in brokers else None
+    report: dict[str, dict[str, object]] = {}
     rates = [float(r) for r in args.rates.split(",")]
-    for name, template in exporters.items():
-        print(f"== {name}", file=sys.stderr, flush=True)
-        if "ladder" in args.scenarios:
-            report[name]["ladder"] = ladder(template, rates, args.tasks_per_step)
-        if "burst" in args.scenarios:
-            report[name]["burst"] = run_once(
-                template, args.burst_events // TASK_EVENTS_PER_TASK, args.burst_rate)
-            print(json.dumps(report[name]["burst"]), file=sys.stderr, flush=True)
-        if "churn" in args.scenarios and name == "otel-celery-exporter":
-            report[name]["churn"] = run_once(
-                template, args.churn_events // TASK_EVENTS_PER_TASK, args.churn_rate,
-                churn=2000, sample_rss=True)
-            print(json.dumps(report[name]["churn"]), file=sys.stderr, flush=True)
+    try:
+        for broker in brokers:
+            on = rabbitmq if broker == "rabbitmq" else None
+            for name, template in exporters.items():
+                key = f"{name} on {broker}"
+                result = report[key] = {}
+                print(f"== {key}", file=sys.stderr, flush=True)
+                if "ladder" in args.scenarios:
+                    result["ladder"] = ladder(template, rates, args.tasks_per_step, on)
+                if "burst" in args.scenarios:
+                    result["burst"] = run_once(
+                        template, args.burst_events // TASK_EVENTS_PER_TASK, args.burst_rate,
+                        sample_rss=True, rabbitmq=on)
+                    print(json.dumps(result["burst"]), file=sys.stderr, flush=True)
+                if "drain" in args.scenarios and broker == "rabbitmq":
+                    result["drain"] = run_once(
+                        template, args.drain_events // TASK_EVENTS_PER_TASK, 0,
+                        sample_rss=True, rabbitmq=on, stall=True)
+                    print(json.dumps(result["drain"]), file=sys.stderr, flush=True)
+                if "churn" in args.scenarios and name == "otel-celery-exporter":
+                    result["churn"] = run_once(
+                        template, args.churn_events // TASK_EVENTS_PER_TASK, args.churn_rate,
+                        churn=2000, sample_rss=True, rabbitmq=on)
+                    print(json.dumps(result["churn"]), file=sys.stderr, flush=True)
+    finally:
+        if rabbitmq is not None:
+            rabbitmq.stop()
     print(json.dumps(report, indent=2))
 
 

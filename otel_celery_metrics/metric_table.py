@@ -773,7 +773,8 @@ EXPORTER_EVENTS_DROPPED = MetricSpec(
     kind=InstrumentKind.COUNTER,
     unit="",
     description="Events not counted, by event type and reason (undecodable, invalid_field, "
-    "filtered, unknown_type, backlog_full, internal_error).",
+    "filtered, unknown_type, backlog_full, internal_error; on RabbitMQ also what the broker "
+    "dropped from the exporter's event queue: broker_queue_full, broker_expired).",
     attributes=(EVENT_TYPE, REASON),
     recorded_in=_EXPORTER,
 )

@@ -6,7 +6,8 @@ subscriber whose output buffer grows past its limit, 32 MB by default). This par
 takes those chunks as they come, split anywhere, and returns the published payloads.
 
 A payload is kombu's JSON envelope; its ``body`` is base64 (Redis transport) and holds
-one event, or a list of them (workers batch task events: ``task.multi``).
+one event, or a list of them (workers batch task events: ``task.multi``). On AMQP the
+message body is the events themselves: :func:`decode_body`.
 """
 
 from __future__ import annotations
@@ -139,6 +140,17 @@ def decode_envelope(payload: bytes) -> list[Any]:
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise UndecodableEvent(str(exc)[:200]) from None
     return decoded if isinstance(decoded, list) else [decoded]
+
+
+def decode_body(body: bytes, content_type: str, encoding: str) -> list[Any]:
+    """An AMQP message body (no envelope, no base64) -> the event dicts in it."""
+    if content_type in ("application/json", ""):
+        try:
+            decoded = _loads(body)
+        except (ValueError, TypeError) as exc:
+            raise UndecodableEvent(str(exc)[:200]) from None
+        return decoded if isinstance(decoded, list) else [decoded]
+    return _decode_other(body, content_type, encoding or "utf-8")
 
 
 def _decode_other(body: Any, content_type: str, encoding: str) -> list[Any]:

@@ -120,9 +120,10 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "buckets": (_buckets, "Runtime histogram boundaries in seconds, comma-separated."),
     "queue_wait_buckets": (_buckets, "Queue-wait histogram boundaries in seconds."),
     "queues": (_names, "Queues to probe for depth, besides those workers report."),
-    "receiver": (_choice("auto", "redis", "kombu"),
-                 "How to read events: redis (raw pub/sub, fastest), kombu (any transport), "
-                 "auto (redis for redis:// URLs)."),
+    "receiver": (_choice("auto", "redis", "amqp", "kombu"),
+                 "How to read events: redis (raw pub/sub), amqp (RabbitMQ, own bounded "
+                 "queue), kombu (any transport), auto (redis for redis://, amqp for "
+                 "amqp://, amqps://, pyamqp://)."),
     "worker_timeout": (_seconds, "Seconds without a heartbeat before celery_worker_up is 0."),
     "worker_forget_after": (_seconds,
                             "Seconds without a heartbeat before a worker's series are removed."),
@@ -151,6 +152,14 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "redis_key_prefix": (str, "kombu's global_keyprefix transport option, if the app sets it."),
     "max_tracked_tasks": (_count, "Task ids remembered between their events."),
     "max_backlog_bytes": (_count, "Raw event bytes buffered before reading pauses."),
+    "event_queue_ttl": (_seconds, "RabbitMQ: seconds an event may wait in the exporter's "
+                                  "queue (x-message-ttl)."),
+    "event_queue_expires": (_seconds, "RabbitMQ: seconds the exporter's queue outlives its "
+                                      "connection (x-expires)."),
+    "event_queue_max_length": (_count, "RabbitMQ: messages the exporter's queue holds before "
+                                       "the oldest are dropped and counted (x-max-length)."),
+    "event_queue_max_bytes": (_count, "RabbitMQ: body bytes the exporter's queue holds before "
+                                      "the oldest are dropped (x-max-length-bytes)."),
     "stuck_after": (_seconds, "Seconds a receive loop may stand still before /health fails."),
     "reconnect_initial": (_seconds, "First reconnect delay; doubles per failure."),
     "reconnect_max": (_seconds, "Longest reconnect delay."),

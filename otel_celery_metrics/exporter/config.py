@@ -31,7 +31,8 @@ class ExporterConfig:
     queue_wait_buckets: tuple[float, ...] = DEFAULT_SECONDS_BUCKETS
     #: Queues probed for depth in addition to those workers report consuming from.
     queues: tuple[str, ...] = ()
-    #: "auto" (raw Redis pub/sub for redis://, kombu otherwise), "redis" or "kombu".
+    #: "auto" (raw Redis pub/sub for redis://, our AMQP reader for amqp://, amqps://,
+    #: pyamqp://, kombu otherwise), "redis", "amqp" or "kombu".
     receiver: str = "auto"
     #: Seconds without a heartbeat before a worker reads 0.
     worker_timeout: float = 60.0
@@ -68,6 +69,14 @@ class ExporterConfig:
     max_tracked_tasks: int = 200_000
     #: Raw event bytes buffered between the socket and the handlers.
     max_backlog_bytes: int = 512 * 1024 * 1024
+    #: RabbitMQ event queue: x-message-ttl (seconds an event may wait in it).
+    event_queue_ttl: float = 300.0
+    #: RabbitMQ event queue: x-expires (seconds it outlives our connection).
+    event_queue_expires: float = 60.0
+    #: RabbitMQ event queue: x-max-length (messages); past it the oldest are dropped.
+    event_queue_max_length: int = 1_000_000
+    #: RabbitMQ event queue: x-max-length-bytes (message bodies).
+    event_queue_max_bytes: int = 256 * 1024 * 1024
     #: Health fails when the receive loop has not turned for this long.
     stuck_after: float = 30.0
     reconnect_initial: float = 0.5

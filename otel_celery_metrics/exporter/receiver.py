@@ -9,8 +9,10 @@ only when ``stop`` is set):
   output buffer passes 32 MB, losing every event in it); the other parses, decodes and
   hands events to the handlers. A burst is buffered on our side, bounded by
   ``max_backlog_bytes``.
-- :class:`KombuReceiver` -- any other transport (RabbitMQ, ``rediss://``, sentinel):
+- :class:`KombuReceiver` -- any other transport (``rediss://``, sentinel, ...):
   Celery's own event receiver over kombu; the broker queues events for us.
+
+RabbitMQ has its own receiver on the same base, in :mod:`.amqp_receiver`.
 
 A lost broker never ends the loop: it reconnects with capped exponential backoff and
 logs the masked URL (never a password).

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_celery_metrics._web_serving import WebConfigFile
+from otel_celery_metrics.exporter.amqp_receiver import AmqpEventReceiver
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
 from otel_celery_metrics.exporter.http import make_server
@@ -34,6 +35,8 @@ _logger = logging.getLogger(__name__)
 #: Forgotten workers after which the observable instruments are rebuilt (see
 #: :mod:`.instruments`); well below the SDK's 2000 attribute sets per instrument.
 REBUILD_AFTER_FORGOTTEN = 500
+#: URL scheme -> receiver for ``--receiver=auto``; the rest go through kombu.
+_AUTO_RECEIVERS = {"redis": "redis", "amqp": "amqp", "amqps": "amqp", "pyamqp": "amqp"}
 
 
 def make_app(config: ExporterConfig) -> Any:
@@ -52,11 +55,12 @@ def make_app(config: ExporterConfig) -> Any:
     app.conf.update(
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=config.probe_timeout,
-        # Our event queue (RabbitMQ) goes 60 s after we do, so restarts leak nothing.
-        event_queue_expires=60.0,
-        # Celery's default drops events older than 5 s from our queue: a busy exporter
-        # would lose counts silently. Five minutes rides out a pause, still bounded.
-        event_queue_ttl=300.0,
+        # --receiver=kombu's event queue (the amqp receiver declares its own with the
+        # same settings): it goes event_queue_expires after we do, so restarts leak
+        # nothing. Celery's default TTL drops events older than 5 s from it: a busy
+        # exporter would lose counts silently. Five minutes rides out a pause, bounded.
+        event_queue_expires=config.event_queue_expires,
+        event_queue_ttl=config.event_queue_ttl,
         # The probes must not hang on a dead broker: bounded connect and socket waits.
         broker_transport_options=transport_options,
     )
@@ -96,7 +100,7 @@ class Exporter:
             clock=clock,
         )
         self.handlers: EventHandlers
-        self.receiver: RedisPubSubReceiver | KombuReceiver
+        self.receiver: RedisPubSubReceiver | AmqpEventReceiver | KombuReceiver
         self.queue_probe = QueueDepthProbe(
             config, self.app, self.liveness.queues, clock, sent_at=self._task_sent_at
         )
@@ -107,7 +111,7 @@ class Exporter:
         config = self.config
         receiver_kind = config.receiver
         if receiver_kind == "auto":
-            receiver_kind = "redis" if config.broker_url.startswith("redis://") else "kombu"
+            receiver_kind = _AUTO_RECEIVERS.get(config.broker_url.split(":", 1)[0], "kombu")
         # Each object is built after what it needs: the handlers record into the histogram
         # provider, the receiver feeds the handlers, the instruments read all of them.
         provider = histogram_provider(self.registry)
@@ -118,6 +122,10 @@ class Exporter:
         if receiver_kind == "redis":
             self.receiver = RedisPubSubReceiver(
                 config, self.handlers.handle, self.handlers.drop, clock
+            )
+        elif receiver_kind == "amqp":
+            self.receiver = AmqpEventReceiver(
+                config, self.app, self.handlers.handle, self.handlers.drop, clock
             )
         else:
             self.receiver = KombuReceiver(config, self.app, self.handlers.handle, clock)

@@ -70,3 +70,17 @@ def test_a_forgotten_workers_hostname_labelled_task_series_are_removed(
     assert value(text, "celery_task_succeeded_total", hostname="celery@host-a") is None
     assert value(text, "celery_worker_up", hostname="celery@host-a") is None
     assert value(text, "celery_tasks_total", task_name="app.add", state="SUCCESS") == 1
+
+
+def test_the_receiver_follows_the_broker_url_scheme(make_exporter) -> None:
+    kinds = {
+        url: type(make_exporter(broker_url=url).receiver).__name__
+        for url in ("redis://h/0", "amqp://h//", "amqps://h//", "pyamqp://h//", "rediss://h/0")
+    }
+    assert kinds == {
+        "redis://h/0": "RedisPubSubReceiver", "amqp://h//": "AmqpEventReceiver",
+        "amqps://h//": "AmqpEventReceiver", "pyamqp://h//": "AmqpEventReceiver",
+        "rediss://h/0": "KombuReceiver",
+    }
+    forced = make_exporter(broker_url="amqp://h//", receiver="kombu")
+    assert type(forced.receiver).__name__ == "KombuReceiver"

@@ -24,8 +24,8 @@ point, the ``_opentelemetry_opamp`` / ``pre_sdk_init_function`` entry point, and
 :func:`post_sdk_init` for its ``post_sdk_init_function`` (which puts
 ``OTEL_METRICS_EXPORTER`` back, so processes started later inherit the user's value).
 Both also call any other distribution's function registered under their name, since the
-SDK calls only the first. SDKs without these hooks (1.28 has none, 1.45 has both) call
-neither: there, every process binds the configured port as upstream does.
+SDK calls only the first. Every SDK in the supported range (1.43 and later) calls both; an
+older one calls neither, and there every process binds the configured port as upstream does.
 
 Nothing runs at import; the environment is passed in or read only when called.
 """

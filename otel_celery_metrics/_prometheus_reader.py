@@ -4,7 +4,7 @@ Registered as the ``celery_metrics_prometheus`` metric exporter (``pyproject.tom
 our SDK hook (``_port_check``) substitutes it for ``prometheus`` in
 ``OTEL_METRICS_EXPORTER`` while the SDK configures a ``celery worker`` or ``celery beat``
 process, and restores the variable afterwards. It is opentelemetry-exporter-prometheus'
-public ``PrometheusMetricReader`` (same registry, same exposition) with two differences
+public ``PrometheusMetricReader`` (same registry, same exposition) with three differences
 from that package's auto reader, which binds ``OTEL_EXPORTER_PROMETHEUS_PORT`` in its
 constructor and raises on a busy port:
 

@@ -201,14 +201,14 @@ OVERVIEW = Dashboard(
         )),
         Row("Pipeline health", (
             Panel("Measurements dropped by reason",
-                  "Are we losing measurements before they are recorded (pool buffer full, "
-                  "undecodable, internal error)? Should be 0.",
+                  "Are we losing measurements (pool buffer full, undecodable, internal error, "
+                  "a collection that timed out waiting)? Should be 0.",
                   (Target(f"sum by (instance, reason) (rate(otel_celery_metrics_dropped_total"
                           f"{{{JOB}}}[$__rate_interval]))", "{{instance}} {{reason}}",
                           INPROCESS),), unit="ops", width=8),
             Panel("Cardinality overflow by attribute",
-                  "Are task names, queues or series past their caps and folded into "
-                  "__overflow__? Should be 0.",
+                  "Are task names, queues, beat schedule entries or series past their caps and "
+                  "folded into __overflow__? Should be 0.",
                   (Target(f"sum by (instance, attribute) (rate(otel_celery_metrics_overflow_total"
                           f"{{{JOB}}}[$__rate_interval]))", "{{instance}} {{attribute}}",
                           INPROCESS),), unit="ops", width=8),
@@ -222,7 +222,7 @@ OVERVIEW = Dashboard(
                           f"[$__rate_interval]))", "{{type}}", EXPORTER),), unit="ops", width=8),
             Panel("Exporter: events not counted",
                   "Which events did the exporter drop, and why (undecodable, invalid field, "
-                  "backlog full; filtered is on purpose)?",
+                  "backlog full, RabbitMQ queue full or expired; filtered is on purpose)?",
                   (Target(f"sum by (type, reason) (rate(celery_exporter_events_dropped_total"
                           f"{{{JOB}}}[$__rate_interval]))", "{{type}} {{reason}}", NONE),),
                   unit="ops", width=8),

@@ -538,22 +538,30 @@ class ForkBridge:
             if not self._read_lock.acquire(timeout=_READ_LOCK_WAIT):
                 self._count_wait_timeout("reading measurements from pool children")
                 return
+            spans: list[Any] = []
             try:
                 if self._receive_end is None:
                     return
-                # Decoded under the lock too: a span read by one thread must be in the
-                # join before another thread's take_span finds the socket empty.
+                # Recorded under the lock too: what one thread read must be recorded (and an
+                # exemplar's span ids be in the join) before another thread, finding the
+                # socket empty, goes on to collect or to take_span.
                 datagrams = _read_queued(sock)
                 if datagrams:
-                    self._decode_all(datagrams)
+                    spans = self._decode_all(datagrams)
             finally:
                 self._read_lock.release()
+            # Relayed spans go to the span processors outside the lock: a processor may
+            # export synchronously, and take_span on the worker's event loop waits for it.
+            if spans:
+                self._receive_relayed(spans)
         except Exception as exc:  # noqa: BLE001
             self._failures.record("reading measurements from pool children", exc)
 
-    def _decode_all(self, datagrams: list[bytes]) -> None:
+    def _decode_all(self, datagrams: list[bytes]) -> list[Any]:
+        """Record the measurements and relayed metric points; return the relayed spans."""
         measurements: list[Measurement] = []
-        relayed: list[Any] = []
+        points: list[Any] = []
+        spans: list[Any] = []
         for data in datagrams:
             try:
                 dropped, batch = marshal.loads(data)  # noqa: S302 - from our own children only
@@ -562,8 +570,10 @@ class ForkBridge:
                 for entry in batch:
                     if entry[0] == _SPAN:
                         self._spans.put(entry[1], (entry[2], entry[3]))
-                    elif entry[0] in (POINT, SPAN):
-                        relayed.append(entry)
+                    elif entry[0] == POINT:
+                        points.append(entry)
+                    elif entry[0] == SPAN:
+                        spans.append(entry)
                     else:
                         measurements.append(entry)
             except Exception as exc:  # noqa: BLE001
@@ -571,12 +581,18 @@ class ForkBridge:
                 self._failures.record("decoding measurements from a pool child", exc)
         if measurements:
             self._recorder.emit_many(measurements)
-        if relayed and self._relay is not None:
-            try:
-                self._relay.receive(relayed)
-            except Exception as exc:  # noqa: BLE001
-                self._recorder.emit(_DROPPED, len(relayed), ("undecodable",))
-                self._failures.record("merging what a pool child relayed", exc)
+        if points:
+            self._receive_relayed(points)
+        return spans
+
+    def _receive_relayed(self, entries: list[Any]) -> None:
+        if not entries or self._relay is None:
+            return
+        try:
+            self._relay.receive(entries)
+        except Exception as exc:  # noqa: BLE001
+            self._recorder.emit(_DROPPED, len(entries), ("undecodable",))
+            self._failures.record("merging what a pool child relayed", exc)
 
     def _on_worker_init(self, **_: Any) -> None:
         self._worker_pid = os.getpid()

@@ -30,7 +30,8 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
 from otel_celery_metrics._metrics_endpoint import EndpointError, MetricsServer, plan_endpoint
 from otel_celery_metrics._process_role import Role, process_role
-from otel_celery_metrics._prometheus_web import WEB_CONFIG_VARIABLE, guarded_serve
+from otel_celery_metrics._prometheus_web import WEB_CONFIG_VARIABLE, closed_message, guarded_serve
+from otel_celery_metrics._web_config import WebConfigError
 
 _logger = logging.getLogger(__name__)
 
@@ -54,9 +55,14 @@ class CeleryPrometheusReader(PrometheusMetricReader):
             return
         web_config = os.environ.get(WEB_CONFIG_VARIABLE, "").strip()
         if web_config:
-            serve = guarded_serve(web_config)
-            if serve is None:
-                return  # a bad file: one error line, the endpoint stays closed
+            try:
+                serve = guarded_serve(web_config)
+            except WebConfigError as exc:
+                # One error line once the worker can log it; the endpoint stays closed
+                # (never open without the TLS or authentication the file asks for).
+                closed = closed_message(str(exc))
+                _after_logging_setup(in_worker, lambda: _logger.error("%s", closed))
+                return
             self.server = MetricsServer(endpoint, serve, hold_messages=in_worker)
         else:
             self.server = MetricsServer(endpoint, hold_messages=in_worker)

@@ -45,7 +45,7 @@ _EXPORTER_VARIABLE = "OTEL_METRICS_EXPORTER"
 _PROMETHEUS = "prometheus"
 
 
-def _closed_message(problem: str) -> str:
+def closed_message(problem: str) -> str:
     return (f"otel-celery-metrics: {WEB_CONFIG_VARIABLE}: {problem}; this worker's /metrics "
             "is not served (tasks keep running)")
 
@@ -57,13 +57,15 @@ def select_guarded_reader(environ: MutableMapping[str, str]) -> str | None:
     try:
         path = environ.get(WEB_CONFIG_VARIABLE, "").strip()
         names = [n.strip() for n in environ.get(_EXPORTER_VARIABLE, "").split(",") if n.strip()]
-        # EXPORTER_NAME: _port_check selected our reader already (a worker or beat).
-        if not path or not {_PROMETHEUS, EXPORTER_NAME} & set(names):
+        # EXPORTER_NAME: _port_check selected our reader already (a worker or beat). The
+        # reader checks the file itself and says so once the worker's logging is set up: a
+        # celery multi node's stderr is /dev/null until then, so a line here would be lost.
+        if not path or _PROMETHEUS not in names or EXPORTER_NAME in names:
             return None
         try:
             WebConfigFile.open(path)
         except WebConfigError as exc:
-            message = _closed_message(str(exc))
+            message = closed_message(str(exc))
             _logger.error("%s", message)
             rest = [n for n in names if n not in (_PROMETHEUS, EXPORTER_NAME)]
             environ[_EXPORTER_VARIABLE] = ",".join(rest) or "none"
@@ -109,17 +111,13 @@ def serve_guarded(host: str, port: int, registry: Any, web_config: WebConfigFile
     return server
 
 
-def guarded_serve(path: str) -> Callable[[str, int], object] | None:
+def guarded_serve(path: str) -> Callable[[str, int], object]:
     """For :class:`~otel_celery_metrics._metrics_endpoint.MetricsServer`: serve the default
-    registry behind the web config at ``path``; None (one error line: the endpoint stays
-    closed) when the file is bad."""
+    registry behind the web config at ``path``. Raises :class:`WebConfigError` for a bad
+    file (the caller logs :func:`closed_message`; the endpoint stays closed)."""
     from prometheus_client import REGISTRY
 
-    try:
-        web_config = WebConfigFile.open(path)
-    except WebConfigError as exc:
-        _logger.error("%s", _closed_message(str(exc)))
-        return None
+    web_config = WebConfigFile.open(path)
     return lambda host, port: serve_guarded(host, port, REGISTRY, web_config)
 
 
@@ -143,7 +141,7 @@ def start_endpoint(host: str, port: int | str, registry: Any, path: str) -> None
         web_config = WebConfigFile.open(path)
         serve_guarded(host, int(port), registry, web_config)
     except WebConfigError as exc:
-        _logger.error("%s", _closed_message(str(exc)))
+        _logger.error("%s", closed_message(str(exc)))
         return
     except (OSError, ValueError) as exc:
         problem = exc if isinstance(exc, OSError) else "not a port number"

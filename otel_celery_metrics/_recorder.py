@@ -225,6 +225,9 @@ class Recorder:
             self._totals[dropped][(reason,)] = [0]
         self._collection_timeouts = self._totals[dropped][("collection_timeout",)]
         self._timeouts_logged: set[str] = set()
+        # Its own lock, never the aggregates' (that may be the lock that was not free):
+        # collections, the relay's reader and take_span on the event loop all count here.
+        self._timeouts_lock = threading.Lock()
         for attribute in mt.OVERFLOW_ATTRIBUTES:
             self._totals[_OVERFLOW_ATTRIBUTE][(attribute,)] = [0]
         relayed = mt.METRIC_INDEX[mt.SELF_RELAYED.name]
@@ -249,6 +252,7 @@ class Recorder:
         of the parent held one, and would then never be released in the child."""
         self._lock = threading.Lock()
         self._admit_lock = threading.Lock()
+        self._timeouts_lock = threading.Lock()
 
     # -- instrument creation -------------------------------------------------------------
 
@@ -624,11 +628,13 @@ class Recorder:
 
         Counted as ``otel_celery_metrics_dropped_total{reason="collection_timeout"}``
         without taking the aggregates' lock (it may be the lock that was not free): this
-        is the only writer of that cell. Logged once per ``what``.
+        is the only writer of that cell, under a lock of its own. Logged once per ``what``.
         """
-        self._collection_timeouts[0] += 1
-        if what not in self._timeouts_logged:
+        with self._timeouts_lock:
+            self._collection_timeouts[0] += 1
+            first = what not in self._timeouts_logged
             self._timeouts_logged.add(what)
+        if first:
             _logger.error(
                 "otel-celery-metrics: a metric collection gave up %s after a bounded wait and "
                 "served what it had; counted in otel_celery_metrics_dropped_total"

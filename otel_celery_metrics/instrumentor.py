@@ -128,14 +128,6 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             recorder, sink, spans, failures, on_pool_child_start=silence_pool_child,
             relay=relay,
         )
-        adapter.apply(
-            histograms=recorder.histogram_points,
-            before_collect=bridge.drain_now,
-            fence=bridge.fence.collecting,
-            scope_labels=settings.prometheus_scope_labels,
-        )
-        if relay is not None:
-            _attach_relay(relay, adapter, recorder)
         outcomes = TaskOutcomes(
             recorder, failures, default_queue=default_queue, take_span=bridge.take_span
         )
@@ -145,18 +137,38 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         checks = WorkerStartChecks(
             {"request_class": hooks.problem, "collection": adapter.collection_problem}, report
         )
-        hooks.install()
-        receivers.connect()
-        bridge.install()
-        exemplars.install()
-        checks.install()
-        view.install()
         # Beat sends from its main process (no pool): straight into the Recorder.
         beat = BeatHooks(recorder, failures)
-        beat.install()
+        # Known before anything is installed, so that a failure part-way undoes what was
+        # (every uninstall step is a no-op for what was not installed).
         self._wiring = _Wiring(
             adapter, recorder, receivers, bridge, hooks, exemplars, checks, view, beat
         )
+        try:
+            adapter.apply(
+                histograms=recorder.histogram_points,
+                before_collect=bridge.drain_now,
+                fence=bridge.fence.collecting,
+                scope_labels=settings.prometheus_scope_labels,
+            )
+            if relay is not None:
+                _attach_relay(relay, adapter, recorder)
+            hooks.install()
+            receivers.connect()
+            bridge.install()
+            exemplars.install()
+            checks.install()
+            view.install()
+            beat.install()
+        except Exception as exc:
+            # opentelemetry-instrument re-raises an instrumentor's exception and skips every
+            # instrumentor after it: say it once, undo ours, and let the rest load.
+            _logger.error(
+                "otel-celery-metrics: could not install the Celery instrumentation (%s: %s); "
+                "it is removed again and this process records no Celery metrics",
+                type(exc).__name__, exc, exc_info=exc,
+            )
+            self._uninstrument()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         wiring = self._wiring

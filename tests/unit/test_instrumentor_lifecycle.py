@@ -291,3 +291,34 @@ def test_a_pool_child_whose_exporter_cannot_be_silenced_is_reported_to_the_main_
     assert inactive(found)["pool_child_silencing"] == 1
     assert inactive(found)["collection"] == 0
     provider.shutdown()
+
+
+def test_a_failure_while_installing_is_logged_once_and_leaves_nothing_installed(
+    worker: Worker, instrumentor: CeleryMetricsInstrumentor, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """opentelemetry-instrument re-raises an instrumentor's exception and then loads no
+    other instrumentor: ours logs one ERROR, undoes what it had installed, and returns."""
+    from otel_celery_metrics import _beat
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("celery.beat changed")
+
+    monkeypatch.setattr(_beat.BeatHooks, "install", broken)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    collect_before = reader._collect
+    with caplog.at_level(logging.ERROR):
+        instrumentor.instrument(meter_provider=provider, settings=Settings())
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "could not install the Celery instrumentation (RuntimeError: celery.beat changed)" in (
+        errors[0]
+    )
+    # Nothing of ours stays: the reader collects as the SDK does, requests are Celery's own.
+    assert reader._collect == collect_before
+    handler = worker.start()
+    worker.run(handler)
+    found = points(reader)
+    assert mt.TASKS.name not in found or state_total(found, "SUCCESS") == 0
+    provider.shutdown()

@@ -81,6 +81,9 @@ class PoolRelay:
         self._views: dict[int, ReaderView] = {}
         self._attached = False
         self._relay_metrics = False
+        #: Attached to a meter provider that is not the SDK's: children record where we
+        #: cannot reach (said when a worker first forks its pool, the only time it matters).
+        self._unreachable_metrics = False
         self._span_sink: Callable[[Any], None] | None = None
         self._span_resource: Any = None
         #: The main process' tracer provider when it first forked a child.
@@ -100,8 +103,15 @@ class PoolRelay:
     # -- main process ------------------------------------------------------------------------
 
     def before_first_fork(self) -> None:
-        """Main process, before its first fork: note the tracer provider children inherit."""
+        """Main process, before its first fork: note the tracer provider children inherit,
+        and say so if what they record through the metrics API cannot reach us."""
         self._forked_tracer_provider = self._tracer_provider()
+        if self._unreachable_metrics:
+            self._failures.record(
+                "relaying the metrics pool children record",
+                TypeError("the meter provider is not the OpenTelemetry SDK's; spans are still "
+                          "relayed"),
+            )
 
     def attach(self, adapter: SdkAdapter) -> int:
         """Make every reader the adapter hooked include the relayed series (the adapter's
@@ -109,7 +119,9 @@ class PoolRelay:
         self._attached = True
         readers = adapter.add_relayed(self._produce)
         # No reader here, nothing to relay metrics to: children leave their readers alone.
+        # An SDK provider without readers has nothing to serve: nothing to say.
         self._relay_metrics = readers > 0
+        self._unreachable_metrics = readers == 0 and not adapter.is_sdk
         return readers
 
     def detach(self) -> None:

@@ -152,7 +152,8 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 scope_labels=settings.prometheus_scope_labels,
             )
             if relay is not None:
-                _attach_relay(relay, adapter, recorder)
+                # Through the adapter's hook: inside the fork fence, undone with the adapter.
+                relay.attach(adapter)
             hooks.install()
             receivers.connect()
             bridge.install()
@@ -257,7 +258,7 @@ def _restore_metrics_exporters() -> None:
 
 
 def _pool_relay(provider: Any, recorder: Recorder, failures: FailureLog) -> PoolRelay | None:
-    """The pool-child relay (attached to the readers by :func:`_attach_relay`)."""
+    """The pool-child relay (attached to the readers through the SDK adapter)."""
     try:
         from otel_celery_metrics._relay_store import RelayStore
 
@@ -273,16 +274,3 @@ def _pool_relay(provider: Any, recorder: Recorder, failures: FailureLog) -> Pool
     except Exception as exc:  # noqa: BLE001 - the relay must not stop instrumenting
         failures.record("setting up the pool-child relay", exc)
         return None
-
-
-def _attach_relay(relay: PoolRelay, adapter: SdkAdapter, recorder: Recorder) -> None:
-    """Every reader's collection gets the relayed series, through the adapter's hook (so
-    inside the fork fence, and undone with the adapter)."""
-    if not relay.attach(adapter) and not adapter.is_sdk:
-        # An SDK provider without readers has nothing to serve: nothing to say. Any other
-        # provider records in children where we cannot reach; spans still go.
-        _logger.error(
-            "otel-celery-metrics: cannot relay the metrics pool children record: the meter "
-            "provider is not the OpenTelemetry SDK's; spans are still relayed",
-        )
-        recorder.emit(_DROPPED, 1, ("internal_error",))

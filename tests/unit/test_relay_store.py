@@ -8,9 +8,11 @@ handed to a main-process MeterProvider's readers (cumulative and delta).
 from __future__ import annotations
 
 import contextlib
+import logging
 import marshal
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -250,3 +252,26 @@ def _applied_adapter(provider: Any) -> SdkAdapter:
     adapter = SdkAdapter(provider, "t", "0")
     adapter.apply(lambda _reset: [], lambda: None, contextlib.nullcontext, scope_labels=False)
     return adapter
+
+
+def test_a_non_sdk_meter_provider_is_reported_when_a_worker_forks_its_pool_not_before(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A producer instrumenting with the API's default provider has no pool to relay from:
+    nothing to say. A worker about to fork children that record where we cannot reach: say so."""
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    from otel_celery_metrics._relay import PoolRelay
+    from otel_celery_metrics._safety import FailureLog
+
+    provider = NoOpMeterProvider()
+    failures = FailureLog()
+    relay = PoolRelay(provider, failures, count=lambda _s, _n: None, skip_scopes=frozenset())
+    adapter = SdkAdapter(provider, "t", "0")
+    with caplog.at_level(logging.ERROR):
+        assert relay.attach(adapter) == 0
+        assert caplog.records == []
+        relay.before_first_fork()
+    assert [r.getMessage() for r in caplog.records if "not the OpenTelemetry SDK's" in
+            r.getMessage()], caplog.text
+    assert failures.count == 1

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from otel_celery_metrics._metrics_endpoint import (
@@ -48,6 +48,9 @@ from otel_celery_metrics._metrics_endpoint import (
 from otel_celery_metrics._process_role import Role, process_role
 
 _logger = logging.getLogger(__name__)
+
+#: How a check changes ``OTEL_METRICS_EXPORTER``: for good, or for the SDK's setup only.
+Replace = Callable[[MutableMapping[str, str], str], None]
 
 EXPORTER_VARIABLE = "OTEL_METRICS_EXPORTER"
 _PROMETHEUS = "prometheus"
@@ -94,10 +97,18 @@ def busy_port_message(host: str, port: str, problem: OSError | str) -> str:
     )
 
 
-def check_prometheus_port(environ: MutableMapping[str, str]) -> str | None:
+def write_exporters(environ: MutableMapping[str, str], value: str) -> None:
+    """Set ``OTEL_METRICS_EXPORTER`` for good (what :class:`ExporterSwap` undoes)."""
+    environ[EXPORTER_VARIABLE] = value
+
+
+def check_prometheus_port(
+    environ: MutableMapping[str, str], replace: Replace = write_exporters
+) -> str | None:
     """If the Prometheus exporter is selected and its address cannot be bound: log one
-    error line, drop ``prometheus`` from ``OTEL_METRICS_EXPORTER`` in ``environ``, and
-    return the line. Otherwise change nothing and return None. Never raises."""
+    error line, drop ``prometheus`` from ``OTEL_METRICS_EXPORTER`` in ``environ`` (through
+    ``replace``), and return the line. Otherwise change nothing and return None. Never
+    raises."""
     try:
         address = prometheus_address(environ)
         if address is None:
@@ -117,7 +128,7 @@ def check_prometheus_port(environ: MutableMapping[str, str]) -> str | None:
             n.strip() for n in environ.get(EXPORTER_VARIABLE, "").split(",")
             if n.strip() and n.strip() != _PROMETHEUS
         ]
-        environ[EXPORTER_VARIABLE] = ",".join(rest) or "none"
+        replace(environ, ",".join(rest) or "none")
         return message
     except Exception as exc:  # noqa: BLE001 - a check must never stop a worker starting
         _logger.warning("otel-celery-metrics: could not check the Prometheus port: %s", exc)
@@ -163,7 +174,8 @@ def prepare_metrics_exporters(
       its environment so that its nodes know they are ``celery multi`` nodes.
     - A worker or beat with ``prometheus`` selected: our reader instead of the exporter's
       auto reader (the node's own port; a busy port is retried in the background).
-    - Any other program: the busy-port check (:func:`check_prometheus_port`).
+    - A monitor (``celery flower``, ``celery events``) and any other program: the
+      busy-port check (:func:`check_prometheus_port`).
     Never raises.
     """
     try:
@@ -171,18 +183,18 @@ def prepare_metrics_exporters(
             environ[MULTI_MARKER] = "1"
         if not role.serves_metrics:
             swap.replace(environ, "none")
-        elif role is Role.OTHER_PROGRAM:
-            check_prometheus_port(environ)
+        elif role in (Role.OTHER_PROGRAM, Role.MONITOR):
+            check_prometheus_port(environ, swap.replace)
         else:
             names = [n.strip() for n in environ.get(EXPORTER_VARIABLE, "").split(",")]
-            if _PROMETHEUS in names and _reader_registered():
+            if _PROMETHEUS in names and reader_registered():
                 ours = [_READER_ENTRY_POINT if n == _PROMETHEUS else n for n in names if n]
                 swap.replace(environ, ",".join(ours))
     except Exception as exc:  # noqa: BLE001 - never stop a process starting
         _logger.warning("otel-celery-metrics: could not prepare metric exporters: %s", exc)
 
 
-def _reader_registered() -> bool:
+def reader_registered() -> bool:
     """Whether the SDK can find our reader: an exporter name it cannot find aborts its
     whole configuration (say, metadata older than the code in a source checkout)."""
     from importlib.metadata import entry_points
@@ -199,7 +211,9 @@ def pre_sdk_init(resource: Any) -> None:
 
     patch_gevent_early()  # before the SDK starts threads: see _green.py
     prepare_metrics_exporters(os.environ, process_role())
-    select_guarded_reader(os.environ)  # OTEL_CELERY_METRICS_WEB_CONFIG_FILE: TLS, basic auth
+    # OTEL_CELERY_METRICS_WEB_CONFIG_FILE (TLS, basic auth). Through the swap, so that the
+    # processes this one starts inherit the user's OTEL_METRICS_EXPORTER, not our choice.
+    select_guarded_reader(os.environ, replace=_SWAP.replace, registered=reader_registered)
     _chain_other_hooks(resource, "pre_sdk_init_function")
 
 

@@ -5,8 +5,9 @@ its PYTHONPATH reaches every process those start. Under ``celery multi`` that is
 launcher (``celery multi start ...``), one short-lived "detaching" process per node
 (``python -m celery worker --detach ...``, which re-executes itself as the node without
 ``--detach``), and the nodes themselves; ``celery inspect``, ``call`` and friends are
-instrumented too. Only a worker or beat lives long enough to be scraped or to export;
-anything else that binds the Prometheus port takes it from the node that needs it.
+instrumented too. Only a worker, beat or a monitor (``celery flower``, ``celery events``)
+lives long enough to be scraped or to export; anything else that binds the Prometheus port
+takes it from the node that needs it.
 
 :func:`process_role` classifies a process from ``sys.argv`` as it is at sitecustomize
 time, before Celery parses it (``['-m', ...]`` for ``python -m celery``, the module name
@@ -28,6 +29,7 @@ GLOBAL_OPTIONS_WITH_VALUE = frozenset(
 _DETACH_FLAGS = frozenset({"--detach", "-D"})
 
 
+
 class Role(enum.Enum):
     """What a process is, as far as serving or exporting metrics goes."""
 
@@ -40,6 +42,9 @@ class Role(enum.Enum):
     #: ``celery worker --detach``: re-executes itself as the worker within a second; the
     #: worker it becomes serves, this one must not hold the port meanwhile.
     DETACHING_WORKER = "detaching worker"
+    #: ``celery flower`` or ``celery events``: long-running, records no task outcomes of
+    #: its own; configured like any other program (its own port, checked before binding).
+    MONITOR = "monitor"
     #: ``celery multi``: starts, stops and restarts nodes, then exits.
     MULTI_LAUNCHER = "celery multi"
     #: Any other subcommand (inspect, control, call, purge, status, result, shell, ...).
@@ -48,7 +53,18 @@ class Role(enum.Enum):
     @property
     def serves_metrics(self) -> bool:
         """Whether this process may start a metrics endpoint or a periodic exporter."""
-        return self in (Role.OTHER_PROGRAM, Role.WORKER, Role.BEAT)
+        return self in (Role.OTHER_PROGRAM, Role.WORKER, Role.BEAT, Role.MONITOR)
+
+
+#: Subcommands whose role their options do not change. ``beat --detach`` forks in-process
+#: (no re-exec): the daemon is this process. ``flower`` and ``events`` watch the cluster
+#: for as long as they run (Flower registers itself as a subcommand).
+_BY_SUBCOMMAND = {
+    "beat": Role.BEAT,
+    "multi": Role.MULTI_LAUNCHER,
+    "flower": Role.MONITOR,
+    "events": Role.MONITOR,
+}
 
 
 def celery_arguments(argv: Sequence[str], orig_argv: Sequence[str] = ()) -> list[str] | None:
@@ -107,9 +123,4 @@ def process_role(
         if _DETACH_FLAGS.intersection(before_passthrough):
             return Role.DETACHING_WORKER
         return Role.WORKER
-    if subcommand == "beat":
-        # beat --detach forks in-process (no re-exec): the daemon is this process.
-        return Role.BEAT
-    if subcommand == "multi":
-        return Role.MULTI_LAUNCHER
-    return Role.SHORT_LIVED_COMMAND
+    return _BY_SUBCOMMAND.get(subcommand or "", Role.SHORT_LIVED_COMMAND)

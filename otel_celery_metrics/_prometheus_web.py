@@ -50,10 +50,24 @@ def closed_message(problem: str) -> str:
             "is not served (tasks keep running)")
 
 
-def select_guarded_reader(environ: MutableMapping[str, str]) -> str | None:
+def _write(environ: MutableMapping[str, str], value: str) -> None:
+    environ[_EXPORTER_VARIABLE] = value
+
+
+def _registered() -> bool:
+    return True
+
+
+def select_guarded_reader(
+    environ: MutableMapping[str, str], *,
+    replace: Callable[[MutableMapping[str, str], str], None] = _write,
+    registered: Callable[[], bool] = _registered,
+) -> str | None:
     """Before the SDK configures: if the web config variable is set and ``prometheus`` is
     selected, check the file and swap ``prometheus`` for :data:`EXPORTER_NAME` (or, for a
-    bad file, drop it and log one error line, returned). Never raises."""
+    bad file or when ``registered()`` says the SDK cannot find our reader, drop it and log
+    one error line, returned). ``OTEL_METRICS_EXPORTER`` changes through ``replace``.
+    Never raises."""
     try:
         path = environ.get(WEB_CONFIG_VARIABLE, "").strip()
         names = [n.strip() for n in environ.get(_EXPORTER_VARIABLE, "").split(",") if n.strip()]
@@ -62,23 +76,30 @@ def select_guarded_reader(environ: MutableMapping[str, str]) -> str | None:
         # celery multi node's stderr is /dev/null until then, so a line here would be lost.
         if not path or _PROMETHEUS not in names or EXPORTER_NAME in names:
             return None
+        rest = [n for n in names if n not in (_PROMETHEUS, EXPORTER_NAME)]
         try:
             WebConfigFile.open(path)
         except WebConfigError as exc:
             message = closed_message(str(exc))
-            _logger.error("%s", message)
-            rest = [n for n in names if n not in (_PROMETHEUS, EXPORTER_NAME)]
-            environ[_EXPORTER_VARIABLE] = ",".join(rest) or "none"
-            return message
-        environ[_EXPORTER_VARIABLE] = ",".join(
-            EXPORTER_NAME if n == _PROMETHEUS else n for n in names)
-        return None
+        else:
+            if registered():
+                replace(environ, ",".join(
+                    EXPORTER_NAME if n == _PROMETHEUS else n for n in names))
+                return None
+            # The SDK's own reader cannot apply the file, and a name it cannot find would
+            # abort its whole setup: closed, never open.
+            message = closed_message(
+                f"the {EXPORTER_NAME} metric reader is not registered (reinstall "
+                "otel-celery-metrics: its entry points are missing)")
+        _logger.error("%s", message)
+        replace(environ, ",".join(rest) or "none")
+        return message
     except Exception as exc:  # noqa: BLE001 - a worker must start whatever happens here
         _logger.error("otel-celery-metrics: could not apply %s: %s; /metrics is not served",
                       WEB_CONFIG_VARIABLE, exc)
         rest = [n.strip() for n in str(environ.get(_EXPORTER_VARIABLE, "")).split(",")
                 if n.strip() and n.strip() not in (_PROMETHEUS, EXPORTER_NAME)]
-        environ[_EXPORTER_VARIABLE] = ",".join(rest) or "none"  # closed, never open
+        replace(environ, ",".join(rest) or "none")  # closed, never open
         return None
 
 

@@ -96,6 +96,7 @@ def test_the_hook_checks_os_environ_and_calls_other_registered_hooks(
 ) -> None:
     for key, val in env_for(busy_port).items():
         monkeypatch.setenv(key, val)
+    monkeypatch.setattr(_port_check, "_SWAP", ExporterSwap())  # this test's process state
     called: list[Any] = []
     ours = SimpleNamespace(value=f"{_port_check.__name__}:pre_sdk_init", load=lambda: 1 / 0)
     theirs = SimpleNamespace(value="opamp_client:init", load=lambda: called.append)
@@ -124,6 +125,22 @@ def test_processes_that_do_not_serve_get_no_metric_reader_and_later_ones_get_it_
     # --detach process becomes): the user's value, and for a launcher the node marker.
     assert environ["OTEL_METRICS_EXPORTER"] == "prometheus,otlp"
     assert (MULTI_MARKER in environ) is (role is Role.MULTI_LAUNCHER)
+
+
+@pytest.mark.parametrize("role", [Role.MONITOR, Role.OTHER_PROGRAM])
+def test_monitors_and_other_programs_keep_their_exporters_but_not_a_busy_port(
+    role: Role, busy_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # celery flower / celery events run for days: their own OTLP export stays; a port a
+    # worker on the same host already serves is dropped with one line, for this process only.
+    environ = env_for(busy_port, "prometheus,otlp")
+    swap = ExporterSwap()
+    prepare_metrics_exporters(environ, role, swap)
+    assert environ["OTEL_METRICS_EXPORTER"] == "otlp"
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"cannot serve /metrics on 127.0.0.1:{busy_port}" in line
+    swap.restore(environ)
+    assert environ["OTEL_METRICS_EXPORTER"] == "prometheus,otlp"
 
 
 @pytest.mark.parametrize("role", [Role.WORKER, Role.BEAT])

@@ -36,6 +36,8 @@ PYTHON = "/venv/bin/python"
         (("-A", "app", "result", "abc"), Role.SHORT_LIVED_COMMAND),
         (("-A", "app", "shell"), Role.SHORT_LIVED_COMMAND),
         (("--help",), Role.SHORT_LIVED_COMMAND),
+        (("-A", "app", "flower", "--port=5555"), Role.MONITOR),
+        (("-A", "app", "events", "--camera", "app.Camera"), Role.MONITOR),
     ],
 )
 def test_the_role_comes_from_the_celery_subcommand(args: tuple[str, ...], role: Role) -> None:
@@ -52,9 +54,9 @@ def test_other_programs_are_left_alone(argv: list[str]) -> None:
     assert Role.OTHER_PROGRAM.serves_metrics
 
 
-def test_only_workers_beat_and_other_programs_serve_metrics() -> None:
+def test_only_workers_beat_monitors_and_other_programs_serve_metrics() -> None:
     serving = {role for role in Role if role.serves_metrics}
-    assert serving == {Role.OTHER_PROGRAM, Role.WORKER, Role.BEAT}
+    assert serving == {Role.OTHER_PROGRAM, Role.WORKER, Role.BEAT, Role.MONITOR}
 
 
 def _multi_nodes(tmp_path: Path, *args: str) -> list[tuple[str, list[str]]]:

@@ -3,12 +3,15 @@ setup_metrics() serving its registry behind the file (real TLS clients)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from otel_celery_metrics import _port_check
+from otel_celery_metrics._port_check import ExporterSwap, post_sdk_init, pre_sdk_init
 from otel_celery_metrics._prometheus_web import (
     EXPORTER_NAME,
     WEB_CONFIG_VARIABLE,
@@ -115,3 +118,33 @@ def test_exporter_help_never_shows_a_broker_password_from_the_environment() -> N
     text = build_parser({"OTEL_CELERY_EXPORTER_BROKER_URL": "redis://:s3cr3t@h:6379/0"}
                         ).format_help()
     assert "s3cr3t" not in text and "--web.config.file" in text
+
+
+def test_without_our_reader_registered_the_endpoint_is_closed_not_open(
+    good_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The SDK's own reader cannot apply TLS or basic auth, and a name it cannot find would
+    # abort its whole setup: prometheus goes, the rest stays, one line says why.
+    environ = {"OTEL_METRICS_EXPORTER": "prometheus,otlp", WEB_CONFIG_VARIABLE: str(good_file)}
+    message = select_guarded_reader(environ, registered=lambda: False)
+    assert environ["OTEL_METRICS_EXPORTER"] == "otlp"
+    assert message is not None
+    assert f"the {EXPORTER_NAME} metric reader is not registered" in message
+    assert [r.getMessage() for r in caplog.records] == [message]
+
+
+def test_processes_a_program_starts_inherit_the_users_exporters(
+    good_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A web app started under opentelemetry-instrument that launches `celery worker`: the
+    # SDK reads our reader's name, the worker it starts must see what the user set.
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp,prometheus")
+    monkeypatch.setenv(WEB_CONFIG_VARIABLE, str(good_file))
+    monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", str(free_port()))
+    monkeypatch.setattr(_port_check, "_SWAP", ExporterSwap())  # this test's process state
+    pre_sdk_init(None)
+    try:
+        assert os.environ["OTEL_METRICS_EXPORTER"] == f"otlp,{EXPORTER_NAME}"
+    finally:
+        post_sdk_init(None)
+    assert os.environ["OTEL_METRICS_EXPORTER"] == "otlp,prometheus"

@@ -37,7 +37,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
 
-from otel_celery_metrics._prefork import _ChildForwarder
+from otel_celery_metrics._child_forwarder import ChildForwarder
 from otel_celery_metrics._relay import PoolRelay
 from otel_celery_metrics._relay_store import RelayStore
 from otel_celery_metrics._safety import FailureLog
@@ -86,7 +86,7 @@ def _relay_child(tasks_per_send: int) -> tuple[
     counter, histogram = _instruments(provider)
     receive_end, send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     failures = FailureLog()
-    forwarder = _ChildForwarder(send_end, failures, max_pending=50_000,
+    forwarder = ChildForwarder(send_end, failures, max_pending=50_000,
                                 retry_in_background=False)
     relay = PoolRelay(provider, failures, count=lambda *_: None,
                       skip_scopes=frozenset(), interval=3600)

@@ -47,7 +47,7 @@ SPAN = -3
 
 
 class Outbox(Protocol):
-    """The child's end of the bridge (``_prefork._ChildForwarder``)."""
+    """The child's end of the bridge (``_child_forwarder.ChildForwarder``)."""
 
     @property
     def pending(self) -> int: ...

@@ -20,8 +20,9 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics._child_forwarder import ChildForwarder
 from otel_celery_metrics._outcomes import SpanJoin
-from otel_celery_metrics._prefork import ForkBridge, SwitchableSink, _ChildForwarder
+from otel_celery_metrics._prefork import ForkBridge, SwitchableSink
 from otel_celery_metrics._recorder import Recorder
 from otel_celery_metrics._safety import FailureLog
 from otel_celery_metrics._sdk_adapter import SdkAdapter
@@ -51,7 +52,7 @@ def test_a_full_socket_never_blocks_and_drops_only_past_the_bound() -> None:
     receive_end, send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     send_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     now = [0.0]
-    forwarder = _ChildForwarder(
+    forwarder = ChildForwarder(
         send_end, FailureLog(), max_pending=1000, clock=lambda: now[0], retry_in_background=False
     )
     started = time.perf_counter()
@@ -169,7 +170,7 @@ def test_a_refused_last_send_is_retried_without_another_task() -> None:
     """A child that goes idle right after a refused send still delivers its last task."""
     receive_end, send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     send_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    forwarder = _ChildForwarder(send_end, FailureLog(), max_pending=100_000)
+    forwarder = ChildForwarder(send_end, FailureLog(), max_pending=100_000)
     sent = 0
     while True:  # fill the socket until a send is refused
         forwarder.emit(TASKS, 1, ("t", "q", "SUCCESS"))

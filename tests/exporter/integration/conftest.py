@@ -80,7 +80,7 @@ class Proc:
 
 
 class ExporterProc(Proc):
-    def __init__(self, broker: str, *args: str) -> None:
+    def __init__(self, broker: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         super().__init__(
             [
@@ -96,7 +96,8 @@ class ExporterProc(Proc):
                 "--reconnect-initial=0.2",
                 "--log-level=INFO",
                 *args,
-            ]
+            ],
+            env,
         )
         wait_for(lambda: self.get("/health")[0] in (200, 503), 20, "the exporter to listen")
 

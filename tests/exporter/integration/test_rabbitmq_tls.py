@@ -10,6 +10,7 @@ publish over the node's plain port and read what the exporter serves. One node (
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,10 +91,12 @@ def test_events_over_amqps_are_counted_and_the_probes_use_tls_too(
 
 
 def test_a_wrong_ca_is_one_clear_error_and_the_exporter_keeps_running(
-    node: private_rabbitmq.PrivateRabbitMQ, tls: TLSFiles, procs: list[ExporterProc]
+    node: private_rabbitmq.PrivateRabbitMQ, tls: TLSFiles, procs: list[ExporterProc],
+    tmp_path: Path,
 ) -> None:
     # A CA file holding a certificate that did not sign the node's.
-    wrong_ca: Path = tls.stranger_cert
+    wrong_ca = tmp_path / "ca.pem"
+    shutil.copy(tls.stranger_cert, wrong_ca)
     exporter = ExporterProc(node.tls_url, f"--broker-tls-ca-file={wrong_ca}",
                             env=client_certificate_env(tls))
     procs.append(exporter)
@@ -114,3 +117,22 @@ def test_a_wrong_ca_is_one_clear_error_and_the_exporter_keeps_running(
     assert exporter.alive()
     assert "guest:guest" not in exporter.log
     assert "PRIVATE KEY" not in exporter.log
+    # Each attempt reads the files again: the right CA in place, and it connects.
+    shutil.copy(tls.ca, wrong_ca)
+    wait_for(lambda: value(exporter.scrape(), "celery_exporter_broker_connected") == 1, 30,
+             "the exporter to connect once the CA file is right")
+    assert exporter.get("/health")[0] == 200
+
+
+def test_verification_off_is_said_at_start_and_connects_to_an_unknown_certificate(
+    node: private_rabbitmq.PrivateRabbitMQ, tls: TLSFiles, procs: list[ExporterProc]
+) -> None:
+    exporter = ExporterProc(node.tls_url, "--broker-tls-verify=none",
+                            env=client_certificate_env(tls))
+    procs.append(exporter)
+    wait_for(lambda: value(exporter.scrape(), "celery_exporter_broker_connected") == 1, 30,
+             "the exporter to connect without verifying")
+    warnings = [line for line in exporter.log.splitlines() if " WARNING " in line]
+    assert any("the broker's TLS certificate is not verified (--broker-tls-verify=none)"
+               in line for line in warnings), warnings
+    assert "(TLS, NOT VERIFIED, client certificate" in exporter.log

@@ -121,7 +121,6 @@ class _BaseReceiver:
         )
         stop.wait(delay)
 
-
     def _report_tls_failure(self, exc: BaseException) -> None:
         """A TLS failure is a setting to fix, not an outage to wait out: say so, once."""
         failure = tls_failure(exc)

@@ -31,10 +31,11 @@ Queues (names carry this process's id, see :func:`queue_names`):
 - the *drop queue*: what the event queue drops (TTL or length) is dead-lettered here
   through a per-exporter fanout exchange. The receiver consumes it on the same channel,
   with the same batched acknowledgements (a drop notice in flight when the connection
-  is lost comes back), and counts each message in
+  is lost comes back), and counts each event in
   ``celery_exporter_events_dropped_total{reason="broker_queue_full"|"broker_expired"}``,
-  by the event type its routing key names. It is bounded too: past its own limit
-  RabbitMQ discards without telling anyone, and the docs say so.
+  by its type: the routing key names it, except in a worker's batch (``task.multi``),
+  whose body is decoded and each event in it counted. It is bounded too: past its own
+  limit RabbitMQ discards without telling anyone, and the docs say so.
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
 from otel_celery_metrics.exporter._amqp_frames import (
     HEARTBEAT_FRAME,
+    Delivery,
     DeliveryParser,
     basic_ack,
     connection_close,
@@ -73,6 +75,9 @@ _QUIET = 0.5  # socket wait: ``stop`` and heartbeats are checked this often
 _EVENTS_TAG = b"events"
 _DROPS_TAG = b"drops"
 _DEATH_REASONS = {"maxlen": "broker_queue_full", "expired": "broker_expired"}
+#: Celery's dispatcher publishes a buffered group of events as ``<group>.multi``.
+_BATCH_SUFFIX = b".multi"
+_OTHER = "other"  # the drop sink's type for anything it does not know
 
 
 def queue_names(prefix: str = "celeryev.otel-exporter") -> tuple[str, str, str]:
@@ -248,14 +253,30 @@ class AmqpEventReceiver(_BaseReceiver):
                         delivery.body, delivery.content_type, delivery.content_encoding
                     )
                 except UndecodableEvent:
-                    self._drop("other", "undecodable", 1)
+                    self._drop(_OTHER, "undecodable", 1)
                 else:
                     for event in events:
                         handle(event)
             else:
-                reason = _DEATH_REASONS.get(delivery.death_reason, "broker_dropped")
-                kind = delivery.routing_key.decode("ascii", "replace").replace(".", "-")
-                self._drop(kind, reason, 1)
+                self._count_dropped(delivery)
+
+    def _count_dropped(self, delivery: Delivery) -> None:
+        """Count what RabbitMQ dropped from the event queue, one drop per event."""
+        reason = _DEATH_REASONS.get(delivery.death_reason, "broker_dropped")
+        routing_key = delivery.routing_key
+        if not routing_key.endswith(_BATCH_SUFFIX):
+            # One event per message, and its routing key names it: no decoding. Drops come
+            # when the exporter is already behind; parsing them would put it further behind.
+            self._drop(routing_key.decode("ascii", "replace").replace(".", "-"), reason, 1)
+            return
+        # A worker's batch (``task.multi``): a JSON list of events, each counted by its type.
+        try:
+            events = decode_body(delivery.body, delivery.content_type, delivery.content_encoding)
+        except UndecodableEvent:
+            self._drop(_OTHER, "undecodable", 1)  # as if it had been delivered
+            return
+        for kind, count in Counter(map(_event_type, events)).items():
+            self._drop(kind, reason, count)
 
     def _close(self, conn: Any, stopping: bool) -> None:
         raw = getattr(conn, "connection", None)
@@ -268,3 +289,8 @@ class AmqpEventReceiver(_BaseReceiver):
         except Exception:  # closing a dead connection may fail any way
             _logger.debug("closing the AMQP connection failed", exc_info=True)
 
+
+def _event_type(event: object) -> str:
+    kind = event.get("type") if isinstance(event, dict) else None
+    # The handlers' drop() caps unknown types to "other"; a non-string must not get there.
+    return kind if isinstance(kind, str) else _OTHER

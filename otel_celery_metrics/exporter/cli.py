@@ -19,6 +19,7 @@ from dataclasses import fields
 from types import FrameType
 from typing import Any
 
+from otel_celery_metrics.exporter.broker_tls import VERIFY_MODES, BrokerTLSError, broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig
 
 ENV_PREFIX = "OTEL_CELERY_EXPORTER_"
@@ -115,6 +116,16 @@ def _show(value: Any) -> str:
 # field -> (parser, help). Flags are the field names with dashes; booleans are switches.
 OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "broker_url": (str, "Broker the workers use (redis://, amqp://, ...). Logged masked."),
+    "broker_tls_ca_file": (str, "TLS to the broker (amqps://, rediss://): CA certificates "
+                                "(PEM) the broker's certificate must chain to; none: the "
+                                "system's CAs."),
+    "broker_tls_cert_file": (str, "TLS to the broker: client certificate (PEM), for a broker "
+                                  "that asks for one."),
+    "broker_tls_key_file": (str, "TLS to the broker: the client certificate's key (PEM, "
+                                 "unencrypted), unless the certificate file holds it."),
+    "broker_tls_verify": (_choice(*VERIFY_MODES),
+                          "TLS to the broker: full (certificate chain and host name), ca "
+                          "(chain only) or none (unverified, logged as a warning)."),
     "host": (str, "Address /metrics and /health listen on."),
     "port": (_port, "Port /metrics and /health listen on (0 picks a free one)."),
     "buckets": (_buckets, "Runtime histogram boundaries in seconds, comma-separated."),
@@ -206,9 +217,19 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterConfig:
-    args = build_parser(environ).parse_args(list(argv))
+    parser = build_parser(environ)
+    args = parser.parse_args(list(argv))
     known = {f.name for f in fields(ExporterConfig)}
-    return ExporterConfig(**{k: v for k, v in vars(args).items() if k in known})
+    config = ExporterConfig(**{k: v for k, v in vars(args).items() if k in known})
+    try:
+        broker_use_ssl(config)  # files checked now, not at the first connection
+    except BrokerTLSError as exc:
+        parser.error(exc.describe(_flag_and_variable))
+    return config
+
+
+def _flag_and_variable(name: str) -> str:
+    return f"--{name.replace('_', '-')} ({env_name(name)})"
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

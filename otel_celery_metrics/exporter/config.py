@@ -23,6 +23,15 @@ class ExporterConfig:
     """Everything the exporter can be told; defaults are the documented ones."""
 
     broker_url: str = "redis://localhost:6379/0"
+    #: TLS to the broker (amqps://, rediss://), as Celery's ``broker_use_ssl``: the CA
+    #: bundle that signed the broker's certificate ("" = the system's CAs) ...
+    broker_tls_ca_file: str = ""
+    #: ... a client certificate (PEM, may hold its key too) and its key, for a broker
+    #: that asks for one ...
+    broker_tls_cert_file: str = ""
+    broker_tls_key_file: str = ""
+    #: ... and what is verified: "full" (chain and host name), "ca" (chain), "none".
+    broker_tls_verify: str = "full"
     host: str = "0.0.0.0"
     port: int = 9808
     #: Histogram boundaries (seconds) of the runtime histogram.

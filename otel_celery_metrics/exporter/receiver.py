@@ -34,6 +34,8 @@ from otel_celery_metrics.exporter._wire import (
     UndecodableEvent,
     decode_envelope,
 )
+from otel_celery_metrics.exporter.broker_tls import describe as describe_tls
+from otel_celery_metrics.exporter.broker_tls import tls_failure
 from otel_celery_metrics.exporter.config import ExporterConfig
 
 _logger = logging.getLogger(__name__)
@@ -88,6 +90,8 @@ class _BaseReceiver:
         self.status = ReceiverStatus(clock)
         self._backoff = Backoff(config.reconnect_initial, config.reconnect_max)
         self._ever_connected = False
+        #: The TLS failure last logged as an error: each new one once, not every retry.
+        self._tls_reported = ""
 
     def _on_connected(self) -> None:
         if self._ever_connected:
@@ -101,6 +105,7 @@ class _BaseReceiver:
         self._ever_connected = True
         self.status.connected = True
         self.status.last_error = None
+        self._tls_reported = ""
         self._backoff.reset()
 
     def _on_lost(self, exc: BaseException, stop: threading.Event) -> None:
@@ -108,12 +113,29 @@ class _BaseReceiver:
         self.status.connected = False
         self.status.last_error = f"{type(exc).__name__}: {exc}"[:300]
         delay = self._backoff.next_delay()
+        self._report_tls_failure(exc)
         _logger.warning(
             "%s the broker %s (%s); retrying in %.1fs",
             "lost" if was_connected else "cannot reach",
             self._config.masked_broker_url, self.status.last_error, delay,
         )
         stop.wait(delay)
+
+    def _report_tls_failure(self, exc: BaseException) -> None:
+        """A TLS failure is a setting to fix, not an outage to wait out: say so, once."""
+        failure = tls_failure(exc)
+        if failure is None:
+            return
+        detail = getattr(failure, "verify_message", "") or ""
+        text = f"{failure.reason or failure}" + (f" ({detail})" if detail else "")
+        if text == self._tls_reported:
+            return
+        self._tls_reported = text
+        _logger.error(
+            "TLS with the broker %s failed: %s. Settings: %s (--broker-tls-ca-file, "
+            "--broker-tls-cert-file, --broker-tls-key-file, --broker-tls-verify); retrying",
+            self._config.masked_broker_url, text, describe_tls(self._config),
+        )
 
 
 class RedisPubSubReceiver(_BaseReceiver):

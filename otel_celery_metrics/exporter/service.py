@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_celery_metrics._web_serving import WebConfigFile
+from otel_celery_metrics.exporter import broker_tls
 from otel_celery_metrics.exporter.amqp_receiver import AmqpEventReceiver
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
@@ -53,6 +54,8 @@ def make_app(config: ExporterConfig) -> Any:
         # events) and, over kombu, the event subscription must use the same prefix.
         transport_options["global_keyprefix"] = config.redis_key_prefix
     app.conf.update(
+        # TLS for every connection kombu opens for us: receivers, probes, broadcasts.
+        broker_use_ssl=broker_tls.broker_use_ssl(config),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=config.probe_timeout,
         # --receiver=kombu's event queue (the amqp receiver declares its own with the
@@ -160,11 +163,16 @@ class Exporter:
             1.0, self._stop, self.maintain, "maintenance"))
         web = self._web_config.current() if self._web_config else None
         _logger.info(
-            "otel-celery-exporter serving %s://%s:%s/metrics for broker %s (receiver: %s)%s",
+            "otel-celery-exporter serving %s://%s:%s/metrics for broker %s (%s; receiver: "
+            "%s)%s",
             web.scheme if web else "http", cfg.host, self.port, cfg.masked_broker_url,
-            type(self.receiver).__name__,
+            broker_tls.describe(cfg), type(self.receiver).__name__,
             f"; web config {web.path}: {web.describe()}" if web else "",
         )
+        if cfg.broker_tls_verify == "none" and broker_tls.uses_tls(cfg):
+            _logger.warning("the broker's TLS certificate is not verified "
+                            "(--broker-tls-verify=none): anyone between us and it can read "
+                            "and change the events")
 
     @property
     def port(self) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.exporter.support import wait_for
+from tests.tls_certs import TLSFiles
 
 REDIS_URL = os.environ.get("EXPORTER_TEST_REDIS", "redis://127.0.0.1:6379/12")
 RABBITMQ_URL = os.environ.get("EXPORTER_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
@@ -80,7 +81,7 @@ class Proc:
 
 
 class ExporterProc(Proc):
-    def __init__(self, broker: str, *args: str) -> None:
+    def __init__(self, broker: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         super().__init__(
             [
@@ -96,7 +97,8 @@ class ExporterProc(Proc):
                 "--reconnect-initial=0.2",
                 "--log-level=INFO",
                 *args,
-            ]
+            ],
+            env,
         )
         wait_for(lambda: self.get("/health")[0] in (200, 503), 20, "the exporter to listen")
 
@@ -200,20 +202,31 @@ def producer(broker: str, *, sent_events: bool = True, **conf: Any) -> Any:
 
 
 class RedisServer:
-    """A private redis-server this test may stop and restart (never the shared one)."""
+    """A private redis-server this test may stop and restart (never the shared one).
 
-    def __init__(self, password: str) -> None:
+    With ``tls`` it serves TLS only, with that server certificate, and requires a client
+    certificate its CA signed.
+    """
+
+    def __init__(self, password: str, tls: TLSFiles | None = None) -> None:
         self.port = free_port()
         self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
+        tls = self.tls
+        listen = (
+            ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(tls.server_cert),
+             "--tls-key-file", str(tls.server_key), "--tls-ca-cert-file", str(tls.ca),
+             "--tls-auth-clients", "yes"]
+            if tls else ["--port", str(self.port)]
+        )
         self.proc = subprocess.Popen(
             [
                 "redis-server",
-                "--port",
-                str(self.port),
+                *listen,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -234,6 +247,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        if self.tls:  # "localhost": the name the test certificate carries
+            return f"rediss://:{self.password}@localhost:{self.port}/0"
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
 

@@ -61,21 +61,36 @@ def heartbeat(n: int) -> bytes:
                        "timestamp": 1.0, "active": 0, "processed": n, "freq": 2.0}).encode()
 
 
-def publish(url: str, count: int, start: int = 0) -> None:
-    """``count`` heartbeats on the event exchange, as Celery's dispatcher sends them."""
+def task_batch(n: int) -> bytes:
+    """A prefork worker's buffered task events: one ``task.multi`` message, a JSON list."""
+    common = {"uuid": f"task-{n}", "hostname": "celery@burst", "timestamp": 1.0}
+    return json.dumps([{"type": "task-received", "name": "burst.job", **common},
+                       {"type": "task-started", **common},
+                       {"type": "task-succeeded", "runtime": 0.1, **common}]).encode()
+
+
+def publish(url: str, count: int, start: int = 0, batch_every: int = 0) -> int:
+    """``count`` messages on the event exchange, as Celery's dispatcher sends them:
+    heartbeats, and every ``batch_every``-th a ``task.multi`` batch of 3 task events.
+    Returns the number of events published."""
     conn = amqp.Connection(url.split("@", 1)[1].rstrip("/"), userid="guest",
                            password="guest")  # noqa: S106 - RabbitMQ's local default
     conn.connect()
+    events = 0
     try:
         channel = conn.channel()
         for n in range(start, start + count):
+            batch = batch_every and n % batch_every == 0
             channel.basic_publish(
-                amqp.Message(heartbeat(n), content_type="application/json",
-                             content_encoding="utf-8", delivery_mode=1),
-                exchange="celeryev", routing_key="worker.heartbeat")
+                amqp.Message(task_batch(n) if batch else heartbeat(n),
+                             content_type="application/json", content_encoding="utf-8",
+                             delivery_mode=1),
+                exchange="celeryev", routing_key="task.multi" if batch else "worker.heartbeat")
+            events += 3 if batch else 1
         channel.close()  # a round trip: everything published before it has arrived
     finally:
         conn.close()
+    return events
 
 
 def received(text: str) -> float:
@@ -110,13 +125,15 @@ def test_the_event_queue_has_the_limits_the_docs_list(node, exporter) -> None:
 
 def test_what_a_full_event_queue_drops_is_counted_to_the_event(node, exporter) -> None:
     # Stalled (SIGSTOP), the exporter reads nothing: RabbitMQ sends up to the prefetch
-    # into the socket, keeps 500 in the queue and drops the oldest of the rest.
-    published = 6000
+    # into the socket, keeps 500 in the queue and drops the oldest of the rest. Every
+    # 4th message is a worker's task.multi batch of 3 events: each is counted.
+    messages = 6000
     os.kill(exporter.proc.pid, signal.SIGSTOP)
     try:
-        publish(node.url, published)
+        published = publish(node.url, messages, batch_every=4)
     finally:
         os.kill(exporter.proc.pid, signal.SIGCONT)
+    assert published == 9000
 
     def settled() -> str | None:
         text = exporter.scrape()
@@ -125,11 +142,16 @@ def test_what_a_full_event_queue_drops_is_counted_to_the_event(node, exporter) -
         return text if received(text) + dropped == published else None
 
     text = wait_for(settled, 60, "every published event counted or counted as dropped")
-    dropped = value(text, "celery_exporter_events_dropped_total", type="worker-heartbeat",
-                    reason="broker_queue_full")
-    assert dropped is not None
-    # About prefetch (2000) + queue length (500) got through; the rest was dropped.
-    assert published / 2 <= dropped < published
+    dropped = {kind: value(text, "celery_exporter_events_dropped_total", type=kind,
+                           reason="broker_queue_full")
+               for kind in ("worker-heartbeat", "task-received", "task-started",
+                            "task-succeeded", "other")}
+    # About prefetch (2000) + queue length (500) messages got through; the rest dropped.
+    assert published / 2 <= total(text, "celery_exporter_events_dropped_total") < published
+    assert dropped["other"] is None
+    # Each dropped batch counts its three events, one per type.
+    assert dropped["task-received"] == dropped["task-started"] == dropped["task-succeeded"]
+    assert dropped["task-received"] and dropped["task-received"] > 500
     assert exporter.alive()
 
 

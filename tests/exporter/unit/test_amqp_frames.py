@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from amqp import Message
-from amqp.method_framing import frame_writer
-from amqp.serialization import dumps, loads
+from amqp.serialization import loads
 
 from otel_celery_metrics.exporter._amqp_frames import (
     HEARTBEAT_FRAME,
@@ -18,23 +15,7 @@ from otel_celery_metrics.exporter._amqp_frames import (
     connection_close,
 )
 from otel_celery_metrics.exporter._wire import UndecodableEvent, decode_body
-
-
-def frames(*deliveries: tuple[int, str, Message], frame_max: int = 4096,
-           redelivered: bool = False) -> bytes:
-    """What RabbitMQ sends for these deliveries, encoded by py-amqp (not by us)."""
-    written: list[bytes] = []
-    transport = SimpleNamespace(write=lambda data: written.append(bytes(data)))
-    write = frame_writer(SimpleNamespace(frame_max=frame_max, bytes_sent=0), transport)
-    for tag, routing_key, message in deliveries:
-        args = dumps("sLbss", ["events", tag, redelivered, "celeryev", routing_key])
-        write(1, 1, (60, 60), args, message)
-    return b"".join(written)
-
-
-def event_message(body: bytes, **properties: object) -> Message:
-    return Message(body, content_type="application/json", content_encoding="utf-8",
-                   **properties)
+from tests.exporter.unit.amqp_wire import event_message, frames
 
 
 def test_deliveries_split_anywhere_come_out_whole_with_their_properties() -> None:

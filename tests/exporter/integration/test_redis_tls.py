@@ -1,0 +1,76 @@
+"""The exporter over rediss:// to a private redis-server that serves TLS only.
+
+The server requires a client certificate our test CA signed; the exporter checks the
+server's chain and host name (``localhost``). Without options kombu would connect to
+``rediss://`` unverified: the wrong-CA test shows the exporter does not.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.exporter.integration.conftest import ExporterProc, RedisServer
+from tests.exporter.support import value, wait_for
+from tests.tls_certs import TLSFiles, make_tls_files
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return make_tls_files(tmp_path_factory.mktemp("redis-tls"))
+
+
+@pytest.fixture(scope="module")
+def server(tls: TLSFiles) -> Iterator[RedisServer]:
+    redis = RedisServer(password=f"pw-{uuid.uuid4().hex[:12]}", tls=tls)
+    yield redis
+    redis.stop()
+
+
+def client_files(tls: TLSFiles, ca: Any = None) -> tuple[str, ...]:
+    return (f"--broker-tls-ca-file={ca or tls.ca}", f"--broker-tls-cert-file={tls.client_cert}",
+            f"--broker-tls-key-file={tls.client_key}")
+
+
+def test_events_over_rediss_are_counted(server: RedisServer, tls: TLSFiles, procs) -> None:
+    from celery import Celery
+
+    exporter = ExporterProc(server.url, *client_files(tls))
+    procs.append(exporter)
+    assert "receiver: KombuReceiver" in exporter.log
+    worker = Celery("tls-worker", broker=server.url, set_as_current=False)
+    worker.conf.broker_use_ssl = {"ssl_ca_certs": str(tls.ca),
+                                  "ssl_certfile": str(tls.client_cert),
+                                  "ssl_keyfile": str(tls.client_key)}
+    with worker.events.default_dispatcher(hostname="celery@tls-redis") as dispatcher:
+        def seen() -> bool:
+            # Pub/sub keeps nothing for a subscriber that is not there yet: send until seen.
+            dispatcher.send("worker-heartbeat", active=0, processed=1, freq=2.0)
+            text = exporter.scrape()
+            return value(text, "celery_worker_up", hostname="celery@tls-redis") == 1
+
+        wait_for(seen, 30, "a heartbeat sent over TLS to reach the exporter")
+    assert value(exporter.scrape(), "celery_exporter_broker_connected") == 1
+    assert exporter.get("/health")[0] == 200
+    assert server.password not in exporter.log
+
+
+def test_a_wrong_ca_for_rediss_is_one_clear_error(server: RedisServer, tls: TLSFiles,
+                                                  procs) -> None:
+    exporter = ExporterProc(server.url, *client_files(tls, ca=tls.stranger_cert))
+    procs.append(exporter)
+    wait_for(lambda: exporter.log.count("cannot reach the broker") >= 3, 30,
+             "three failed connection attempts")
+    errors = [line for line in exporter.log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, errors
+    assert (f"TLS with the broker rediss://:***@localhost:{server.port}/0 failed: "
+            "CERTIFICATE_VERIFY_FAILED") in errors[0]
+    assert exporter.get("/health")[0] == 503
+    assert value(exporter.scrape(), "celery_exporter_broker_connected") == 0
+    assert exporter.alive()
+    assert server.password not in exporter.log

@@ -57,7 +57,7 @@ _PROMETHEUS = "prometheus"
 _HOOK_GROUP = "_opentelemetry_opamp"
 #: Our reader's name in the ``opentelemetry_metrics_exporter`` entry-point group
 #: (otel_celery_metrics._prometheus_reader, which imports the exporter: not imported here).
-_READER_ENTRY_POINT = "celery_metrics_prometheus"
+READER_ENTRY_POINT = "celery_metrics_prometheus"
 
 
 def prometheus_address(environ: MutableMapping[str, str]) -> tuple[str, str] | None:
@@ -188,7 +188,7 @@ def prepare_metrics_exporters(
         else:
             names = [n.strip() for n in environ.get(EXPORTER_VARIABLE, "").split(",")]
             if _PROMETHEUS in names and reader_registered():
-                ours = [_READER_ENTRY_POINT if n == _PROMETHEUS else n for n in names if n]
+                ours = [READER_ENTRY_POINT if n == _PROMETHEUS else n for n in names if n]
                 swap.replace(environ, ",".join(ours))
     except Exception as exc:  # noqa: BLE001 - never stop a process starting
         _logger.warning("otel-celery-metrics: could not prepare metric exporters: %s", exc)
@@ -199,7 +199,7 @@ def reader_registered() -> bool:
     whole configuration (say, metadata older than the code in a source checkout)."""
     from importlib.metadata import entry_points
 
-    group = entry_points(group="opentelemetry_metrics_exporter", name=_READER_ENTRY_POINT)
+    group = entry_points(group="opentelemetry_metrics_exporter", name=READER_ENTRY_POINT)
     return any(True for _ in group)
 
 

@@ -29,7 +29,6 @@ GLOBAL_OPTIONS_WITH_VALUE = frozenset(
 _DETACH_FLAGS = frozenset({"--detach", "-D"})
 
 
-
 class Role(enum.Enum):
     """What a process is, as far as serving or exporting metrics goes."""
 

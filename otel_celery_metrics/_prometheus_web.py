@@ -32,6 +32,12 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from otel_celery_metrics._port_check import (
+    READER_ENTRY_POINT,
+    Replace,
+    reader_registered,
+    write_exporters,
+)
 from otel_celery_metrics._web_config import WebConfigError
 from otel_celery_metrics._web_serving import GuardedServerMixin, WebConfigFile, guard_wsgi
 from otel_celery_metrics.settings import variable_name
@@ -39,7 +45,7 @@ from otel_celery_metrics.settings import variable_name
 _logger = logging.getLogger(__name__)
 
 #: Our ``opentelemetry_metrics_exporter`` entry point (pyproject.toml).
-EXPORTER_NAME = "celery_metrics_prometheus"
+EXPORTER_NAME = READER_ENTRY_POINT
 WEB_CONFIG_VARIABLE = variable_name("web_config_file")
 _EXPORTER_VARIABLE = "OTEL_METRICS_EXPORTER"
 _PROMETHEUS = "prometheus"
@@ -50,18 +56,10 @@ def closed_message(problem: str) -> str:
             "is not served (tasks keep running)")
 
 
-def _write(environ: MutableMapping[str, str], value: str) -> None:
-    environ[_EXPORTER_VARIABLE] = value
-
-
-def _registered() -> bool:
-    return True
-
-
 def select_guarded_reader(
     environ: MutableMapping[str, str], *,
-    replace: Callable[[MutableMapping[str, str], str], None] = _write,
-    registered: Callable[[], bool] = _registered,
+    replace: Replace = write_exporters,
+    registered: Callable[[], bool] = reader_registered,
 ) -> str | None:
     """Before the SDK configures: if the web config variable is set and ``prometheus`` is
     selected, check the file and swap ``prometheus`` for :data:`EXPORTER_NAME` (or, for a

@@ -10,7 +10,11 @@ messages/s here, slower than the exporters it would measure).
 Every task makes a task-sent (producer host), task-received, task-started and
 task-succeeded or task-failed (worker host), spread over many task names, queues and
 worker hostnames; workers also send heartbeats. ``--churn`` renames the worker fleet
-every N tasks, as autoscaled pods do.
+every N tasks, as autoscaled pods do. ``--multi N`` sends each worker's task events as
+``task.multi`` messages of N events, as a prefork worker does: its event dispatcher
+buffers the ``task`` group (up to 24 events, flushed on the next event-loop tick) and
+publishes the buffer as one message whose body is a JSON list. Producers' task-sent
+events and heartbeats stay one message each, as Celery sends them.
 
 Counting only the task events (4 per task), an exporter that loses nothing shows
 ``sum(celery_task_{sent,received,started,succeeded,failed}_total) == 4 * tasks``.
@@ -37,13 +41,17 @@ import redis
 TASK_EVENTS_PER_TASK = 4
 
 
-def envelope(event: dict[str, object], routing_key: str) -> bytes:
+Event = dict[str, object]
+
+
+def envelope(event: Event | list[Event], routing_key: str) -> bytes:
     body = base64.b64encode(json.dumps(event).encode()).decode()
+    first = event[0] if isinstance(event, list) else event
     return json.dumps({
         "body": body,
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": {"hostname": event.get("hostname", "")},
+        "headers": {"hostname": first.get("hostname", "")},
         "properties": {
             "delivery_mode": 1,
             "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
@@ -54,7 +62,7 @@ def envelope(event: dict[str, object], routing_key: str) -> bytes:
     }).encode()
 
 
-def amqp_body(event: dict[str, object], routing_key: str) -> bytes:
+def amqp_body(event: Event | list[Event], routing_key: str) -> bytes:
     """On AMQP the message body is the event's JSON itself (properties travel apart)."""
     return json.dumps(event).encode()
 
@@ -66,9 +74,34 @@ def _common(kind: str, hostname: str, ts: float, pid: int, clock: int) -> dict[s
 
 def task_messages(
     tasks: int, names: int, hosts: int, queues: int, churn: int, *, seed: int = 1,
-    encode: Callable[[dict[str, object], str], bytes] = envelope,
-) -> Iterator[tuple[str, bytes]]:
-    """(routing key, payload) for ``tasks`` task lifecycles plus heartbeats."""
+    encode: Callable[[Event | list[Event], str], bytes] = envelope, multi: int = 1,
+) -> Iterator[tuple[str, bytes, int]]:
+    """(routing key, payload, task events in it) for ``tasks`` task lifecycles plus
+    heartbeats; with ``multi`` > 1 each worker's task events leave in ``task.multi``
+    batches of that many (what is left over at the end, in smaller ones)."""
+    buffers: dict[str, list[Event]] = {}
+
+    def worker_event(event: Event, routing_key: str) -> Iterator[tuple[str, bytes, int]]:
+        if multi <= 1:
+            yield routing_key, encode(event, routing_key), 1
+            return
+        buf = buffers.setdefault(str(event["hostname"]), [])
+        buf.append(event)
+        if len(buf) >= multi:
+            yield "task.multi", encode(buf, "task.multi"), len(buf)
+            buf.clear()
+
+    yield from _lifecycles(tasks, names, hosts, queues, churn, seed, encode, worker_event)
+    for buf in buffers.values():
+        if buf:
+            yield "task.multi", encode(buf, "task.multi"), len(buf)
+
+
+def _lifecycles(  # noqa: PLR0917 - task_messages' own parameters, passed on
+    tasks: int, names: int, hosts: int, queues: int, churn: int, seed: int,
+    encode: Callable[[Event | list[Event], str], bytes],
+    worker_event: Callable[[Event, str], Iterator[tuple[str, bytes, int]]],
+) -> Iterator[tuple[str, bytes, int]]:
     rnd = random.Random(seed)  # noqa: S311 - synthetic, reproducible data
     task_names = [f"app.module{i % 17}.task_{i}" for i in range(names)]
     queue_names = [f"queue-{i}" for i in range(queues)] or ["celery"]
@@ -87,48 +120,53 @@ def task_messages(
         sent.update(uuid=task_id, name=name, args="(1, 2)", kwargs="{'x': 3}", retries=0,
                     eta=None, expires=None, queue=queue, exchange="", routing_key=queue,
                     root_id=task_id, parent_id=None)
-        yield "task.sent", encode(sent, "task.sent")
+        yield "task.sent", encode(sent, "task.sent"), 1
         received = _common("task-received", worker, now, 200, clock + 1)
         received.update(uuid=task_id, name=name, args="(1, 2)", kwargs="{'x': 3}",
                         root_id=task_id, parent_id=None, retries=0, eta=None, expires=None)
-        yield "task.received", encode(received, "task.received")
+        yield from worker_event(received, "task.received")
         started = _common("task-started", worker, now + 0.001, 201, clock + 2)
         started["uuid"] = task_id
-        yield "task.started", encode(started, "task.started")
+        yield from worker_event(started, "task.started")
         if rnd.random() < 0.05:
             failed = _common("task-failed", worker, now + 0.02, 201, clock + 3)
             failed.update(uuid=task_id, exception="ValueError('bad input')",
                           traceback="Traceback (most recent call last): ...")
-            yield "task.failed", encode(failed, "task.failed")
+            yield from worker_event(failed, "task.failed")
         else:
             done = _common("task-succeeded", worker, now + 0.02, 201, clock + 3)
             done.update(uuid=task_id, result="'ok'", runtime=0.019)
-            yield "task.succeeded", encode(done, "task.succeeded")
+            yield from worker_event(done, "task.succeeded")
         if n % 7 == 0:  # coprime with the host count: every host beats, about every 350 tasks
             beat = _common("worker-heartbeat", worker, now, 200, clock)
             beat.update(freq=2.0, active=1, processed=n, loadavg=[0.5, 0.4, 0.3],
                         sw_ident="py-celery", sw_ver="5.6.0", sw_sys="Linux")
-            yield "worker.heartbeat", encode(beat, "worker.heartbeat")
+            yield "worker.heartbeat", encode(beat, "worker.heartbeat"), 0
 
 
-def publish(url: str, messages: Iterator[tuple[str, bytes]], rate: float, batch: int = 500) -> int:
-    """Publish everything; ``rate`` > 0 paces to that many messages per second."""
+def publish(url: str, messages: Iterator[tuple[str, bytes, int]], rate: float, *,
+            batch: int = 500, progress: list[int] | None = None) -> int:
+    """Publish everything; ``rate`` > 0 paces to that many task events per second.
+    Returns the number of messages."""
     client = redis.Redis.from_url(url)
     db = client.connection_pool.connection_kwargs.get("db", 0)
     prefix = f"/{db}.celeryev/"
-    sent = 0
+    sent = events = 0
     started = time.perf_counter()
     pipe = client.pipeline(transaction=False)
     pending = 0
-    for routing_key, payload in messages:
+    for routing_key, payload, count in messages:
         pipe.publish(prefix + routing_key, payload)
         pending += 1
+        events += count
         if pending >= batch:
             pipe.execute()
             sent += pending
             pending = 0
+            if progress is not None:
+                progress[0] = events  # task events handed to the broker so far
             if rate > 0:
-                ahead = sent / rate - (time.perf_counter() - started)
+                ahead = events / rate - (time.perf_counter() - started)
                 if ahead > 0:
                     time.sleep(ahead)  # pacing the publisher, not waiting on a result
     if pending:
@@ -158,9 +196,11 @@ def amqp_publish_frames(exchange: str, routing_key: str, body: bytes) -> bytes:
     return _frame(1, method) + _frame(2, header) + _frame(3, body)
 
 
-def publish_amqp(url: str, messages: Iterator[tuple[str, bytes]], rate: float,
-                 batch: int = 500, exchange: str = "celeryev") -> int:
-    """Publish over one AMQP channel: py-amqp opens it, we write the frames in batches."""
+def publish_amqp(url: str, messages: Iterator[tuple[str, bytes, int]], rate: float, *,
+                 batch: int = 500, exchange: str = "celeryev",
+                 progress: list[int] | None = None) -> int:
+    """Publish over one AMQP channel: py-amqp opens it, we write the frames in batches.
+    ``rate`` > 0 paces to that many task events per second; returns the messages sent."""
     import amqp
 
     parts = urlsplit(url)
@@ -178,17 +218,20 @@ def publish_amqp(url: str, messages: Iterator[tuple[str, bytes]], rate: float,
     # a publisher that outruns it, would then kill the connection instead of pacing it.
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 0)
-    sent = 0
+    sent = events = 0
     pending: list[bytes] = []
     started = time.perf_counter()
-    for routing_key, body in messages:
+    for routing_key, body, count in messages:
         pending.append(amqp_publish_frames(exchange, routing_key, body))
+        events += count
         if len(pending) >= batch:
             sock.sendall(b"".join(pending))
             sent += len(pending)
             pending = []
+            if progress is not None:
+                progress[0] = events  # task events handed to the broker so far
             if rate > 0:
-                ahead = sent / rate - (time.perf_counter() - started)
+                ahead = events / rate - (time.perf_counter() - started)
                 if ahead > 0:
                     time.sleep(ahead)  # pacing the publisher, not waiting on a result
     if pending:
@@ -204,20 +247,25 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6390/0")
     parser.add_argument("--amqp-url", help="publish to RabbitMQ instead of Redis")
     parser.add_argument("--tasks", type=int, default=100_000)
-    parser.add_argument("--rate", type=float, default=0, help="messages/s; 0 = full speed")
+    parser.add_argument("--rate", type=float, default=0,
+                        help="task events/s; 0 = full speed")
     parser.add_argument("--names", type=int, default=200)
     parser.add_argument("--hosts", type=int, default=50)
     parser.add_argument("--queues", type=int, default=5)
     parser.add_argument("--churn", type=int, default=0, help="rename workers every N tasks")
+    parser.add_argument("--multi", type=int, default=1,
+                        help="task events per worker message (task.multi); 1 = one each")
     args = parser.parse_args()
     t0 = time.perf_counter()
     if args.amqp_url:
         n = publish_amqp(args.amqp_url, task_messages(
-            args.tasks, args.names, args.hosts, args.queues, args.churn, encode=amqp_body),
+            args.tasks, args.names, args.hosts, args.queues, args.churn, encode=amqp_body,
+            multi=args.multi),
             args.rate)
     else:
         n = publish(args.redis_url, task_messages(
-            args.tasks, args.names, args.hosts, args.queues, args.churn), args.rate)
+            args.tasks, args.names, args.hosts, args.queues, args.churn, multi=args.multi),
+            args.rate)
     elapsed = time.perf_counter() - t0
     print(json.dumps({"messages": n, "seconds": round(elapsed, 2),
                       "messages_per_s": round(n / elapsed)}))

@@ -37,10 +37,20 @@ def client_files(tls: TLSFiles, ca: Any = None) -> tuple[str, ...]:
             f"--broker-tls-key-file={tls.client_key}")
 
 
-def test_events_over_rediss_are_counted(server: RedisServer, tls: TLSFiles, procs) -> None:
+def test_events_over_rediss_are_counted_and_the_queue_probe_uses_tls_too(
+    server: RedisServer, tls: TLSFiles, procs
+) -> None:
+    import redis
     from celery import Celery
 
-    exporter = ExporterProc(server.url, *client_files(tls))
+    # A backlog on the TLS server: the queue probe reads it with its own redis-py client,
+    # which must be given the CA and the client certificate too.
+    backlog = f"tls-backlog-{uuid.uuid4().hex[:8]}"
+    with redis.Redis.from_url(server.url, ssl_ca_certs=str(tls.ca),
+                              ssl_certfile=str(tls.client_cert),
+                              ssl_keyfile=str(tls.client_key)) as client:
+        client.lpush(backlog, *[b"{}"] * 4)
+    exporter = ExporterProc(server.url, *client_files(tls), f"--queues={backlog}")
     procs.append(exporter)
     assert "receiver: KombuReceiver" in exporter.log
     worker = Celery("tls-worker", broker=server.url, set_as_current=False)
@@ -55,6 +65,9 @@ def test_events_over_rediss_are_counted(server: RedisServer, tls: TLSFiles, proc
             return value(text, "celery_worker_up", hostname="celery@tls-redis") == 1
 
         wait_for(seen, 30, "a heartbeat sent over TLS to reach the exporter")
+    wait_for(lambda: value(exporter.scrape(), "celery_queue_messages", queue=backlog) == 4, 30,
+             "the backlog probed over TLS")
+    assert "queue depth probe failed" not in exporter.log
     assert value(exporter.scrape(), "celery_exporter_broker_connected") == 1
     assert exporter.get("/health")[0] == 200
     assert server.password not in exporter.log

@@ -71,6 +71,11 @@ def broker_use_ssl(config: ExporterConfig) -> dict[str, Any] | None:
                 f"set for a plain-text broker URL ({config.masked_broker_url}); use amqps:// "
                 "or rediss://", setting)
         return None
+    if transport == "redis" and config.receiver == "redis":
+        # The raw pub/sub reader opens a plain socket: it would send AUTH in clear text
+        # to a server that expects TLS. kombu's receiver (auto's choice) does TLS.
+        raise BrokerTLSError("the raw Redis reader has no TLS; use --receiver=auto or "
+                             "--receiver=kombu with rediss://", ("receiver", "redis"))
     ca, cert, key = (getattr(config, name) for name in _FILES)
     _check(ca, cert, key)
     verify = config.broker_tls_verify

@@ -17,7 +17,7 @@ from kombu.exceptions import OperationalError
 from otel_celery_metrics.exporter.broker_tls import BrokerTLSError, broker_use_ssl
 from otel_celery_metrics.exporter.cli import config_from_args, env_name
 from otel_celery_metrics.exporter.config import ExporterConfig
-from otel_celery_metrics.exporter.receiver import RedisPubSubReceiver
+from otel_celery_metrics.exporter.receiver import KombuReceiver
 from tests.tls_certs import TLSFiles, make_tls_files
 
 
@@ -80,6 +80,31 @@ def test_a_tls_setting_on_a_plain_url_is_an_error_with_the_url_masked(tls: TLSFi
     assert str(raised.value) == (
         f"broker_tls_ca_file {tls.ca}: set for a plain-text broker URL "
         "(amqp://u:***@rabbit:5671//); use amqps:// or rediss://")
+
+
+def test_the_raw_redis_reader_with_rediss_exits_2_before_sending_a_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        config_from_args(["--broker-url=rediss://:s3cret@redis:6380/0", "--receiver=redis"], {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "otel-celery-exporter: error: --receiver (OTEL_CELERY_EXPORTER_RECEIVER) redis: the "
+        "raw Redis reader has no TLS; use --receiver=auto or --receiver=kombu with rediss://")
+    assert "s3cret" not in err
+
+
+@pytest.mark.parametrize("receiver", ["auto", "kombu"])
+def test_rediss_is_read_by_kombu_which_is_given_the_tls_settings(
+    make_exporter, receiver: str
+) -> None:
+    config = config_from_args(["--broker-url=rediss://:s3cret@redis:6380/0",
+                               f"--receiver={receiver}"], {})
+    exporter = make_exporter(broker_url=config.broker_url, receiver=config.receiver)
+    assert type(exporter.receiver) is KombuReceiver
+    assert exporter.app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED,
+                                                "ssl_check_hostname": True}
 
 
 def encrypted_key(path: Path) -> Path:
@@ -182,7 +207,7 @@ def test_a_tls_failure_is_one_error_line_until_it_changes_or_a_connection_succee
 ) -> None:
     config = ExporterConfig(broker_url="rediss://:s3cret@redis:6380/0",
                             reconnect_initial=0.001, reconnect_max=0.001)
-    receiver = RedisPubSubReceiver(config, lambda e: None, lambda k, r, n: None, clock=lambda: 0)
+    receiver = KombuReceiver(config, app=None, handle=lambda e: None, clock=lambda: 0)
     stop = threading.Event()
     with caplog.at_level(logging.WARNING):
         for why in ("unable to get local issuer certificate",) * 3 + ("certificate has expired",):

@@ -7,7 +7,8 @@ in the spelling of the transport the URL names: py-amqp (``amqps://``) and redis
 (``rediss://``) call the same options differently.
 
 The files are checked before anything connects: a missing or unreadable file, a CA file
-that holds no certificate, a key that does not match its certificate, or an encrypted key
+that holds no certificate, a client certificate with no key (in its file or a key file),
+a key that does not match its certificate, or an encrypted key
 (OpenSSL would prompt for its pass phrase on the terminal, from a background thread,
 at every connection) raise :class:`BrokerTLSError`, which names the setting and the file,
 never a file's contents.
@@ -19,6 +20,7 @@ URL's, ``ca`` the chain only, ``none`` nothing (the start-up log says so).
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +31,8 @@ from otel_celery_metrics.exporter.config import ExporterConfig
 TLS_SCHEMES = {"amqps": "amqp", "rediss": "redis"}
 VERIFY_MODES = ("full", "ca", "none")
 _FILES = ("broker_tls_ca_file", "broker_tls_cert_file", "broker_tls_key_file")
+#: A PEM private key of any kind (PKCS#8, EC, RSA, encrypted).
+_PEM_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
 
 class BrokerTLSError(ValueError):
@@ -134,10 +138,32 @@ def _check(ca: str, cert: str, key: str) -> None:
             raise BrokerTLSError("the key is encrypted; give an unencrypted key (readable "
                                  "by this process only)", *files) from None
         except ssl.SSLError as exc:
-            problem = ("the certificate and the key do not match"
-                       if exc.reason == "KEY_VALUES_MISMATCH"
-                       else f"not a PEM certificate and its key ({exc.reason or exc})")
+            # OpenSSL says only "PEM lib" for a missing certificate or key: look which.
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                problem = "the certificate and the key do not match"
+            elif not _holds_certificate(cert):
+                problem, files = "holds no PEM certificate", files[:1]
+            elif not _holds_private_key(key or cert):
+                problem, files = ("holds no PEM private key" if key else
+                                  "holds no private key; give --broker-tls-key-file",
+                                  files[-1:])
+            else:
+                problem = f"not a PEM certificate and its key ({exc.reason or exc})"
             raise BrokerTLSError(problem, *files) from None
+
+
+def _holds_certificate(path: str) -> bool:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError:
+        return False
+    return True
+
+
+def _holds_private_key(path: str) -> bool:
+    # Only a marker is looked for; the key itself is neither kept nor shown.
+    with open(path, "rb") as file:
+        return _PEM_KEY.search(file.read()) is not None
 
 
 def _readable(setting: str, path: str) -> None:

@@ -137,8 +137,18 @@ def encrypted_key(path: Path) -> Path:
         ({"cert_file": "{client_cert}", "key_file": "{encrypted}"},
          "and --broker-tls-key-file (OTEL_CELERY_EXPORTER_BROKER_TLS_KEY_FILE) {encrypted}: "
          "the key is encrypted; give an unencrypted key"),
+        ({"cert_file": "{client_cert}"},
+         "error: --broker-tls-cert-file (OTEL_CELERY_EXPORTER_BROKER_TLS_CERT_FILE) {client_cert}: "
+         "holds no private key; give --broker-tls-key-file"),
+        ({"cert_file": "{client_cert}", "key_file": "{client_cert}"},
+         "error: --broker-tls-key-file (OTEL_CELERY_EXPORTER_BROKER_TLS_KEY_FILE) {client_cert}: "
+         "holds no PEM private key"),
+        ({"cert_file": "{client_key}", "key_file": "{client_key}"},
+         "error: --broker-tls-cert-file (OTEL_CELERY_EXPORTER_BROKER_TLS_CERT_FILE) {client_key}: "
+         "holds no PEM certificate"),
     ],
-    ids=["missing", "directory", "not-a-certificate", "mismatch", "key-alone", "encrypted"],
+    ids=["missing", "directory", "not-a-certificate", "mismatch", "key-alone", "encrypted",
+         "certificate-without-key", "key-file-without-key", "certificate-file-without-one"],
 )
 def test_a_bad_file_exits_2_naming_the_setting_and_the_file_never_its_contents(
     settings: dict[str, str], message: str, tls: TLSFiles, tmp_path: Path,

@@ -67,13 +67,14 @@ def broker_use_ssl(config: ExporterConfig) -> dict[str, Any] | None:
                              ("broker_tls_verify", config.broker_tls_verify))
     if transport is None:
         if given or config.broker_tls_verify != "full":
-            # Celery turns TLS on for any URL with broker_use_ssl; here a TLS setting on a
-            # plain URL is a mistake to report, not a switch (our Redis reader would not
-            # follow it).
+            # Celery turns TLS on for any URL with broker_use_ssl; here a TLS setting on
+            # another URL is a mistake to report, not a switch (our Redis reader would not
+            # follow it). sentinel:// too: kombu's Sentinel transport takes broker_use_ssl,
+            # but no test of ours proves the exporter's connections over it.
             setting = given[0] if given else ("broker_tls_verify", config.broker_tls_verify)
             raise BrokerTLSError(
-                f"set for a plain-text broker URL ({config.masked_broker_url}); use amqps:// "
-                "or rediss://", setting)
+                "TLS settings apply to amqps:// and rediss:// URLs only, not "
+                f"{config.masked_broker_url}", setting)
         return None
     if transport == "redis" and config.receiver == "redis":
         # The raw pub/sub reader opens a plain socket: it would send AUTH in clear text

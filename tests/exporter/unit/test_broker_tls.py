@@ -78,8 +78,24 @@ def test_a_tls_setting_on_a_plain_url_is_an_error_with_the_url_masked(tls: TLSFi
     with pytest.raises(BrokerTLSError) as raised:
         broker_use_ssl(config)
     assert str(raised.value) == (
-        f"broker_tls_ca_file {tls.ca}: set for a plain-text broker URL "
-        "(amqp://u:***@rabbit:5671//); use amqps:// or rediss://")
+        f"broker_tls_ca_file {tls.ca}: TLS settings apply to amqps:// and rediss:// URLs "
+        "only, not amqp://u:***@rabbit:5671//")
+
+
+def test_a_tls_setting_on_a_sentinel_url_says_which_urls_take_it_not_plain_text(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        config_from_args(["--broker-url=sentinel://:s3cret@sentinel:26379/0",
+                          "--broker-tls-verify=ca"], {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "otel-celery-exporter: error: --broker-tls-verify (OTEL_CELERY_EXPORTER_BROKER_TLS_"
+        "VERIFY) ca: TLS settings apply to amqps:// and rediss:// URLs only, not "
+        "sentinel://:***@sentinel:26379/0")
+    assert "plain" not in err
+    assert "s3cret" not in err
 
 
 def test_the_raw_redis_reader_with_rediss_exits_2_before_sending_a_password(

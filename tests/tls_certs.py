@@ -1,8 +1,9 @@
 """Throw-away TLS material for the endpoint-security tests, made with ``cryptography``.
 
-A CA, a server certificate for 127.0.0.1/localhost signed by it, a client certificate
-signed by it, and a key that matches neither (for the mismatch case). Written as PEM
-files into a test's directory; nothing is cached between tests.
+A CA, a server certificate for 127.0.0.1/localhost signed by it, a second server
+certificate it signed whose only name is ``broker.test`` (for the host name checks), a
+client certificate signed by it, and a key that matches neither (for the mismatch case).
+Written as PEM files into a test's directory; nothing is cached between tests.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class TLSFiles:
     #: A second CA and a client certificate it signed (not trusted by the server).
     stranger_cert: Path
     stranger_key: Path
+    #: Signed by ``ca`` for the name ``broker.test`` only: a chain that verifies, with a
+    #: host name that matches neither localhost nor 127.0.0.1.
+    misnamed_server_cert: Path
+    misnamed_server_key: Path
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -43,6 +48,8 @@ def _name(common: str) -> x509.Name:
 def _cert(
     subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
     issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False, server: bool = False,
+    names: tuple[x509.GeneralName, ...] = (
+        x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))),
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (
@@ -68,9 +75,8 @@ def _cert(
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(names)),
+                                        critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -91,7 +97,7 @@ def make_tls_files(directory: Path) -> TLSFiles:
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, server_key, client_key, other_key = _key(), _key(), _key(), _key()
     ca = _cert("test-ca", ca_key, "test-ca", ca_key, ca=True)
-    stranger_ca_key, stranger_key = _key(), _key()
+    stranger_ca_key, stranger_key, misnamed_key = _key(), _key(), _key()
     stranger = _cert("stranger", stranger_key, "stranger-ca", stranger_ca_key)
     return TLSFiles(
         ca=_write(directory / "ca.pem", ca),
@@ -104,6 +110,11 @@ def make_tls_files(directory: Path) -> TLSFiles:
         other_key=_write(directory / "other-key.pem", key=other_key),
         stranger_cert=_write(directory / "stranger.pem", stranger),
         stranger_key=_write(directory / "stranger-key.pem", key=stranger_key),
+        misnamed_server_cert=_write(
+            directory / "broker-test.pem",
+            _cert("broker.test", misnamed_key, "test-ca", ca_key, server=True,
+                  names=(x509.DNSName("broker.test"),))),
+        misnamed_server_key=_write(directory / "broker-test-key.pem", key=misnamed_key),
     )
 
 

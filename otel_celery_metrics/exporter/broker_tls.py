@@ -7,7 +7,8 @@ in the spelling of the transport the URL names: py-amqp (``amqps://``) and redis
 (``rediss://``) call the same options differently.
 
 The files are checked before anything connects: a missing or unreadable file, a CA file
-that holds no certificate, a key that does not match its certificate, or an encrypted key
+that holds no certificate, a client certificate with no key (in its file or a key file),
+a key that does not match its certificate, or an encrypted key
 (OpenSSL would prompt for its pass phrase on the terminal, from a background thread,
 at every connection) raise :class:`BrokerTLSError`, which names the setting and the file,
 never a file's contents.
@@ -19,6 +20,7 @@ URL's, ``ca`` the chain only, ``none`` nothing (the start-up log says so).
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +31,8 @@ from otel_celery_metrics.exporter.config import ExporterConfig
 TLS_SCHEMES = {"amqps": "amqp", "rediss": "redis"}
 VERIFY_MODES = ("full", "ca", "none")
 _FILES = ("broker_tls_ca_file", "broker_tls_cert_file", "broker_tls_key_file")
+#: A PEM private key of any kind (PKCS#8, EC, RSA, encrypted).
+_PEM_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
 
 class BrokerTLSError(ValueError):
@@ -63,14 +67,20 @@ def broker_use_ssl(config: ExporterConfig) -> dict[str, Any] | None:
                              ("broker_tls_verify", config.broker_tls_verify))
     if transport is None:
         if given or config.broker_tls_verify != "full":
-            # Celery turns TLS on for any URL with broker_use_ssl; here a TLS setting on a
-            # plain URL is a mistake to report, not a switch (our Redis reader would not
-            # follow it).
+            # Celery turns TLS on for any URL with broker_use_ssl; here a TLS setting on
+            # another URL is a mistake to report, not a switch (our Redis reader would not
+            # follow it). sentinel:// too: kombu's Sentinel transport takes broker_use_ssl,
+            # but no test of ours proves the exporter's connections over it.
             setting = given[0] if given else ("broker_tls_verify", config.broker_tls_verify)
             raise BrokerTLSError(
-                f"set for a plain-text broker URL ({config.masked_broker_url}); use amqps:// "
-                "or rediss://", setting)
+                "TLS settings apply to amqps:// and rediss:// URLs only, not "
+                f"{config.masked_broker_url}", setting)
         return None
+    if transport == "redis" and config.receiver == "redis":
+        # The raw pub/sub reader opens a plain socket: it would send AUTH in clear text
+        # to a server that expects TLS. kombu's receiver (auto's choice) does TLS.
+        raise BrokerTLSError("the raw Redis reader has no TLS; use --receiver=auto or "
+                             "--receiver=kombu with rediss://", ("receiver", "redis"))
     ca, cert, key = (getattr(config, name) for name in _FILES)
     _check(ca, cert, key)
     verify = config.broker_tls_verify
@@ -129,10 +139,32 @@ def _check(ca: str, cert: str, key: str) -> None:
             raise BrokerTLSError("the key is encrypted; give an unencrypted key (readable "
                                  "by this process only)", *files) from None
         except ssl.SSLError as exc:
-            problem = ("the certificate and the key do not match"
-                       if exc.reason == "KEY_VALUES_MISMATCH"
-                       else f"not a PEM certificate and its key ({exc.reason or exc})")
+            # OpenSSL says only "PEM lib" for a missing certificate or key: look which.
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                problem = "the certificate and the key do not match"
+            elif not _holds_certificate(cert):
+                problem, files = "holds no PEM certificate", files[:1]
+            elif not _holds_private_key(key or cert):
+                problem, files = ("holds no PEM private key" if key else
+                                  "holds no private key; give --broker-tls-key-file",
+                                  files[-1:])
+            else:
+                problem = f"not a PEM certificate and its key ({exc.reason or exc})"
             raise BrokerTLSError(problem, *files) from None
+
+
+def _holds_certificate(path: str) -> bool:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError:
+        return False
+    return True
+
+
+def _holds_private_key(path: str) -> bool:
+    # Only a marker is looked for; the key itself is neither kept nor shown.
+    with open(path, "rb") as file:
+        return _PEM_KEY.search(file.read()) is not None
 
 
 def _readable(setting: str, path: str) -> None:

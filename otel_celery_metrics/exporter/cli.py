@@ -132,9 +132,9 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "queue_wait_buckets": (_buckets, "Queue-wait histogram boundaries in seconds."),
     "queues": (_names, "Queues to probe for depth, besides those workers report."),
     "receiver": (_choice("auto", "redis", "amqp", "kombu"),
-                 "How to read events: redis (raw pub/sub), amqp (RabbitMQ, own bounded "
-                 "queue), kombu (any transport), auto (redis for redis://, amqp for "
-                 "amqp://, amqps://, pyamqp://)."),
+                 "How to read events: redis (raw pub/sub, plain redis:// only), amqp "
+                 "(RabbitMQ, own bounded queue), kombu (any transport), auto (redis for "
+                 "redis://, amqp for amqp://, amqps://, pyamqp://, kombu for the rest)."),
     "worker_timeout": (_seconds, "Seconds without a heartbeat before celery_worker_up is 0."),
     "worker_forget_after": (_seconds,
                             "Seconds without a heartbeat before a worker's series are removed."),

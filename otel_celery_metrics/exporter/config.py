@@ -102,6 +102,9 @@ class ExporterConfig:
 
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe to log)."""
+    if ";" in url:
+        # kombu's failover list (amqp://a//;amqp://b//): every URL has its own password.
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         if parts.password is None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from otel_celery_metrics._outcomes import PUBLISHED_AT_HEADER
 from otel_celery_metrics._routing import Binding, bindings_from_reply
+from otel_celery_metrics.exporter.broker_tls import broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.liveness import Liveness
 
@@ -125,8 +126,12 @@ class QueueDepthProbe:
             import redis
 
             timeout = self._config.probe_timeout
+            # Our own client, not kombu's: the TLS settings must be handed to it here
+            # (redis-py's option names, as broker_use_ssl gives them for rediss://).
+            tls = broker_use_ssl(self._config) or {}
             self._client = redis.Redis.from_url(
-                self._config.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
+                self._config.broker_url, socket_timeout=timeout,
+                socket_connect_timeout=timeout, **tls,
             )
         cfg = self._config
         pipe = self._client.pipeline(transaction=False)

@@ -78,7 +78,8 @@ class PrivateRabbitMQ:
 
     @property
     def tls_url(self) -> str:
-        # "localhost": the name the test certificate carries, so host names are checked.
+        # "localhost", as users write it; kombu connects to (and checks the certificate
+        # against) 127.0.0.1 instead, which the test certificate carries as an IP address.
         return f"amqps://guest:guest@localhost:{self.tls_port}//"
 
     def start(self, timeout: float = 90.0) -> None:

@@ -2,9 +2,13 @@
 
 The node refuses a client without a certificate our test CA signed, so a connected
 exporter shows its client certificate was sent; the exporter checks the node's
-certificate chain and host name (``localhost``) against the CA it is given. The tests
-publish over the node's plain port and read what the exporter serves. One node (about
-6 s to start here) and one set of certificates (``tests/tls_certs.py``) for the module.
+certificate chain against the CA it is given, and its host name. The URLs say
+``localhost``, but kombu's py-amqp transport rewrites ``localhost`` to ``127.0.0.1``
+before it fills in the name to check: the name checked is ``127.0.0.1``, which the test
+certificate carries as an IP address. A second node, whose certificate our CA signed for
+``broker.test`` only, shows that ``full`` checks that name and ``ca`` does not. The tests
+publish over the node's plain port and read what the exporter serves. One set of
+certificates (``tests/tls_certs.py``) for the module; a node takes about 6 s to start.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,6 +40,18 @@ def node(tls: TLSFiles) -> Iterator[private_rabbitmq.PrivateRabbitMQ]:
         pytest.fail(f"rabbitmq-server is not installed under {private_rabbitmq.SBIN} "
                     "(set RABBITMQ_SBIN)")
     rabbit = private_rabbitmq.PrivateRabbitMQ(tls, require_client_cert=True)
+    try:
+        rabbit.start()
+        yield rabbit
+    finally:
+        rabbit.cleanup()
+
+
+@pytest.fixture(scope="module")
+def misnamed_node(tls: TLSFiles) -> Iterator[private_rabbitmq.PrivateRabbitMQ]:
+    """A node whose certificate our CA signed for ``broker.test`` only."""
+    rabbit = private_rabbitmq.PrivateRabbitMQ(replace(
+        tls, server_cert=tls.misnamed_server_cert, server_key=tls.misnamed_server_key))
     try:
         rabbit.start()
         yield rabbit
@@ -136,3 +153,25 @@ def test_verification_off_is_said_at_start_and_connects_to_an_unknown_certificat
     assert any("the broker's TLS certificate is not verified (--broker-tls-verify=none)"
                in line for line in warnings), warnings
     assert "(TLS, NOT VERIFIED, client certificate" in exporter.log
+
+
+def test_full_verification_checks_the_host_name_kombu_connects_to_and_ca_does_not(
+    misnamed_node: private_rabbitmq.PrivateRabbitMQ, tls: TLSFiles, procs: list[ExporterProc]
+) -> None:
+    full = ExporterProc(misnamed_node.tls_url, f"--broker-tls-ca-file={tls.ca}")
+    ca_only = ExporterProc(misnamed_node.tls_url, f"--broker-tls-ca-file={tls.ca}",
+                           "--broker-tls-verify=ca")
+    procs.extend([full, ca_only])
+    wait_for(lambda: value(ca_only.scrape(), "celery_exporter_broker_connected") == 1, 30,
+             "the chain-only exporter to connect")
+    assert ca_only.get("/health")[0] == 200
+    wait_for(lambda: full.log.count("cannot reach the broker") >= 3, 30,
+             "three failed connection attempts")
+    errors = [line for line in full.log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, errors
+    # The URL says localhost; kombu checks the certificate against 127.0.0.1.
+    assert (f"TLS with the broker amqps://guest:***@localhost:{misnamed_node.tls_port}// "
+            "failed: CERTIFICATE_VERIFY_FAILED (IP address mismatch, certificate is not valid "
+            "for '127.0.0.1'.)") in errors[0]
+    assert full.get("/health")[0] == 503
+    assert value(full.scrape(), "celery_exporter_broker_connected") == 0

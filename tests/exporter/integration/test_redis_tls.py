@@ -1,14 +1,17 @@
 """The exporter over rediss:// to a private redis-server that serves TLS only.
 
 The server requires a client certificate our test CA signed; the exporter checks the
-server's chain and host name (``localhost``). Without options kombu would connect to
-``rediss://`` unverified: the wrong-CA test shows the exporter does not.
+server's chain and host name (``localhost``; redis-py checks the URL's host as written).
+Without options kombu would connect to ``rediss://`` unverified: the wrong-CA test shows
+the exporter does not, and a second server, whose certificate our CA signed for
+``broker.test`` only, shows that ``full`` checks the name and ``ca`` does not.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -37,10 +40,20 @@ def client_files(tls: TLSFiles, ca: Any = None) -> tuple[str, ...]:
             f"--broker-tls-key-file={tls.client_key}")
 
 
-def test_events_over_rediss_are_counted(server: RedisServer, tls: TLSFiles, procs) -> None:
+def test_events_over_rediss_are_counted_and_the_queue_probe_uses_tls_too(
+    server: RedisServer, tls: TLSFiles, procs
+) -> None:
+    import redis
     from celery import Celery
 
-    exporter = ExporterProc(server.url, *client_files(tls))
+    # A backlog on the TLS server: the queue probe reads it with its own redis-py client,
+    # which must be given the CA and the client certificate too.
+    backlog = f"tls-backlog-{uuid.uuid4().hex[:8]}"
+    with redis.Redis.from_url(server.url, ssl_ca_certs=str(tls.ca),
+                              ssl_certfile=str(tls.client_cert),
+                              ssl_keyfile=str(tls.client_key)) as client:
+        client.lpush(backlog, *[b"{}"] * 4)
+    exporter = ExporterProc(server.url, *client_files(tls), f"--queues={backlog}")
     procs.append(exporter)
     assert "receiver: KombuReceiver" in exporter.log
     worker = Celery("tls-worker", broker=server.url, set_as_current=False)
@@ -55,6 +68,9 @@ def test_events_over_rediss_are_counted(server: RedisServer, tls: TLSFiles, proc
             return value(text, "celery_worker_up", hostname="celery@tls-redis") == 1
 
         wait_for(seen, 30, "a heartbeat sent over TLS to reach the exporter")
+    wait_for(lambda: value(exporter.scrape(), "celery_queue_messages", queue=backlog) == 4, 30,
+             "the backlog probed over TLS")
+    assert "queue depth probe failed" not in exporter.log
     assert value(exporter.scrape(), "celery_exporter_broker_connected") == 1
     assert exporter.get("/health")[0] == 200
     assert server.password not in exporter.log
@@ -74,3 +90,34 @@ def test_a_wrong_ca_for_rediss_is_one_clear_error(server: RedisServer, tls: TLSF
     assert value(exporter.scrape(), "celery_exporter_broker_connected") == 0
     assert exporter.alive()
     assert server.password not in exporter.log
+
+
+@pytest.fixture(scope="module")
+def misnamed_server(tls: TLSFiles) -> Iterator[RedisServer]:
+    """TLS Redis whose certificate our CA signed for ``broker.test`` only; its URL says
+    ``localhost``, so only the host name check can tell it apart from the right server."""
+    redis = RedisServer(password=f"pw-{uuid.uuid4().hex[:12]}", tls=replace(
+        tls, server_cert=tls.misnamed_server_cert, server_key=tls.misnamed_server_key))
+    yield redis
+    redis.stop()
+
+
+def test_full_verification_checks_the_host_name_and_ca_does_not(
+    misnamed_server: RedisServer, tls: TLSFiles, procs
+) -> None:
+    full = ExporterProc(misnamed_server.url, *client_files(tls))
+    ca_only = ExporterProc(misnamed_server.url, *client_files(tls), "--broker-tls-verify=ca")
+    procs.extend([full, ca_only])
+    wait_for(lambda: value(ca_only.scrape(), "celery_exporter_broker_connected") == 1, 30,
+             "the chain-only exporter to connect")
+    assert ca_only.get("/health")[0] == 200
+    wait_for(lambda: full.log.count("cannot reach the broker") >= 3, 30,
+             "three failed connection attempts")
+    errors = [line for line in full.log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, errors
+    assert (f"TLS with the broker rediss://:***@localhost:{misnamed_server.port}/0 failed: "
+            "CERTIFICATE_VERIFY_FAILED (Hostname mismatch, certificate is not valid for "
+            "'localhost'.)") in errors[0]
+    assert full.get("/health")[0] == 503
+    assert value(full.scrape(), "celery_exporter_broker_connected") == 0
+    assert misnamed_server.password not in full.log + ca_only.log

@@ -17,7 +17,7 @@ from kombu.exceptions import OperationalError
 from otel_celery_metrics.exporter.broker_tls import BrokerTLSError, broker_use_ssl
 from otel_celery_metrics.exporter.cli import config_from_args, env_name
 from otel_celery_metrics.exporter.config import ExporterConfig
-from otel_celery_metrics.exporter.receiver import RedisPubSubReceiver
+from otel_celery_metrics.exporter.receiver import KombuReceiver
 from tests.tls_certs import TLSFiles, make_tls_files
 
 
@@ -78,8 +78,49 @@ def test_a_tls_setting_on_a_plain_url_is_an_error_with_the_url_masked(tls: TLSFi
     with pytest.raises(BrokerTLSError) as raised:
         broker_use_ssl(config)
     assert str(raised.value) == (
-        f"broker_tls_ca_file {tls.ca}: set for a plain-text broker URL "
-        "(amqp://u:***@rabbit:5671//); use amqps:// or rediss://")
+        f"broker_tls_ca_file {tls.ca}: TLS settings apply to amqps:// and rediss:// URLs "
+        "only, not amqp://u:***@rabbit:5671//")
+
+
+def test_a_tls_setting_on_a_sentinel_url_says_which_urls_take_it_not_plain_text(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        config_from_args(["--broker-url=sentinel://:s3cret@sentinel:26379/0",
+                          "--broker-tls-verify=ca"], {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "otel-celery-exporter: error: --broker-tls-verify (OTEL_CELERY_EXPORTER_BROKER_TLS_"
+        "VERIFY) ca: TLS settings apply to amqps:// and rediss:// URLs only, not "
+        "sentinel://:***@sentinel:26379/0")
+    assert "plain" not in err
+    assert "s3cret" not in err
+
+
+def test_the_raw_redis_reader_with_rediss_exits_2_before_sending_a_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        config_from_args(["--broker-url=rediss://:s3cret@redis:6380/0", "--receiver=redis"], {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "otel-celery-exporter: error: --receiver (OTEL_CELERY_EXPORTER_RECEIVER) redis: the "
+        "raw Redis reader has no TLS; use --receiver=auto or --receiver=kombu with rediss://")
+    assert "s3cret" not in err
+
+
+@pytest.mark.parametrize("receiver", ["auto", "kombu"])
+def test_rediss_is_read_by_kombu_which_is_given_the_tls_settings(
+    make_exporter, receiver: str
+) -> None:
+    config = config_from_args(["--broker-url=rediss://:s3cret@redis:6380/0",
+                               f"--receiver={receiver}"], {})
+    exporter = make_exporter(broker_url=config.broker_url, receiver=config.receiver)
+    assert type(exporter.receiver) is KombuReceiver
+    assert exporter.app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED,
+                                                "ssl_check_hostname": True}
 
 
 def encrypted_key(path: Path) -> Path:
@@ -112,8 +153,18 @@ def encrypted_key(path: Path) -> Path:
         ({"cert_file": "{client_cert}", "key_file": "{encrypted}"},
          "and --broker-tls-key-file (OTEL_CELERY_EXPORTER_BROKER_TLS_KEY_FILE) {encrypted}: "
          "the key is encrypted; give an unencrypted key"),
+        ({"cert_file": "{client_cert}"},
+         "error: --broker-tls-cert-file (OTEL_CELERY_EXPORTER_BROKER_TLS_CERT_FILE) {client_cert}: "
+         "holds no private key; give --broker-tls-key-file"),
+        ({"cert_file": "{client_cert}", "key_file": "{client_cert}"},
+         "error: --broker-tls-key-file (OTEL_CELERY_EXPORTER_BROKER_TLS_KEY_FILE) {client_cert}: "
+         "holds no PEM private key"),
+        ({"cert_file": "{client_key}", "key_file": "{client_key}"},
+         "error: --broker-tls-cert-file (OTEL_CELERY_EXPORTER_BROKER_TLS_CERT_FILE) {client_key}: "
+         "holds no PEM certificate"),
     ],
-    ids=["missing", "directory", "not-a-certificate", "mismatch", "key-alone", "encrypted"],
+    ids=["missing", "directory", "not-a-certificate", "mismatch", "key-alone", "encrypted",
+         "certificate-without-key", "key-file-without-key", "certificate-file-without-one"],
 )
 def test_a_bad_file_exits_2_naming_the_setting_and_the_file_never_its_contents(
     settings: dict[str, str], message: str, tls: TLSFiles, tmp_path: Path,
@@ -182,7 +233,7 @@ def test_a_tls_failure_is_one_error_line_until_it_changes_or_a_connection_succee
 ) -> None:
     config = ExporterConfig(broker_url="rediss://:s3cret@redis:6380/0",
                             reconnect_initial=0.001, reconnect_max=0.001)
-    receiver = RedisPubSubReceiver(config, lambda e: None, lambda k, r, n: None, clock=lambda: 0)
+    receiver = KombuReceiver(config, app=None, handle=lambda e: None, clock=lambda: 0)
     stop = threading.Event()
     with caplog.at_level(logging.WARNING):
         for why in ("unable to get local issuer certificate",) * 3 + ("certificate has expired",):

@@ -73,6 +73,10 @@ def test_a_bad_environment_value_exits_2_naming_the_variable(
         ("amqp://guest:guest@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
         ("redis://redis:6379/0", "redis://redis:6379/0"),
         ("rediss://user:p%40ss@[::1]:6380/1", "rediss://user:***@[::1]:6380/1"),
+        ("amqps://u:s3cret@a:5671//;amqps://u:s3cret2@b:5671//",
+         "amqps://u:***@a:5671//;amqps://u:***@b:5671//"),
+        ("sentinel://:s3cret@s1:26379;sentinel://:s3cret2@s2:26379",
+         "sentinel://:***@s1:26379;sentinel://:***@s2:26379"),
     ],
 )
 def test_broker_urls_are_masked(url: str, masked: str) -> None:

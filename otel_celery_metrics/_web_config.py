@@ -285,8 +285,8 @@ def _load_files(
         if not file.is_file() or not os.access(file, os.R_OK):
             raise WebConfigError(path, f"{where}.{name} {file}: cannot read it")
     try:
-        context.load_cert_chain(cert, key, password=_no_passphrase)
-    except _Encrypted:
+        context.load_cert_chain(cert, key, password=no_passphrase)
+    except EncryptedKey:
         raise WebConfigError(path, f"{where}.key_file {key} is encrypted; give an "
                              "unencrypted key (readable by this process only)") from None
     except ssl.SSLError as exc:
@@ -302,13 +302,15 @@ def _load_files(
                                  f"({reason})") from None
 
 
-class _Encrypted(Exception):
-    pass
+class EncryptedKey(Exception):
+    """Raised by :func:`no_passphrase`: the key file is encrypted."""
 
 
-def _no_passphrase() -> bytes:
-    # Without this, OpenSSL would prompt on the terminal and block start-up.
-    raise _Encrypted
+def no_passphrase() -> bytes:
+    """``password`` for ``SSLContext.load_cert_chain``: without it, OpenSSL would prompt on
+    the terminal for an encrypted key's pass phrase (blocking start-up, or a background
+    thread); with it, loading such a key raises :class:`EncryptedKey`."""
+    raise EncryptedKey
 
 
 def _users(path: str | os.PathLike[str], raw: Any) -> dict[str, bytes]:

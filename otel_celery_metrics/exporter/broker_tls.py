@@ -25,6 +25,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from otel_celery_metrics._web_config import EncryptedKey, no_passphrase
 from otel_celery_metrics.exporter.config import ExporterConfig
 
 #: URL scheme -> the transport whose option names ``broker_use_ssl`` must use.
@@ -134,8 +135,8 @@ def _check(ca: str, cert: str, key: str) -> None:
         files = [("broker_tls_cert_file", cert)] + ([("broker_tls_key_file", key)] if key
                                                     else [])
         try:
-            context.load_cert_chain(cert, key or None, password=_no_passphrase)
-        except _Encrypted:
+            context.load_cert_chain(cert, key or None, password=no_passphrase)
+        except EncryptedKey:
             raise BrokerTLSError("the key is encrypted; give an unencrypted key (readable "
                                  "by this process only)", *files) from None
         except ssl.SSLError as exc:
@@ -180,15 +181,6 @@ def _readable(setting: str, path: str) -> None:
     else:
         return
     raise BrokerTLSError(problem, (setting, path))
-
-
-class _Encrypted(Exception):
-    pass
-
-
-def _no_passphrase() -> bytes:
-    # Without this, OpenSSL would prompt on the terminal for the pass phrase.
-    raise _Encrypted
 
 
 def tls_failure(exc: BaseException) -> ssl.SSLError | None:

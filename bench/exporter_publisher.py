@@ -144,25 +144,21 @@ def _lifecycles(  # noqa: PLR0917 - task_messages' own parameters, passed on
             yield "worker.heartbeat", encode(beat, "worker.heartbeat"), 0
 
 
-def publish(url: str, messages: Iterator[tuple[str, bytes, int]], rate: float, *,
-            batch: int = 500, progress: list[int] | None = None) -> int:
-    """Publish everything; ``rate`` > 0 paces to that many task events per second.
-    Returns the number of messages."""
-    client = redis.Redis.from_url(url)
-    db = client.connection_pool.connection_kwargs.get("db", 0)
-    prefix = f"/{db}.celeryev/"
+def _paced(messages: Iterator[tuple[str, bytes, int]], rate: float, batch: int,
+           send: Callable[[list[tuple[str, bytes]]], None],
+           progress: list[int] | None) -> int:
+    """Hand ``messages`` to ``send`` in batches; ``rate`` > 0 paces to that many task events
+    per second; ``progress[0]`` follows the task events sent. Returns the messages sent."""
     sent = events = 0
+    pending: list[tuple[str, bytes]] = []
     started = time.perf_counter()
-    pipe = client.pipeline(transaction=False)
-    pending = 0
     for routing_key, payload, count in messages:
-        pipe.publish(prefix + routing_key, payload)
-        pending += 1
+        pending.append((routing_key, payload))
         events += count
-        if pending >= batch:
-            pipe.execute()
-            sent += pending
-            pending = 0
+        if len(pending) >= batch:
+            send(pending)
+            sent += len(pending)
+            pending = []
             if progress is not None:
                 progress[0] = events  # task events handed to the broker so far
             if rate > 0:
@@ -170,9 +166,28 @@ def publish(url: str, messages: Iterator[tuple[str, bytes, int]], rate: float, *
                 if ahead > 0:
                     time.sleep(ahead)  # pacing the publisher, not waiting on a result
     if pending:
-        pipe.execute()
-        sent += pending
+        send(pending)
+        sent += len(pending)
+        if progress is not None:
+            progress[0] = events
     return sent
+
+
+def publish(url: str, messages: Iterator[tuple[str, bytes, int]], rate: float, *,
+            batch: int = 500, progress: list[int] | None = None) -> int:
+    """Publish everything; ``rate`` > 0 paces to that many task events per second.
+    Returns the number of messages."""
+    client = redis.Redis.from_url(url)
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    prefix = f"/{db}.celeryev/"
+    pipe = client.pipeline(transaction=False)
+
+    def send(batch_messages: list[tuple[str, bytes]]) -> None:
+        for routing_key, payload in batch_messages:
+            pipe.publish(prefix + routing_key, payload)
+        pipe.execute()
+
+    return _paced(messages, rate, batch, send, progress)
 
 
 _FRAME_END = b"\xce"
@@ -218,25 +233,12 @@ def publish_amqp(url: str, messages: Iterator[tuple[str, bytes, int]], rate: flo
     # a publisher that outruns it, would then kill the connection instead of pacing it.
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 0)
-    sent = events = 0
-    pending: list[bytes] = []
-    started = time.perf_counter()
-    for routing_key, body, count in messages:
-        pending.append(amqp_publish_frames(exchange, routing_key, body))
-        events += count
-        if len(pending) >= batch:
-            sock.sendall(b"".join(pending))
-            sent += len(pending)
-            pending = []
-            if progress is not None:
-                progress[0] = events  # task events handed to the broker so far
-            if rate > 0:
-                ahead = events / rate - (time.perf_counter() - started)
-                if ahead > 0:
-                    time.sleep(ahead)  # pacing the publisher, not waiting on a result
-    if pending:
-        sock.sendall(b"".join(pending))
-        sent += len(pending)
+
+    def send(batch_messages: list[tuple[str, bytes]]) -> None:
+        sock.sendall(b"".join(amqp_publish_frames(exchange, rk, body)
+                              for rk, body in batch_messages))
+
+    sent = _paced(messages, rate, batch, send, progress)
     channel.close()  # a round trip: everything written before it has reached the broker
     conn.close()
     return sent

@@ -100,6 +100,25 @@ def unique_queue(prefix: str = "q") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def instrumented_env(broker_url: str, port: int, service_name: str) -> dict[str, str]:
+    """The environment of a celery process the tests start under ``opentelemetry-instrument``:
+    the tests' apps importable, metrics served on 127.0.0.1:``port``, nothing else exported."""
+    env = dict(os.environ)
+    env.update({
+        "TEST_BROKER_URL": broker_url,
+        "PYTHONPATH": str(REPO),
+        "OTEL_SERVICE_NAME": service_name,
+        "OTEL_METRICS_EXPORTER": "prometheus",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
+        # Keep the test's own instrumentations out of the way.
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "celery,redis,urllib,urllib3,requests",
+    })
+    return env
+
+
 class Worker:
     """A real ``celery worker`` process, started through ``opentelemetry-instrument``."""
 
@@ -125,21 +144,7 @@ class Worker:
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
             prefix="celery-worker-", suffix=".log", delete=False
         )
-        full_env = dict(os.environ)
-        full_env.update(
-            {
-                "TEST_BROKER_URL": broker_url,
-                "PYTHONPATH": str(REPO),
-                "OTEL_SERVICE_NAME": "tests-worker",
-                "OTEL_METRICS_EXPORTER": "prometheus",
-                "OTEL_TRACES_EXPORTER": "none",
-                "OTEL_LOGS_EXPORTER": "none",
-                "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
-                "OTEL_EXPORTER_PROMETHEUS_PORT": str(self.port),
-                # Keep the test's own instrumentations out of the way.
-                "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "celery,redis,urllib,urllib3,requests",
-            }
-        )
+        full_env = instrumented_env(broker_url, self.port, "tests-worker")
         full_env.update(env or {})
         cmd = [
             str(BIN / "celery"), "-A", app, "worker", "-P", pool, "-Q", queue,

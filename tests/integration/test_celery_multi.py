@@ -24,6 +24,7 @@ from tests.support import (
     BIN,
     REPO,
     Samples,
+    instrumented_env,
     parse,
     producer,
     running_worker,
@@ -75,21 +76,8 @@ def _consecutive_free_ports(count: int) -> int:
 
 
 def _env(broker_url: str, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "TEST_BROKER_URL": broker_url,
-            "PYTHONPATH": str(REPO),
-            "OTEL_SERVICE_NAME": "tests-multi",
-            "OTEL_METRICS_EXPORTER": "prometheus",
-            "OTEL_TRACES_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
-            "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
-            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "celery,redis,urllib,urllib3,requests",
-            "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel,celery_worker",
-        }
-    )
+    env = instrumented_env(broker_url, port, "tests-multi")
+    env["OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"] = "otel,celery_worker"
     return env
 
 

@@ -12,25 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BIN, REPO, Samples, free_port, parse, scrape, value, wait_for
+from tests.support import (
+    BIN,
+    REPO,
+    Samples,
+    free_port,
+    instrumented_env,
+    parse,
+    scrape,
+    value,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def _env(broker_url: str, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "TEST_BROKER_URL": broker_url,
-        "PYTHONPATH": str(REPO),
-        "OTEL_SERVICE_NAME": "tests-monitor",
-        "OTEL_METRICS_EXPORTER": "prometheus",
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-        "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
-        "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
-        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "celery,redis,urllib,urllib3,requests",
-    })
-    return env
 
 
 def test_celery_events_serves_the_metrics_its_environment_asks_for(redis_url: str) -> None:
@@ -38,8 +32,9 @@ def test_celery_events_serves_the_metrics_its_environment_asks_for(redis_url: st
     cmd = [str(BIN / "opentelemetry-instrument"), str(BIN / "celery"), "-A",
            "tests.apps.tasks_app", "events", "--dump"]
     with tempfile.NamedTemporaryFile(prefix="celery-events-", suffix=".log") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(redis_url, port), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        env = instrumented_env(redis_url, port, "tests-monitor")
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
             def served() -> Samples | None:
                 if proc.poll() is not None:

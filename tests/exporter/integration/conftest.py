@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.exporter.support import wait_for
+from tests.exporter.support import value, wait_for
 from tests.tls_certs import TLSFiles
 
 REDIS_URL = os.environ.get("EXPORTER_TEST_REDIS", "redis://127.0.0.1:6379/12")
@@ -161,6 +161,23 @@ def rabbitmq_url() -> str:
     if not answers("127.0.0.1", 5672):
         pytest.fail(f"RabbitMQ at {RABBITMQ_URL} does not answer: scripts/setup starts it")
     return RABBITMQ_URL
+
+
+def assert_only_the_chain_check_connects(full: ExporterProc, ca_only: ExporterProc,
+                                        failure: str) -> None:
+    """``full`` (chain and host name) and ``ca_only`` (chain) against a broker whose
+    certificate names another host: ``ca_only`` connects, ``full`` keeps retrying with one
+    ERROR line that contains ``failure``, a failing /health and broker_connected 0."""
+    wait_for(lambda: value(ca_only.scrape(), "celery_exporter_broker_connected") == 1, 30,
+             "the chain-only exporter to connect")
+    assert ca_only.get("/health")[0] == 200
+    wait_for(lambda: full.log.count("cannot reach the broker") >= 3, 30,
+             "three failed connection attempts")
+    errors = [line for line in full.log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, errors
+    assert failure in errors[0]
+    assert full.get("/health")[0] == 503
+    assert value(full.scrape(), "celery_exporter_broker_connected") == 0
 
 
 @pytest.fixture

@@ -305,7 +305,7 @@ def _read_ready_records(sock: socket.socket, first: bytes) -> bytes:
 
     A TLS socket's ``recv`` returns one record (16 KiB at most) however much is asked for,
     where a plain socket returns all the kernel holds: without this, each 16 KiB would be
-    its own loop turn, acknowledgement and dispatch (about 1.8x the CPU per event of
+    its own loop turn, acknowledgement and dispatch (1.7x the CPU per event of
     ``amqp://`` in bench/README-exporter.md). Records are read until none is complete or
     ``_READ_SIZE`` is reached; a partial record stays in OpenSSL's buffer for the next read.
     """

@@ -319,3 +319,14 @@ def test_the_documented_user_command_matches_the_receiver(collector: dict[str, A
     match = re.search(r"OTEL_EXPORTER_OTLP_ENDPOINT=(\S+)", text)
     assert match, "docs/collector.md shows the worker's OTLP endpoint"
     assert urlparse(match.group(1)).port == receiver_ports(collector)["http"]
+
+
+def test_the_metrics_only_collector_config_is_the_shipped_one_without_traces() -> None:
+    # Issue 29: a metrics-only trial needs no trace backend. Only the traces pipeline and
+    # its exporter differ, so the metrics path a user tries is the one we ship.
+    full = load(ROOT / "collector-config.yaml")
+    del full["exporters"]["otlp_grpc/traces"]
+    del full["service"]["pipelines"]["traces"]
+    only = load(DEPLOY / "collector-metrics-only.yaml")
+    assert only == full
+    assert "${env:" not in (DEPLOY / "collector-metrics-only.yaml").read_text()

@@ -18,6 +18,7 @@ from otel_celery_metrics._prometheus_web import (
     select_guarded_reader,
 )
 from otel_celery_metrics._sdk_setup import setup_metrics
+from otel_celery_metrics._web_config import BCRYPT_COMMAND
 from otel_celery_metrics.settings import Settings
 from tests.support import free_port
 from tests.tls_certs import TLSFiles, bcrypt_hash, get, make_tls_files
@@ -56,8 +57,9 @@ def test_a_bad_file_closes_the_endpoint_and_keeps_the_other_exporters(
     assert environ["OTEL_METRICS_EXPORTER"] == "otlp"
     assert message == (
         f"otel-celery-metrics: {WEB_CONFIG_VARIABLE}: web config {bad}: basic_auth_users.u is "
-        "not a bcrypt hash (a plaintext password?); make one with: htpasswd -nBC 10 '' | "
-        "tr -d ':\\n'; this worker's /metrics is not served (tasks keep running)")
+        "not a bcrypt hash (a plaintext password?); make one with the Python that has "
+        f"otel-celery-metrics installed: {BCRYPT_COMMAND}; this worker's /metrics is not served "
+        "(tasks keep running)")
     assert [r.getMessage() for r in caplog.records] == [message]
     environ = {"OTEL_METRICS_EXPORTER": "prometheus", WEB_CONFIG_VARIABLE: str(bad)}
     select_guarded_reader(environ)

@@ -76,6 +76,11 @@ def test_the_documented_bcrypt_hash_guards_a_worker_that_logs_what_it_enforces(
 
         wait_for(serving, 40, 0.3, "the worker's /metrics over TLS with the documented hash")
         assert get(worker.port, ca=tls.ca, auth=(USER, "wrong"))[0] == 401
+        # README "What you get": before its first task a worker serves the pool and health
+        # series, and nothing labelled by task.
+        idle = parse(get(worker.port, ca=tls.ca, auth=(USER, PASSWORD))[2])
+        assert idle[("celery_worker_pool_processes", frozenset())] == 2.0
+        assert not [name for name, labels in idle if "task_name" in dict(labels)]
         app = producer(redis_url)
         for name in REGISTERED:
             app.send_task(name, args=(0,) if name in ("tests.ok", "tests.sleep") else (),

@@ -3,6 +3,7 @@ setup_metrics() serving its registry behind the file (real TLS clients)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -79,9 +80,10 @@ def test_nothing_changes_without_the_variable_or_the_prometheus_exporter(
 
 
 def test_setup_metrics_serves_its_registry_behind_the_file(
-    good_file: Path, tls: TLSFiles
+    good_file: Path, tls: TLSFiles, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = free_port()
+    caplog.set_level(logging.WARNING)
     provider = setup_metrics(
         "prometheus", prometheus_host="127.0.0.1", prometheus_port=port,
         settings=Settings(web_config_file=str(good_file)), registry=CollectorRegistry(),
@@ -94,6 +96,10 @@ def test_setup_metrics_serves_its_registry_behind_the_file(
         assert status == 200 and "demo_ticks_total 2.0" in body
         with pytest.raises(OSError):
             get(port, auth=(USER, PASSWORD))
+        # The start-up line, at WARNING as in a worker: visible at a default log level.
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [(
+            "WARNING", f"otel-celery-metrics: serving https://127.0.0.1:{port}/metrics; web "
+            f"config {good_file}: TLS (min TLS12, NoClientCert), basic auth for 1 user(s)")]
     finally:
         provider.shutdown()
 

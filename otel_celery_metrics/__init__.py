@@ -6,9 +6,9 @@ when called.
 """
 
 from otel_celery_metrics._sdk_setup import setup_metrics
+from otel_celery_metrics.core.metric_table import METRICS, MetricSpec
 from otel_celery_metrics.instrumentor import CeleryMetricsInstrumentor
-from otel_celery_metrics.metric_table import METRICS, MetricSpec
-from otel_celery_metrics.settings import SettingError, Settings, settings_from_env
+from otel_celery_metrics.recording.settings import SettingError, Settings, settings_from_env
 from otel_celery_metrics.version import __version__
 
 __all__ = [

@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from otel_celery_metrics._web_config import WebConfigError
+    from otel_celery_metrics.core.web_config import WebConfigError
     from otel_celery_metrics.exporter.service import Exporter
 
     exporter = Exporter(config)

@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._routing import sent_destination
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.routing import sent_destination
+from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.held import HeldEvents
 from otel_celery_metrics.exporter.liveness import Liveness

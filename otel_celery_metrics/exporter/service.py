@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._web_serving import WebConfigFile
+from otel_celery_metrics.core.web_serving import WebConfigFile
 from otel_celery_metrics.exporter import broker_tls
 from otel_celery_metrics.exporter.amqp_receiver import AmqpEventReceiver
 from otel_celery_metrics.exporter.config import ExporterConfig

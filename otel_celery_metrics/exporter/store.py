@@ -10,7 +10,7 @@ metric's distinct attribute tuples are capped below the OpenTelemetry SDK's own 
 
 from __future__ import annotations
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 
 Key = tuple[str, ...]
 

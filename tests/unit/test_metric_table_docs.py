@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics.settings import documented_variables
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.recording.settings import documented_variables
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -19,7 +19,7 @@ def test_metrics_reference_is_generated_from_the_metric_table() -> None:
     on_disk = (DOCS / "metrics.md").read_text()
     assert on_disk == mt.render_reference(), (
         "docs/metrics.md is stale: run "
-        "`python -m otel_celery_metrics.metric_table > docs/metrics.md`"
+        "`python -m otel_celery_metrics.core.metric_table > docs/metrics.md`"
     )
 
 

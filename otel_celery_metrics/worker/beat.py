@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._recorder import Recorder
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.recording.recorder import Recorder
 
 _logger = logging.getLogger(__name__)
 _SENDS = mt.METRIC_INDEX[mt.BEAT_SENDS.name]

@@ -38,14 +38,14 @@ import socket
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from otel_celery_metrics._metrics_endpoint import (
+from otel_celery_metrics.endpoint.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     HOST_VARIABLE,
     MULTI_MARKER,
     PORT_VARIABLE,
 )
-from otel_celery_metrics._process_role import Role, process_role
+from otel_celery_metrics.worker.process_role import Role, process_role
 
 _logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ EXPORTER_VARIABLE = "OTEL_METRICS_EXPORTER"
 _PROMETHEUS = "prometheus"
 _HOOK_GROUP = "_opentelemetry_opamp"
 #: Our reader's name in the ``opentelemetry_metrics_exporter`` entry-point group
-#: (otel_celery_metrics._prometheus_reader, which imports the exporter: not imported here).
+#: (otel_celery_metrics.endpoint.reader, which imports the exporter: not imported here).
 READER_ENTRY_POINT = "celery_metrics_prometheus"
 
 
@@ -206,8 +206,8 @@ def reader_registered() -> bool:
 def pre_sdk_init(resource: Any) -> None:
     """``_opentelemetry_opamp`` ``pre_sdk_init_function`` entry point: runs in
     ``opentelemetry-instrument``'s configurator before exporters are created."""
-    from otel_celery_metrics._green import patch_gevent_early
-    from otel_celery_metrics._prometheus_web import select_guarded_reader
+    from otel_celery_metrics.endpoint.guarded_web import select_guarded_reader
+    from otel_celery_metrics.worker.green import patch_gevent_early
 
     patch_gevent_early()  # before the SDK starts threads: see _green.py
     prepare_metrics_exporters(os.environ, process_role())

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any, Protocol
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._recorder import AttrValues
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.recording.recorder import AttrValues
 
 _logger = logging.getLogger(__name__)
 _INACTIVE = mt.METRIC_INDEX[mt.SELF_HOOK_INACTIVE.name]

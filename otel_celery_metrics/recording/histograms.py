@@ -1,9 +1,9 @@
 """Our self-aggregated histograms as OpenTelemetry SDK metric data (public SDK types only).
 
-:class:`~otel_celery_metrics._recorder.Recorder` aggregates task histograms itself (see its
+:class:`~otel_celery_metrics.recording.recorder.Recorder` aggregates task histograms itself (see its
 module docstring for why). :class:`HistogramProducer` turns its cumulative points into the
 SDK's ``MetricsData`` for one reader, in that reader's temporality, and merges them into
-what the SDK collected. :class:`~otel_celery_metrics._sdk_adapter.SdkAdapter` calls it from
+what the SDK collected. :class:`~otel_celery_metrics.sdk_adapter.SdkAdapter` calls it from
 the reader's collection; nothing here touches an SDK private.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from otel_celery_metrics._recorder import HistogramPoint
+    from otel_celery_metrics.recording.recorder import HistogramPoint
 
 _logger = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ class HistogramProducer:
 
         Returns why our histograms would not appear in a collection, or None.
         """
-        from otel_celery_metrics import metric_table as mt
-        from otel_celery_metrics._recorder import HistogramPoint
+        from otel_celery_metrics.core import metric_table as mt
+        from otel_celery_metrics.recording.recorder import HistogramPoint
 
         spec = mt.TASK_RUNTIME
         bounds = spec.buckets or ()

@@ -4,13 +4,13 @@ With ``OTEL_METRICS_EXPORTER=prometheus``, opentelemetry-exporter-prometheus'
 ``_AutoPrometheusMetricReader`` serves the default registry with
 ``prometheus_client.start_http_server``: plain HTTP, no way to add TLS or auth. When
 ``OTEL_CELERY_METRICS_WEB_CONFIG_FILE`` is set, :func:`select_guarded_reader` (called by
-the ``pre_sdk_init`` hook in :mod:`otel_celery_metrics._port_check`, before the SDK
+the ``pre_sdk_init`` hook in :mod:`otel_celery_metrics.endpoint.sdk_hooks`, before the SDK
 imports its exporters) checks the file and swaps ``prometheus`` in
 ``OTEL_METRICS_EXPORTER`` for our own entry point, :data:`EXPORTER_NAME`, whose reader
 (``_prometheus_reader.CeleryPrometheusReader``, also what workers get without a web config:
 a ``celery multi`` node's own port, a busy port retried) is the same Prometheus reader
 serving the same registry on the same ``OTEL_EXPORTER_PROMETHEUS_HOST:PORT``, through
-:mod:`otel_celery_metrics._web_serving` (:func:`guarded_serve`). The SDK builds it in the
+:mod:`otel_celery_metrics.core.web_serving` (:func:`guarded_serve`). The SDK builds it in the
 worker's main process at start-up, so the main process serves it (pool children fork
 after and start no server).
 
@@ -32,15 +32,15 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from otel_celery_metrics._port_check import (
+from otel_celery_metrics.core.web_config import WebConfigError
+from otel_celery_metrics.core.web_serving import GuardedServerMixin, WebConfigFile, guard_wsgi
+from otel_celery_metrics.endpoint.sdk_hooks import (
     READER_ENTRY_POINT,
     Replace,
     reader_registered,
     write_exporters,
 )
-from otel_celery_metrics._web_config import WebConfigError
-from otel_celery_metrics._web_serving import GuardedServerMixin, WebConfigFile, guard_wsgi
-from otel_celery_metrics.settings import variable_name
+from otel_celery_metrics.recording.settings import variable_name
 
 _logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def serve_guarded(host: str, port: int, registry: Any, web_config: WebConfigFile
 
 
 def guarded_serve(path: str) -> Callable[[str, int], object]:
-    """For :class:`~otel_celery_metrics._metrics_endpoint.MetricsServer`: serve the default
+    """For :class:`~otel_celery_metrics.endpoint.server.MetricsServer`: serve the default
     registry behind the web config at ``path``. Raises :class:`WebConfigError` for a bad
     file (the caller logs :func:`closed_message`; the endpoint stays closed)."""
     from prometheus_client import REGISTRY
@@ -154,7 +154,7 @@ def guarded_prometheus_reader(host: str, port: int, scope_labels: bool, registry
 def start_endpoint(host: str, port: int | str, registry: Any, path: str) -> None:
     """Serve ``registry`` behind the web config at ``path``; never raises (one error line
     on a bad file or a busy port, and no endpoint)."""
-    from otel_celery_metrics._port_check import busy_port_message
+    from otel_celery_metrics.endpoint.sdk_hooks import busy_port_message
 
     try:
         web_config = WebConfigFile.open(path)

@@ -11,7 +11,8 @@ answering. OpenTelemetry's documented answer is
 
 What this module does:
 
-- :func:`patch_gevent_early` runs from our pre-SDK hook (:mod:`otel_celery_metrics._port_check`),
+- :func:`patch_gevent_early` runs from our pre-SDK hook
+  (:mod:`otel_celery_metrics.endpoint.sdk_hooks`),
   before the SDK builds its exporters and readers. When the command is a Celery worker whose
   pool is gevent -- decided by Celery's own rule, ``-P gevent``, ``--pool gevent`` or
   ``--pool=gevent`` on the command line -- it applies gevent's ``patch_all()``, the same call

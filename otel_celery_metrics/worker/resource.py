@@ -41,7 +41,7 @@ from urllib.parse import unquote
 
 from opentelemetry.sdk.resources import Resource, ResourceDetector
 
-from otel_celery_metrics._process_role import celery_arguments, split_subcommand
+from otel_celery_metrics.worker.process_role import celery_arguments, split_subcommand
 
 SERVICE_INSTANCE_ID = "service.instance.id"
 HOST_NAME = "host.name"

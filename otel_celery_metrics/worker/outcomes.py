@@ -30,15 +30,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._recorder import AttrValues, SpanIds
-from otel_celery_metrics._routing import (
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.routing import (
     DELIVERED_FROM,
     ConsumeHook,
     delivered_queue,
     fallback_queue,
 )
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.recording.recorder import AttrValues, SpanIds
 
 _logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ file rather than invent one:
 built with the standard library's :mod:`ssl`, bcrypt hashes checked by shape, the check of
 a request's credentials) or raises :class:`WebConfigError` naming the file and the
 problem. It never echoes a hash or key material. Serving with it (reloads, the TLS
-handshake per connection, the WSGI guard) is :mod:`otel_celery_metrics._web_serving`.
+handshake per connection, the WSGI guard) is :mod:`otel_celery_metrics.core.web_serving`.
 
 Nothing runs at import.
 """

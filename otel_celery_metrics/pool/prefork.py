@@ -1,7 +1,7 @@
 """All fork-awareness: what a pool child must do differently, and its channel to the main process.
 
 Task outcomes need no channel: Celery's pool already hands every result to the worker's
-main process, where :mod:`otel_celery_metrics._outcomes` records it. What remains
+main process, where :mod:`otel_celery_metrics.worker.outcomes` records it. What remains
 process-specific lives here:
 
 - in Celery pool children (``worker_process_init``), the copies of periodic (OTLP)
@@ -17,7 +17,7 @@ process-specific lives here:
   always arrives before its task's result: the child sends it before it hands the result
   to the pool;
 - the same socketpair carries the pool-child relay's entries
-  (:mod:`otel_celery_metrics._relay`: metric points and spans recorded in the child);
+  (:mod:`otel_celery_metrics.pool.relay`: metric points and spans recorded in the child);
   with the relay on, a reader thread of the main process also reads datagrams as they
   arrive. Reads and decoding are serialized, so an exemplar span read by that thread is
   in place before the outcome's own read finds the socket empty;
@@ -46,13 +46,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._child_forwarder import SPAN_ENTRY as _SPAN
-from otel_celery_metrics._child_forwarder import ChildForwarder
-from otel_celery_metrics._outcomes import SpanJoin
-from otel_celery_metrics._recorder import AttrValues, Measurement, Recorder, SpanIds
-from otel_celery_metrics._relay import POINT, SPAN, PoolRelay
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.pool.child_forwarder import SPAN_ENTRY as _SPAN
+from otel_celery_metrics.pool.child_forwarder import ChildForwarder
+from otel_celery_metrics.pool.relay import POINT, SPAN, PoolRelay
+from otel_celery_metrics.recording.recorder import AttrValues, Measurement, Recorder, SpanIds
+from otel_celery_metrics.worker.outcomes import SpanJoin
 
 _DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
 _MAX_DATAGRAM = 1 << 20

@@ -2,7 +2,7 @@
 
 Only the process that owns the meter provider records: the worker's main process under
 prefork (task outcomes come from Celery's own request callbacks there, see
-:mod:`otel_celery_metrics._outcomes`), the only process under solo/threads.
+:mod:`otel_celery_metrics.worker.outcomes`), the only process under solo/threads.
 Measurements arrive as ``(metric index, value, attribute values in table order)`` and
 :class:`Recorder` aggregates them itself.
 
@@ -12,7 +12,7 @@ attributes and builds a measurement object every call), more than everything els
 pays for its metrics together. Here a measurement is a cached tuple lookup and a few
 additions under a lock (< 1 us). The SDK reads the aggregates when it collects:
 counters through observable counters (public API), histograms through the producer that
-:class:`otel_celery_metrics._sdk_adapter.SdkAdapter` hooks into each reader. Where
+:class:`otel_celery_metrics.sdk_adapter.SdkAdapter` hooks into each reader. Where
 that hook is not possible (a meter provider that is not the SDK's), histograms are
 recorded through the public API instead (``histograms_via_api=True``), slower but
 identical in output.
@@ -40,9 +40,9 @@ from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.recording.settings import Settings
 
 AttrValues = tuple[str, ...]
 #: (trace id, span id) of the sampled span a measurement was taken in, for exemplars.

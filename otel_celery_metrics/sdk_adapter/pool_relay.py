@@ -1,7 +1,7 @@
 """The pool-child relay's contact surface with the OpenTelemetry SDK (part of the adapter).
 
 The main process' side, adding the relayed series to every reader's collection, goes
-through :meth:`otel_celery_metrics._sdk_adapter.SdkAdapter.add_relayed` (undone with the
+through :meth:`otel_celery_metrics.sdk_adapter.SdkAdapter.add_relayed` (undone with the
 adapter); this module holds what pool children and the span path need.
 
 Public SDK API used (no privates): ``MetricReader`` subclassing with a preferred

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
-from otel_celery_metrics.metric_table import DEFAULT_SECONDS_BUCKETS, NARROWABLE_ATTRIBUTES
+from otel_celery_metrics.core.metric_table import DEFAULT_SECONDS_BUCKETS, NARROWABLE_ATTRIBUTES
 
 PREFIX = "OTEL_CELERY_METRICS_"
 

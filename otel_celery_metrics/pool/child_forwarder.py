@@ -3,7 +3,7 @@
 The task thread appends measurements, exemplar spans and relayed entries, and sends them
 without blocking (``MSG_DONTWAIT``): a task never waits for the main process. Each
 datagram is ``marshal.dumps((dropped, entries))``; :class:`~._prefork.ForkBridge` in the
-main process reads and decodes them. Split from :mod:`otel_celery_metrics._prefork`,
+main process reads and decodes them. Split from :mod:`otel_celery_metrics.pool.prefork`,
 which creates this object in every pool child.
 """
 
@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._recorder import AttrValues, Measurement
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.recording.recorder import AttrValues, Measurement
 
 #: Marks a span entry (task id, trace id, span id) among a datagram's measurements.
 SPAN_ENTRY = -1

@@ -16,13 +16,13 @@ In a pool child (:meth:`PoolRelay.start_in_child`, from ``worker_process_init``)
   leaves nothing behind;
 - a span processor replaces the inherited ones: each ended span is encoded and queued
   for the same sends. The child never exports, so nothing delays its exit;
-- entries travel over the prefork bridge's socketpair (:mod:`otel_celery_metrics._prefork`),
+- entries travel over the prefork bridge's socketpair (:mod:`otel_celery_metrics.pool.prefork`),
   bounded like everything else there. Metrics are not collected while earlier entries
   are still unsent: the SDK's delta storage holds them meanwhile, so backpressure costs
   no measurements.
 
 In the main process (:meth:`PoolRelay.receive`): points are merged into
-:class:`~otel_celery_metrics._relay_store.RelayStore`, which every metric reader reads
+:class:`~otel_celery_metrics.pool.relay_store.RelayStore`, which every metric reader reads
 at collection (:meth:`PoolRelay.attach`); spans are rebuilt under the main process'
 resource and handed to its span processors.
 
@@ -36,10 +36,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from otel_celery_metrics._relay_codec import decode_span, encode_metrics, encode_span
-from otel_celery_metrics._relay_store import ReaderView, RelayStore, merge_into
-from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_adapter import SdkAdapter, pool_relay
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.pool.codec import decode_span, encode_metrics, encode_span
+from otel_celery_metrics.pool.relay_store import ReaderView, RelayStore, merge_into
+from otel_celery_metrics.sdk_adapter import SdkAdapter, pool_relay
 
 #: Entry markers on the prefork bridge's socketpair (its own measurements use >= 0, -1).
 POINT = -2

@@ -1,6 +1,6 @@
 """The main process' merged view of what pool children recorded: deltas in, SDK metrics out.
 
-Children send delta points (:mod:`otel_celery_metrics._relay_codec`); :class:`RelayStore`
+Children send delta points (:mod:`otel_celery_metrics.pool.codec`); :class:`RelayStore`
 adds them into one cumulative series per (scope, metric, attribute set), whichever child
 sent them, so the worker looks like one process. A child that exits takes nothing with
 it: its deltas are already here.
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._relay_codec import GAUGE, HISTOGRAM, SUM, Attrs, MetricKey, Point, Scope
+from otel_celery_metrics.pool.codec import GAUGE, HISTOGRAM, SUM, Attrs, MetricKey, Point, Scope
 
 _OVERFLOW: Attrs = (("otel.metric.overflow", True),)
 _SeriesKey = tuple[Scope, MetricKey]

@@ -1,8 +1,8 @@
 """Serving an endpoint with a web config file: reloads, TLS per connection, basic auth.
 
 Shared by the standalone exporter (:mod:`otel_celery_metrics.exporter.http`) and the
-in-process endpoint (:mod:`otel_celery_metrics._prometheus_web`); the format itself is
-:mod:`otel_celery_metrics._web_config`.
+in-process endpoint (:mod:`otel_celery_metrics.endpoint.guarded_web`); the format itself is
+:mod:`otel_celery_metrics.core.web_config`.
 
 - :class:`WebConfigFile` keeps the current :class:`~._web_config.WebConfig` and re-reads
   the file when it, or a certificate/key/CA file it names, changes (checked per
@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._web_config import (
+from otel_celery_metrics.core.web_config import (
     WebConfig,
     WebConfigError,
     load_web_config,

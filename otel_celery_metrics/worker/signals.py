@@ -1,13 +1,13 @@
 """Celery signal receivers: turn signals into measurements for a sink.
 
 The receivers do not know which process they run in. Task outcomes are not recorded here
-but from Celery's request callbacks (:mod:`otel_celery_metrics._outcomes`); the signals
+but from Celery's request callbacks (:mod:`otel_celery_metrics.worker.outcomes`); the signals
 used here are the producer's, the worker main process' own (``task_revoked``,
 ``task_unknown``, ``task_rejected``; received messages are counted where Celery builds
-their request, see :mod:`otel_celery_metrics._outcomes`) and, only when exemplars are on,
+their request, see :mod:`otel_celery_metrics.worker.outcomes`) and, only when exemplars are on,
 ``task_prerun``/``task_postrun`` to note the span each task ran in. Under prefork those
 two fire in pool children; the sink behind them is switched by
-:mod:`otel_celery_metrics._prefork`, never by a branch here.
+:mod:`otel_celery_metrics.pool.prefork`, never by a branch here.
 
 Every receiver catches its own exceptions (:class:`FailureLog`): a broken metric must not
 fail, retry or slow down a user's task.
@@ -22,15 +22,15 @@ from typing import Any, Protocol
 
 from opentelemetry import trace
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._outcomes import (
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.routing import delivered_queue, published_queue
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.recording.recorder import AttrValues
+from otel_celery_metrics.worker.outcomes import (
     PUBLISHED_AT_HEADER,
     RECEIVED_AT_FIELD,
     TaskOutcomes,
 )
-from otel_celery_metrics._recorder import AttrValues
-from otel_celery_metrics._routing import delivered_queue, published_queue
-from otel_celery_metrics._safety import FailureLog
 
 __all__ = ["PUBLISHED_AT_HEADER", "RECEIVED_AT_FIELD", "TaskReceivers"]
 

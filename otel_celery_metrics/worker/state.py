@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from otel_celery_metrics._recorder import AttrValues
-from otel_celery_metrics._routing import delivered_queue
+from otel_celery_metrics.core.routing import delivered_queue
+from otel_celery_metrics.recording.recorder import AttrValues
 
 Observed = Iterable[tuple[float, AttrValues]]
 

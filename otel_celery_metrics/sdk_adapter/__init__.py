@@ -1,5 +1,5 @@
 """The only place that touches OpenTelemetry SDK internals: :class:`SdkAdapter` here, and
-:mod:`~otel_celery_metrics._sdk_adapter.pool_relay` for what the pool-child relay needs
+:mod:`~otel_celery_metrics.sdk_adapter.pool_relay` for what the pool-child relay needs
 (pool children's readers and span processors; its docstring lists those privates).
 
 One adapter per meter provider and instrumentation. Each change it makes is recorded with
@@ -16,7 +16,7 @@ producer API in the versions we support, so this module reads and writes these p
 - ``MetricReader._collect`` (the instance attribute ``MeterProvider`` sets through
   ``_set_collect_callback``): replaced by a wrapper that runs the collection inside the
   prefork fence, reads what pool children sent, and adds our self-aggregated histograms
-  (:mod:`otel_celery_metrics._histogram_export`, public SDK types only); undone;
+  (:mod:`otel_celery_metrics.recording.histograms`, public SDK types only); undone;
 - ``MetricReader._instrument_class_temporality`` (read): the temporality a reader wants for
   histograms (keyed by ``opentelemetry.sdk.metrics._internal.instrument._Histogram``) and,
   for the relayed series (:meth:`SdkAdapter.add_relayed`), counters and up-down counters;
@@ -41,7 +41,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._histogram_export import HistogramProducer, HistogramSource
+from otel_celery_metrics.recording.histograms import HistogramProducer, HistogramSource
 
 _logger = logging.getLogger(__name__)
 

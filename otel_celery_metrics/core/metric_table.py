@@ -1,9 +1,9 @@
 """The one table of metrics: names, instrument kinds, units, descriptions, attributes, buckets.
 
-Instruments (:mod:`otel_celery_metrics._recorder`), the standalone exporter,
+Instruments (:mod:`otel_celery_metrics.recording.recorder`), the standalone exporter,
 ``docs/metrics.md`` and the tests all come from :data:`METRICS`. Change a metric here and
 the reference test tells you which document to regenerate (``python -m
-otel_celery_metrics.metric_table > docs/metrics.md``).
+otel_celery_metrics.core.metric_table > docs/metrics.md``).
 
 Names are OpenTelemetry names; :func:`prometheus_name` gives the series name the
 OpenTelemetry Prometheus exporter (and the Collector's ``prometheus`` exporter) produce:
@@ -584,8 +584,8 @@ def render_reference() -> str:
     lines = [
         "# Metrics reference",
         "",
-        "Generated from `otel_celery_metrics/metric_table.py` by "
-        "`python -m otel_celery_metrics.metric_table > docs/metrics.md`; "
+        "Generated from `otel_celery_metrics/core/metric_table.py` by "
+        "`python -m otel_celery_metrics.core.metric_table > docs/metrics.md`; "
         "a test fails when this file and the table disagree.",
         "",
         "| Prometheus series | OpenTelemetry name | Instrument | Unit | Attributes | Description |",

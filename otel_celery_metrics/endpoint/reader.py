@@ -12,7 +12,7 @@ constructor and raises on a busy port:
 - a busy port is one error line and a background retry (:class:`MetricsServer`), not an
   exception out of the SDK's configuration;
 - with ``OTEL_CELERY_METRICS_WEB_CONFIG_FILE``, TLS and basic auth
-  (:mod:`otel_celery_metrics._prometheus_web`). In a ``celery worker`` those lines wait for
+  (:mod:`otel_celery_metrics.endpoint.guarded_web`). In a ``celery worker`` those lines wait for
   Celery's ``celeryd_after_setup`` signal, i.e. for the worker's own logging: a detached
   node (every ``celery multi`` node) has ``/dev/null`` as stderr until then.
 
@@ -28,10 +28,14 @@ from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
-from otel_celery_metrics._metrics_endpoint import EndpointError, MetricsServer, plan_endpoint
-from otel_celery_metrics._process_role import Role, process_role
-from otel_celery_metrics._prometheus_web import WEB_CONFIG_VARIABLE, closed_message, guarded_serve
-from otel_celery_metrics._web_config import WebConfigError
+from otel_celery_metrics.core.web_config import WebConfigError
+from otel_celery_metrics.endpoint.guarded_web import (
+    WEB_CONFIG_VARIABLE,
+    closed_message,
+    guarded_serve,
+)
+from otel_celery_metrics.endpoint.server import EndpointError, MetricsServer, plan_endpoint
+from otel_celery_metrics.worker.process_role import Role, process_role
 
 _logger = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class CeleryPrometheusReader(PrometheusMetricReader):
         self.server: MetricsServer | None = None
         in_worker = process_role() is Role.WORKER
         try:
-            from otel_celery_metrics._resource import worker_nodename
+            from otel_celery_metrics.worker.resource import worker_nodename
 
             endpoint = plan_endpoint(os.environ, worker_nodename())
         except EndpointError as exc:

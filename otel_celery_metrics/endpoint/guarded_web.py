@@ -9,7 +9,7 @@ imports its exporters) checks the file and swaps ``prometheus`` in
 ``OTEL_METRICS_EXPORTER`` for our own entry point, :data:`EXPORTER_NAME`, whose reader
 (``_prometheus_reader.CeleryPrometheusReader``, also what workers get without a web config:
 a ``celery multi`` node's own port, a busy port retried) is the same Prometheus reader
-serving the same registry on the same ``OTEL_EXPORTER_PROMETHEUS_HOST:PORT``, through
+serving the same registry on the same ``OTEL_EXPORTERPROMETHEUS_HOST:PORT``, through
 :mod:`otel_celery_metrics.core.web_serving` (:func:`guarded_serve`). The SDK builds it in the
 worker's main process at start-up, so the main process serves it (pool children fork
 after and start no server).
@@ -34,9 +34,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from otel_celery_metrics.core.web_config import WebConfigError
 from otel_celery_metrics.core.web_serving import GuardedServerMixin, WebConfigFile, guard_wsgi
-from otel_celery_metrics.endpoint.sdk_hooks import (
+from otel_celery_metrics.endpoint.exporter_choice import (
+    EXPORTER_VARIABLE,
+    PROMETHEUS,
     READER_ENTRY_POINT,
     Replace,
+    busy_port_message,
     reader_registered,
     write_exporters,
 )
@@ -47,8 +50,6 @@ _logger = logging.getLogger(__name__)
 #: Our ``opentelemetry_metrics_exporter`` entry point (pyproject.toml).
 EXPORTER_NAME = READER_ENTRY_POINT
 WEB_CONFIG_VARIABLE = variable_name("web_config_file")
-_EXPORTER_VARIABLE = "OTEL_METRICS_EXPORTER"
-_PROMETHEUS = "prometheus"
 
 
 def closed_message(problem: str) -> str:
@@ -68,13 +69,13 @@ def select_guarded_reader(
     Never raises."""
     try:
         path = environ.get(WEB_CONFIG_VARIABLE, "").strip()
-        names = [n.strip() for n in environ.get(_EXPORTER_VARIABLE, "").split(",") if n.strip()]
+        names = [n.strip() for n in environ.get(EXPORTER_VARIABLE, "").split(",") if n.strip()]
         # EXPORTER_NAME: _port_check selected our reader already (a worker or beat). The
         # reader checks the file itself and says so once the worker's logging is set up: a
         # celery multi node's stderr is /dev/null until then, so a line here would be lost.
-        if not path or _PROMETHEUS not in names or EXPORTER_NAME in names:
+        if not path or PROMETHEUS not in names or EXPORTER_NAME in names:
             return None
-        rest = [n for n in names if n not in (_PROMETHEUS, EXPORTER_NAME)]
+        rest = [n for n in names if n not in (PROMETHEUS, EXPORTER_NAME)]
         try:
             WebConfigFile.open(path)
         except WebConfigError as exc:
@@ -82,7 +83,7 @@ def select_guarded_reader(
         else:
             if registered():
                 replace(environ, ",".join(
-                    EXPORTER_NAME if n == _PROMETHEUS else n for n in names))
+                    EXPORTER_NAME if n == PROMETHEUS else n for n in names))
                 return None
             # The SDK's own reader cannot apply the file, and a name it cannot find would
             # abort its whole setup: closed, never open.
@@ -95,8 +96,8 @@ def select_guarded_reader(
     except Exception as exc:  # noqa: BLE001 - a worker must start whatever happens here
         _logger.error("otel-celery-metrics: could not apply %s: %s; /metrics is not served",
                       WEB_CONFIG_VARIABLE, exc)
-        rest = [n.strip() for n in str(environ.get(_EXPORTER_VARIABLE, "")).split(",")
-                if n.strip() and n.strip() not in (_PROMETHEUS, EXPORTER_NAME)]
+        rest = [n.strip() for n in str(environ.get(EXPORTER_VARIABLE, "")).split(",")
+                if n.strip() and n.strip() not in (PROMETHEUS, EXPORTER_NAME)]
         replace(environ, ",".join(rest) or "none")  # closed, never open
         return None
 
@@ -154,7 +155,6 @@ def guarded_prometheus_reader(host: str, port: int, scope_labels: bool, registry
 def start_endpoint(host: str, port: int | str, registry: Any, path: str) -> None:
     """Serve ``registry`` behind the web config at ``path``; never raises (one error line
     on a bad file or a busy port, and no endpoint)."""
-    from otel_celery_metrics.endpoint.sdk_hooks import busy_port_message
 
     try:
         web_config = WebConfigFile.open(path)

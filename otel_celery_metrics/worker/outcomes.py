@@ -27,10 +27,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Protocol
 
 from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core import queue_wait
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER, RECEIVED_AT_FIELD
 from otel_celery_metrics.core.routing import (
     DELIVERED_FROM,
     ConsumeHook,
@@ -41,12 +42,6 @@ from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.recording.recorder import AttrValues, SpanIds
 
 _logger = logging.getLogger(__name__)
-
-#: Message header carrying the producer's wall-clock publish time (seconds since epoch).
-PUBLISHED_AT_HEADER = "otel_celery_published_at"
-#: Request field the worker's main process sets when a message is received (the
-#: queue-wait reference when the producer is not instrumented).
-RECEIVED_AT_FIELD = "otel_celery_received_at"
 
 _TASKS = mt.METRIC_INDEX[mt.TASKS.name]
 _FAILURES = mt.METRIC_INDEX[mt.TASK_FAILURES.name]
@@ -78,31 +73,15 @@ class Emitter(Protocol):
     ) -> None: ...
 
 
-def _eta_timestamp(eta: Any) -> float | None:
-    if not eta:
-        return None
-    try:
-        if isinstance(eta, datetime):
-            return eta.timestamp()
-        return datetime.fromisoformat(str(eta)).timestamp()
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
 def wait_reference(fields: dict[str, Any], eta: Any) -> tuple[float | None, str]:
-    """When a task's wait for execution started, and from what (publish, eta, received)."""
+    """When a task's wait for execution started, and from what (:mod:`~.core.queue_wait`)."""
     published = fields.get(PUBLISHED_AT_HEADER)
-    eta_at = _eta_timestamp(eta) if eta else None
-    if isinstance(published, (int, float)):
-        if eta_at is not None and eta_at > published:
-            return eta_at, "eta"
-        return float(published), "publish"
     received = fields.get(RECEIVED_AT_FIELD)
-    if isinstance(received, (int, float)):
-        if eta_at is not None and eta_at > received:
-            return eta_at, "eta"
-        return float(received), "received"
-    return None, ""
+    return queue_wait.wait_reference(
+        float(published) if isinstance(published, (int, float)) else None,
+        float(received) if isinstance(received, (int, float)) else None,
+        queue_wait.eta_timestamp(eta),
+    )
 
 
 class SpanJoin:
@@ -293,10 +272,7 @@ class TaskOutcomes:
         reference, wait_from = wait_reference(request.request_dict, request.eta)
         if reference is None:
             return None
-        # Producer and worker clocks can disagree; a negative wait means skew, not time
-        # travel, so it is clamped at 0.
-        wait = started - reference
-        return wait_from, wait if wait > 0 else 0.0
+        return wait_from, queue_wait.wait_seconds(reference, started)
 
     def reporting_failure(self, request: Any) -> None:
         """Celery is about to report a failure for ``request`` from this process (a lost

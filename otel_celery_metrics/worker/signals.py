@@ -23,16 +23,13 @@ from typing import Any, Protocol
 from opentelemetry import trace
 
 from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from otel_celery_metrics.core.routing import delivered_queue, published_queue
 from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.recording.recorder import AttrValues
-from otel_celery_metrics.worker.outcomes import (
-    PUBLISHED_AT_HEADER,
-    RECEIVED_AT_FIELD,
-    TaskOutcomes,
-)
+from otel_celery_metrics.worker.outcomes import TaskOutcomes
 
-__all__ = ["PUBLISHED_AT_HEADER", "RECEIVED_AT_FIELD", "TaskReceivers"]
+__all__ = ["TaskReceivers"]
 
 # Bound on tasks started but not finished in one process (exemplar spans). Postrun always
 # follows prerun in the same process; this only protects against sequences not foreseen.

@@ -20,15 +20,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER, RECEIVED_AT_FIELD
 from otel_celery_metrics.core.routing import DELIVERED_FROM
 from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.recording.settings import Settings
-from otel_celery_metrics.worker.outcomes import (
-    PUBLISHED_AT_HEADER,
-    RECEIVED_AT_FIELD,
-    RequestHooks,
-    TaskOutcomes,
-)
+from otel_celery_metrics.worker.outcomes import RequestHooks, TaskOutcomes
 from otel_celery_metrics.worker.signals import TaskReceivers
 from tests.unit.sdk_hook import hooked_recorder
 

@@ -11,13 +11,15 @@ from typing import Any
 import pytest
 
 from otel_celery_metrics.endpoint import sdk_hooks as _port_check
-from otel_celery_metrics.endpoint.sdk_hooks import (
+from otel_celery_metrics.endpoint.exporter_choice import (
     ExporterSwap,
     check_prometheus_port,
+    prometheus_address,
+)
+from otel_celery_metrics.endpoint.sdk_hooks import (
     post_sdk_init,
     pre_sdk_init,
     prepare_metrics_exporters,
-    prometheus_address,
 )
 from otel_celery_metrics.endpoint.server import MULTI_MARKER
 from otel_celery_metrics.worker.process_role import Role

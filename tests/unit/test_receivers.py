@@ -13,12 +13,10 @@ from typing import Any
 import pytest
 
 from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from otel_celery_metrics.core.routing import DELIVERED_FROM
 from otel_celery_metrics.core.safety import FailureLog
-from otel_celery_metrics.worker.signals import (
-    PUBLISHED_AT_HEADER,
-    TaskReceivers,
-)
+from otel_celery_metrics.worker.signals import TaskReceivers
 
 WALL = 1_700_000_000.0
 

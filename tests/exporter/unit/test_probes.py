@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.probes import ProbeResult, QueueDepthProbe
-from otel_celery_metrics.worker.outcomes import PUBLISHED_AT_HEADER
 from tests.exporter.support import FakeClock, value
 from tests.exporter.unit.test_handlers import feed, scrape
 

@@ -1,0 +1,59 @@
+"""The package's import rules (pyproject's ``[tool.importlinter]`` contracts) hold, and fail on a
+violation: a copy of the package with one forbidden import breaks exactly the contract named."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root, capture_output=True, text=True, timeout=120, check=False,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_the_tree_keeps_every_import_contract() -> None:
+    result = _lint(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        # The exporter reaching into the in-process side (what probes.py once did).
+        ("exporter/store.py", "from otel_celery_metrics.worker import outcomes",
+         "The standalone exporter imports only the core"),
+        # The core depending on a room above it.
+        ("core/safety.py", "from otel_celery_metrics.recording import recorder",
+         "In-process layers"),
+        # A cycle between two modules of one room (what _port_check and _prometheus_web had).
+        ("endpoint/server.py", "from otel_celery_metrics.endpoint import sdk_hooks",
+         "No import cycles"),
+    ],
+)
+def test_a_forbidden_import_breaks_its_contract(
+    tmp_path: Path, module: str, line: str, broken: str
+) -> None:
+    shutil.copytree(REPO / "otel_celery_metrics", tmp_path / "otel_celery_metrics",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / "otel_celery_metrics" / module
+    target.write_text(target.read_text() + f"\n{line}  # noqa\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    verdicts = [ln for ln in result.stdout.splitlines() if ln.endswith(("KEPT", "BROKEN"))]
+    assert [ln for ln in verdicts if ln.endswith("BROKEN")] == [
+        ln for ln in verdicts if ln.startswith(broken)
+    ], result.stdout
+    assert any(ln.startswith(broken) for ln in verdicts), result.stdout

@@ -33,17 +33,18 @@ def test_the_tree_keeps_every_import_contract() -> None:
     [
         # The exporter reaching into the in-process side (what probes.py once did).
         ("exporter/store.py", "from otel_celery_metrics.worker import outcomes",
-         "The standalone exporter imports only the core"),
+         {"The standalone exporter imports only the core"}),
         # The core depending on a room above it.
         ("core/safety.py", "from otel_celery_metrics.worker import green",
-         "In-process layers"),
+         # ... which is also a cycle between rooms, and puts worker under the exporter.
+         {"In-process layers", "No import cycles", "The standalone exporter imports only"}),
         # A cycle between two modules of one room (what _port_check and _prometheus_web had).
         ("endpoint/server.py", "from otel_celery_metrics.endpoint import sdk_hooks",
-         "No import cycles"),
+         {"No import cycles"}),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(
-    tmp_path: Path, module: str, line: str, broken: str
+    tmp_path: Path, module: str, line: str, broken: set[str]
 ) -> None:
     shutil.copytree(REPO / "otel_celery_metrics", tmp_path / "otel_celery_metrics",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -53,7 +54,6 @@ def test_a_forbidden_import_breaks_its_contract(
     result = _lint(tmp_path)
     assert result.returncode != 0
     verdicts = [ln for ln in result.stdout.splitlines() if ln.endswith(("KEPT", "BROKEN"))]
-    assert [ln for ln in verdicts if ln.endswith("BROKEN")] == [
-        ln for ln in verdicts if ln.startswith(broken)
-    ], result.stdout
-    assert any(ln.startswith(broken) for ln in verdicts), result.stdout
+    found = {ln for ln in verdicts if ln.endswith("BROKEN")}
+    assert len(found) == len(broken), result.stdout
+    assert all(any(ln.startswith(name) for ln in found) for name in broken), result.stdout

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_celery_metrics.core.safety import FailureLog
-from otel_celery_metrics.recording.recorder import AttrValues, Measurement
+from otel_celery_metrics.recording.admission import AttrValues
+from otel_celery_metrics.recording.recorder import Measurement
 
 #: Marks a span entry (task id, trace id, span id) among a datagram's measurements.
 SPAN_ENTRY = -1

@@ -51,7 +51,8 @@ from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.pool.child_forwarder import SPAN_ENTRY as _SPAN
 from otel_celery_metrics.pool.child_forwarder import ChildForwarder
 from otel_celery_metrics.pool.relay import POINT, SPAN, PoolRelay
-from otel_celery_metrics.recording.recorder import AttrValues, Measurement, Recorder, SpanIds
+from otel_celery_metrics.recording.admission import AttrValues
+from otel_celery_metrics.recording.recorder import Measurement, Recorder, SpanIds
 from otel_celery_metrics.worker.outcomes import SpanJoin
 
 _DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]

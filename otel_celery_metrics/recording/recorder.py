@@ -29,22 +29,21 @@ names, queues and series.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.recording.admission import COLLECTION_LOCK_WAIT, Admission, AttrValues
 from otel_celery_metrics.recording.settings import Settings
 
-AttrValues = tuple[str, ...]
 #: (trace id, span id) of the sampled span a measurement was taken in, for exemplars.
 SpanIds = tuple[int, int]
 #: (metric index, value, attribute values in table order).
@@ -62,7 +61,7 @@ _QUEUE_WAIT = mt.METRIC_INDEX[mt.TASK_QUEUE_WAIT.name]
 _RECEIVED = mt.METRIC_INDEX[mt.TASKS_RECEIVED.name]
 _COUNTER = mt.InstrumentKind.COUNTER
 # Seconds a collection waits for the aggregates' lock before serving without them.
-_COLLECTION_LOCK_WAIT = 1.0
+_COLLECTION_LOCK_WAIT = COLLECTION_LOCK_WAIT
 _HISTOGRAM = mt.InstrumentKind.HISTOGRAM
 _GAUGE = mt.InstrumentKind.OBSERVABLE_GAUGE
 
@@ -182,17 +181,10 @@ class Recorder:
         # the main process.
         self._failures = failures or FailureLog(on_failure=self._count_internal_errors)
         self._lock = threading.Lock()  # guards the aggregates below
-        self._admit_lock = threading.Lock()
-        self._task_names: set[str] = set()
-        self._queues: set[str] = set()
-        self._schedule_entries: set[str] = set()
-        self._series: list[set[AttrValues]] = [set() for _ in mt.METRICS]
-        # Raw attribute values -> (admitted values, which cap replaced a value).
-        self._cache: list[dict[AttrValues, tuple[AttrValues, str | None]]] = [
-            {} for _ in mt.METRICS
-        ]
-        # Attribute keys each metric records, after the user's narrowing.
-        self._keys: list[tuple[str, ...]] = [self._kept_keys(spec) for spec in mt.METRICS]
+        # Attribute sets, caps and the series cap (recording.admission).
+        self._admission = Admission(settings)
+        self._admitted = self._admission.admitted
+        self._keys = self._admission.keys
         self._kinds = [spec.kind for spec in mt.METRICS]
         self._bounds: list[tuple[float, ...]] = [tuple(self._buckets(s) or ()) for s in mt.METRICS]
         # Counter values as one-element lists ("cells"), so the hot path adds in place.
@@ -251,19 +243,10 @@ class Recorder:
         """New locks, in a forked child: a copy may have been taken while another thread
         of the parent held one, and would then never be released in the child."""
         self._lock = threading.Lock()
-        self._admit_lock = threading.Lock()
+        self._admission.reinit_lock()
         self._timeouts_lock = threading.Lock()
 
     # -- instrument creation -------------------------------------------------------------
-
-    def _kept_keys(self, spec: mt.MetricSpec) -> tuple[str, ...]:
-        if spec.recorded_in == "self":
-            return spec.attributes
-        # Keys users cannot narrow (beat's schedule_entry) are always kept.
-        return tuple(
-            k for k in spec.attributes
-            if k in self._settings.attributes or k not in mt.NARROWABLE_ATTRIBUTES
-        )
 
     def _buckets(self, spec: mt.MetricSpec) -> Sequence[float] | None:
         if spec is mt.TASK_RUNTIME:
@@ -640,80 +623,3 @@ class Recorder:
                 "served what it had; counted in otel_celery_metrics_dropped_total"
                 "{reason=\"collection_timeout\"}, logged once", what,
             )
-
-    # -- admission ---------------------------------------------------------------------------
-
-    def _admitted(self, metric: int, raw: AttrValues) -> tuple[AttrValues, str | None]:
-        cached = self._cache[metric].get(raw)
-        if cached is None:
-            cached = self._admit(metric, raw)
-        return cached
-
-    def _admit(self, metric: int, raw: AttrValues) -> tuple[AttrValues, str | None]:
-        """Apply the attribute set, the name/queue caps and the series cap to ``raw``."""
-        spec = mt.METRICS[metric]
-        if len(raw) != len(spec.attributes):
-            msg = f"{spec.name} takes {len(spec.attributes)} attribute values, got {len(raw)}"
-            raise ValueError(msg)
-        keep = self._keys[metric]
-        overflowed: str | None = None
-        values: list[str] = []
-        with _bounded(self._admit_lock):  # on a cache miss only; see _bounded
-            for key, value in zip(spec.attributes, raw, strict=True):
-                if key not in keep:
-                    continue
-                text = value if isinstance(value, str) else str(value)
-                if spec.recorded_in != "self":
-                    if key == mt.TASK_NAME:
-                        cap = self._settings.max_task_names
-                        text, capped = _capped(text, self._task_names, cap)
-                        overflowed = overflowed or ("task_name" if capped else None)
-                    elif key == mt.QUEUE:
-                        text, capped = _capped(text, self._queues, self._settings.max_queues)
-                        overflowed = overflowed or ("queue" if capped else None)
-                    elif key == mt.SCHEDULE_ENTRY:
-                        text, capped = _capped(
-                            text, self._schedule_entries, self._settings.max_task_names
-                        )
-                        overflowed = overflowed or ("schedule_entry" if capped else None)
-                values.append(text)
-            admitted = tuple(values)
-            series = self._series[metric]
-            if admitted not in series:
-                if len(series) >= self._settings.max_series_per_metric:
-                    admitted = (mt.OVERFLOW_VALUE,) * len(admitted)
-                    overflowed = "series"
-                series.add(admitted)
-            result = (admitted, overflowed)
-            cache = self._cache[metric]
-            # Hostile input (a flood of distinct task names) must not grow the cache
-            # without bound: past a generous size, admission is recomputed per call.
-            if len(cache) < 4 * self._settings.max_series_per_metric:
-                cache[raw] = result
-        return result
-
-
-@contextlib.contextmanager
-def _bounded(lock: threading.Lock, seconds: float = _COLLECTION_LOCK_WAIT) -> Iterator[None]:
-    """Hold ``lock``, waiting at most ``seconds``; TimeoutError past that.
-
-    For locks a collection may take (admission of a new gauge attribute set): every wait
-    in a collection is bounded. The caller's failure handling counts the timeout.
-    """
-    if not lock.acquire(timeout=seconds):
-        msg = f"a lock was not free after {seconds} s"
-        raise TimeoutError(msg)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _capped(value: str, seen: set[str], cap: int) -> tuple[str, bool]:
-    if value in seen:
-        return value, False
-    if len(seen) >= cap:
-        return mt.OVERFLOW_VALUE, True
-    seen.add(value)
-    return value, False
-

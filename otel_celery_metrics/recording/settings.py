@@ -11,11 +11,11 @@ Metrics must not be the reason a worker refuses to start.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
 from otel_celery_metrics.core.metric_table import DEFAULT_SECONDS_BUCKETS, NARROWABLE_ATTRIBUTES
+from otel_celery_metrics.core.parsing import parse_bool, parse_buckets
 
 PREFIX = "OTEL_CELERY_METRICS_"
 
@@ -67,20 +67,6 @@ class Settings:
     web_config_file: str = ""
 
 
-def _parse_buckets(raw: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(part) for part in raw.split(",") if part.strip())
-    except ValueError:
-        raise ValueError("expected comma-separated numbers of seconds, e.g. 0.1,1,10") from None
-    if not values:
-        raise ValueError("expected at least one boundary")
-    if any(not math.isfinite(v) or v < 0 for v in values):
-        raise ValueError("boundaries must be finite and >= 0")
-    if list(values) != sorted(set(values)):
-        raise ValueError("boundaries must be strictly increasing")
-    return values
-
-
 def _int_between(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
@@ -103,15 +89,6 @@ def _parse_attributes(raw: str) -> frozenset[str]:
     return keys
 
 
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
 def _parse_exemplars(raw: str) -> str:
     lowered = raw.strip().lower()
     if lowered in ("auto", "off"):
@@ -132,16 +109,16 @@ def _parse_path(raw: str) -> str:
 
 
 _PARSERS: dict[str, Callable[[str], object]] = {
-    "runtime_buckets": _parse_buckets,
-    "queue_wait_buckets": _parse_buckets,
+    "runtime_buckets": parse_buckets,
+    "queue_wait_buckets": parse_buckets,
     "max_task_names": _int_between(1, 100_000),
     "max_queues": _int_between(1, 10_000),
     "max_series_per_metric": _int_between(1, SDK_CARDINALITY_LIMIT - 1),
     "attributes": _parse_attributes,
     "default_queue": _parse_queue,
-    "prometheus_scope_labels": _parse_bool,
+    "prometheus_scope_labels": parse_bool,
     "exemplars": _parse_exemplars,
-    "relay": _parse_bool,
+    "relay": parse_bool,
     "web_config_file": _parse_path,
 }
 

@@ -17,7 +17,7 @@ from importlib import metadata
 from typing import Any, Protocol
 
 from otel_celery_metrics.core import metric_table as mt
-from otel_celery_metrics.recording.recorder import AttrValues
+from otel_celery_metrics.recording.admission import AttrValues
 
 _logger = logging.getLogger(__name__)
 _INACTIVE = mt.METRIC_INDEX[mt.SELF_HOOK_INACTIVE.name]

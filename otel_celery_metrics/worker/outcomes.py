@@ -39,7 +39,8 @@ from otel_celery_metrics.core.routing import (
     fallback_queue,
 )
 from otel_celery_metrics.core.safety import FailureLog
-from otel_celery_metrics.recording.recorder import AttrValues, SpanIds
+from otel_celery_metrics.recording.admission import AttrValues
+from otel_celery_metrics.recording.recorder import SpanIds
 
 _logger = logging.getLogger(__name__)
 

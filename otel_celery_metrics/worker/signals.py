@@ -26,7 +26,7 @@ from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from otel_celery_metrics.core.routing import delivered_queue, published_queue
 from otel_celery_metrics.core.safety import FailureLog
-from otel_celery_metrics.recording.recorder import AttrValues
+from otel_celery_metrics.recording.admission import AttrValues
 from otel_celery_metrics.worker.outcomes import TaskOutcomes
 
 __all__ = ["TaskReceivers"]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from otel_celery_metrics.core.routing import delivered_queue
-from otel_celery_metrics.recording.recorder import AttrValues
+from otel_celery_metrics.recording.admission import AttrValues
 
 Observed = Iterable[tuple[float, AttrValues]]
 

@@ -42,7 +42,7 @@ DEFAULT_SECONDS_BUCKETS: tuple[float, ...] = (
 # Attribute keys. Every one is bounded: a task *name* (not id), a queue, a state out of
 # Celery's fixed set, an exception *class* name, and where a queue-wait point was measured
 # from. Never task ids, arguments, results, exception messages, routing keys or producer
-# hostnames. ATTRIBUTE_SOURCES says where each value comes from and what bounds it.
+# hostnames. docs/metrics_reference.py says where each value comes from and what bounds it.
 TASK_NAME = "task_name"
 QUEUE = "queue"
 STATE = "state"

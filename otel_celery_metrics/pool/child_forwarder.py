@@ -2,14 +2,13 @@
 
 The task thread appends measurements, exemplar spans and relayed entries, and sends them
 without blocking (``MSG_DONTWAIT``): a task never waits for the main process. Each
-datagram is ``marshal.dumps((dropped, entries))``; :class:`~._prefork.ForkBridge` in the
+datagram is encoded by :mod:`~otel_celery_metrics.pool.codec`; :class:`~._prefork.ForkBridge` in the
 main process reads and decodes them. Split from :mod:`otel_celery_metrics.pool.prefork`,
 which creates this object in every pool child.
 """
 
 from __future__ import annotations
 
-import marshal
 import socket
 import threading
 import time
@@ -17,13 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.pool.codec import EXEMPLAR_ENTRY, ExemplarEntry, encode_datagram
 from otel_celery_metrics.recording.admission import AttrValues
 from otel_celery_metrics.recording.recorder import Measurement
 
-#: Marks a span entry (task id, trace id, span id) among a datagram's measurements.
-SPAN_ENTRY = -1
-#: (SPAN_ENTRY, task id, trace id, span id)
-SpanEntry = tuple[int, str, int, int]
 # Measurements per datagram: keeps each datagram far below the socket's size limit.
 _CHUNK = 256
 # Bytes per datagram a child sends: relayed points and spans are larger than our own
@@ -32,8 +28,6 @@ _MAX_SEND = 60_000
 # Seconds a child waits after a refused send before trying again (at its next task).
 _RETRY_DELAY = 0.005
 _MAX_RETRY_DELAY = 1.0
-# marshal's format is stable per version; both ends are the same interpreter anyway.
-MARSHAL_VERSION = 4
 
 
 class ChildForwarder:
@@ -59,7 +53,7 @@ class ChildForwarder:
         self._retry_in_background = retry_in_background
         self._lock = threading.Lock()  # guards _pending and _dropped
         self._send_lock = threading.Lock()  # one sender at a time
-        self._pending: list[Measurement | SpanEntry | tuple[int, Any]] = []
+        self._pending: list[Measurement | ExemplarEntry | tuple[int, Any]] = []
         self._dropped = 0
         # After a refused send, the task thread does not try again before this time:
         # re-encoding a growing backlog after every task is what a busy main process would
@@ -74,7 +68,7 @@ class ChildForwarder:
 
     def span(self, task_id: str, trace_id: int, span_id: int) -> None:
         with self._lock:
-            self._pending.append((SPAN_ENTRY, task_id, trace_id, span_id))
+            self._pending.append((EXEMPLAR_ENTRY, task_id, trace_id, span_id))
 
     def extend(self, entries: list[Any]) -> None:
         """Queue entries of the pool-child relay (sent with the next flush), bounded."""
@@ -122,7 +116,7 @@ class ChildForwarder:
                 size = min(_CHUNK, len(pending) - sent)
                 while True:
                     chunk = pending[sent : sent + size]
-                    data = marshal.dumps((dropped, chunk), MARSHAL_VERSION)
+                    data = encode_datagram(dropped, chunk)
                     if len(data) <= _MAX_SEND or size == 1:
                         break
                     size //= 2

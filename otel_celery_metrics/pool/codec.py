@@ -1,4 +1,18 @@
-"""The relay's wire format: SDK metric points and ended spans as plain, marshal-able tuples.
+"""The prefork bridge's wire format: datagrams, their entries, and relayed points and spans.
+
+Every datagram a pool child sends the worker's main process is
+``marshal.dumps((dropped, entries), MARSHAL_VERSION)`` (:func:`encode_datagram`):
+``dropped`` counts measurements the child had to drop (a full buffer), and each entry is
+one of, told apart by its first element,
+
+- a measurement of ours: ``(metric index >= 0, value, attribute values, ...)``;
+- :data:`EXEMPLAR_ENTRY`: ``(-1, task id, trace id, span id)``, the span of a task run;
+- :data:`POINT_ENTRY`: ``(-2, point)``, a relayed metric point (below);
+- :data:`SPAN_ENTRY`: ``(-3, span)``, a relayed span (below).
+
+This module owns that format: the child's forwarder encodes with it, the main process'
+bridge decodes with :func:`decode_datagram`.
+
 
 A pool child turns what its SDK collected (delta points) and the spans that ended in it
 into tuples of str/int/float/bool; the main process turns them back into what the SDK
@@ -23,8 +37,31 @@ scope)``; contexts are ``(trace id, span id, flags, is_remote, trace state pairs
 
 from __future__ import annotations
 
+import marshal
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+#: Entry markers (a measurement of ours starts with its metric index, >= 0).
+EXEMPLAR_ENTRY = -1
+POINT_ENTRY = -2
+SPAN_ENTRY = -3
+#: (EXEMPLAR_ENTRY, task id, trace id, span id)
+ExemplarEntry = tuple[int, str, int, int]
+# marshal's format is stable per version; both ends are the same interpreter anyway.
+MARSHAL_VERSION = 4
+
+
+def encode_datagram(dropped: int, entries: list[Any]) -> bytes:
+    """One datagram: what the child dropped since its last send, and its entries."""
+    return marshal.dumps((dropped, entries), MARSHAL_VERSION)
+
+
+def decode_datagram(data: bytes) -> tuple[int, list[Any]]:
+    """(dropped, entries) of one datagram; raises on anything else."""
+    # marshal executes nothing (unlike pickle), and the socketpair's only writers are the
+    # worker's own pool children.
+    dropped, entries = marshal.loads(data)  # noqa: S302
+    return int(dropped), list(entries)
 
 SUM = "sum"
 GAUGE = "gauge"

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import marshal
 import os
 import select
 import socket
@@ -48,9 +47,14 @@ from typing import Any
 
 from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.core.safety import FailureLog
-from otel_celery_metrics.pool.child_forwarder import SPAN_ENTRY as _SPAN
 from otel_celery_metrics.pool.child_forwarder import ChildForwarder
-from otel_celery_metrics.pool.relay import POINT, SPAN, PoolRelay
+from otel_celery_metrics.pool.codec import (
+    EXEMPLAR_ENTRY,
+    POINT_ENTRY,
+    SPAN_ENTRY,
+    decode_datagram,
+)
+from otel_celery_metrics.pool.relay import PoolRelay
 from otel_celery_metrics.recording.admission import AttrValues
 from otel_celery_metrics.recording.recorder import Measurement, Recorder, SpanIds
 from otel_celery_metrics.worker.outcomes import SpanJoin
@@ -388,15 +392,15 @@ class ForkBridge:
         spans: list[Any] = []
         for data in datagrams:
             try:
-                dropped, batch = marshal.loads(data)  # noqa: S302 - from our own children only
+                dropped, batch = decode_datagram(data)
                 if dropped:
                     self._recorder.emit(_DROPPED, int(dropped), ("pool_buffer_full",))
                 for entry in batch:
-                    if entry[0] == _SPAN:
+                    if entry[0] == EXEMPLAR_ENTRY:
                         self._spans.put(entry[1], (entry[2], entry[3]))
-                    elif entry[0] == POINT:
+                    elif entry[0] == POINT_ENTRY:
                         points.append(entry)
-                    elif entry[0] == SPAN:
+                    elif entry[0] == SPAN_ENTRY:
                         spans.append(entry)
                     else:
                         measurements.append(entry)

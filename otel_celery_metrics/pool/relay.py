@@ -37,13 +37,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from otel_celery_metrics.core.safety import FailureLog
-from otel_celery_metrics.pool.codec import decode_span, encode_metrics, encode_span
+from otel_celery_metrics.pool.codec import (
+    POINT_ENTRY,
+    SPAN_ENTRY,
+    decode_span,
+    encode_metrics,
+    encode_span,
+)
 from otel_celery_metrics.pool.relay_store import ReaderView, RelayStore, merge_into
 from otel_celery_metrics.sdk_adapter import SdkAdapter, pool_relay
-
-#: Entry markers on the prefork bridge's socketpair (its own measurements use >= 0, -1).
-POINT = -2
-SPAN = -3
 
 
 class Outbox(Protocol):
@@ -147,8 +149,8 @@ class PoolRelay:
 
     def receive(self, entries: list[tuple[Any, ...]]) -> None:
         """Entries a child sent (already decoded from the datagram)."""
-        points = [entry[1] for entry in entries if entry[0] == POINT]
-        spans = [entry[1] for entry in entries if entry[0] == SPAN]
+        points = [entry[1] for entry in entries if entry[0] == POINT_ENTRY]
+        spans = [entry[1] for entry in entries if entry[0] == SPAN_ENTRY]
         if points:
             self.store.add(points)
             self._count("metrics", len(points))
@@ -244,11 +246,11 @@ class PoolRelay:
                 TypeError("exponential histograms are not relayed; use explicit buckets"),
             )
         if points and self._outbox is not None:
-            self._outbox.extend([(POINT, p) for p in points])
+            self._outbox.extend([(POINT_ENTRY, p) for p in points])
 
     def _on_span(self, span: Any) -> None:
         if self._outbox is not None:
-            self._outbox.extend([(SPAN, encode_span(span))])
+            self._outbox.extend([(SPAN_ENTRY, encode_span(span))])
 
 
 class _SpanRelay:

@@ -50,7 +50,7 @@ class Settings:
     max_series_per_metric: int = 1500
     #: Attribute keys kept; the others are dropped from every measurement.
     attributes: frozenset[str] = field(default_factory=lambda: frozenset(NARROWABLE_ATTRIBUTES))
-    #: Queue reported when the queue cannot be told (see metric_table.ATTRIBUTE_SOURCES).
+    #: Queue reported when the queue cannot be told (docs/metrics.md says where it is used).
     default_queue: str = "unknown"
     #: Whether Prometheus series carry ``otel_scope_name``/``otel_scope_version`` labels.
     prometheus_scope_labels: bool = False

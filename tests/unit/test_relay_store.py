@@ -166,7 +166,8 @@ def test_delta_temporality_is_what_the_child_reader_asks_for() -> None:
 
 def test_after_detach_readers_get_only_their_own_data_again() -> None:
     from otel_celery_metrics.core.safety import FailureLog
-    from otel_celery_metrics.pool.relay import POINT, PoolRelay
+    from otel_celery_metrics.pool.codec import POINT_ENTRY as POINT
+    from otel_celery_metrics.pool.relay import PoolRelay
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
@@ -187,7 +188,8 @@ def test_after_detach_readers_get_only_their_own_data_again() -> None:
 
 def test_the_relay_merges_into_the_store_it_is_given_even_while_that_store_is_empty() -> None:
     from otel_celery_metrics.core.safety import FailureLog
-    from otel_celery_metrics.pool.relay import POINT, PoolRelay
+    from otel_celery_metrics.pool.codec import POINT_ENTRY as POINT
+    from otel_celery_metrics.pool.relay import PoolRelay
 
     overflowed: list[int] = []
     store = RelayStore(max_series=1, on_overflow=overflowed.append)

@@ -9,7 +9,8 @@ ever labels by a raw routing key.
 **Worker.** The worker knows which of its queues a message came from only at the moment
 kombu hands it over: py-amqp delivers by consumer tag, the virtual transports (Redis,
 SQS, ...) call one callback per queue, and neither puts the queue's name on the message
-(Celery's request keeps only exchange and routing key). :class:`ConsumeHook` wraps
+(Celery's request keeps only exchange and routing key). The worker's consume hook
+(:class:`otel_celery_metrics.worker.consume_hook.ConsumeHook`) wraps
 :meth:`kombu.Queue.consume`, the one call every transport's consumer goes through, so
 the callback registered for a queue writes that queue's name into the delivered
 message's ``delivery_info`` (key :data:`DELIVERED_FROM`). Exact for every broker,
@@ -27,7 +28,7 @@ exchange and routing key the message is published with (:func:`binding_matches`)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ DELIVERED_FROM = "otel_celery_queue"
 
 
 def delivered_queue(delivery_info: Any, default: str) -> str:
-    """The queue a delivered message came from, as :class:`ConsumeHook` wrote it; else
+    """The queue a delivered message came from, as the worker's consume hook wrote it; else
     ``default`` (never the routing key)."""
     if delivery_info.__class__ is dict:
         queue = delivery_info.get(DELIVERED_FROM)
@@ -57,70 +58,6 @@ def fallback_queue(delivery_info: Any, consumed: Iterable[str], default: str) ->
         if key and key in consumed:
             return str(key)
     return default
-
-
-class ConsumeHook:
-    """Makes every queue consumer stamp its queue's name on the messages it delivers.
-
-    One adapter for one foreign internal (the callback kombu registers per consumed
-    queue): :meth:`install` wraps :meth:`kombu.Queue.consume`, checks it took effect,
-    and :meth:`uninstall` restores it.
-    """
-
-    def __init__(self) -> None:
-        self._original: Callable[..., Any] | None = None
-
-    @property
-    def installed(self) -> bool:
-        return self._original is not None
-
-    def install(self) -> bool:
-        """Wrap ``kombu.Queue.consume``; False (and an ERROR log) if it cannot be done."""
-        from kombu.entity import Queue
-
-        if self._original is not None:
-            return True
-        original = Queue.consume
-
-        def consume(queue: Any, consumer_tag: str = "", callback: Any = None,
-                    *args: Any, **kwargs: Any) -> Any:
-            if callback is not None:
-                callback = _stamping(callback, str(queue.name))
-            return original(queue, consumer_tag, callback, *args, **kwargs)  # type: ignore[no-untyped-call]
-
-        consume.__wrapped__ = original  # type: ignore[attr-defined]
-        Queue.consume = consume  # type: ignore[method-assign,assignment]
-        if Queue.consume is not consume:  # pragma: no cover - a frozen or proxied class
-            _logger.error(
-                "cannot hook kombu.Queue.consume: the queue label falls back to the "
-                "routing key when it names a consumed queue, else the default queue"
-            )
-            return False
-        self._original = original
-        return True
-
-    def uninstall(self) -> None:
-        from kombu.entity import Queue
-
-        if self._original is not None:
-            Queue.consume = self._original  # type: ignore[method-assign]
-            self._original = None
-
-
-def _stamping(callback: Callable[[Any], Any], queue: str) -> Callable[[Any], Any]:
-    def stamp_queue(message: Any) -> Any:
-        try:
-            info = message.delivery_info
-            if info.__class__ is dict:
-                # A copy: a virtual transport's delivery_info is part of the raw payload
-                # it writes back to the broker when it restores an unacked message.
-                message.delivery_info = {**info, DELIVERED_FROM: queue}
-        except Exception:  # noqa: BLE001, S110 - a message we cannot stamp is still delivered
-            pass
-        return callback(message)
-
-    stamp_queue.__wrapped__ = callback  # type: ignore[attr-defined]
-    return stamp_queue
 
 
 # -- bindings: does a message published with (exchange, routing key, headers) reach a queue?

@@ -139,13 +139,11 @@ class PoolRelay:
                 view = self._views[id(reader)] = ReaderView(delta_kinds)
             if not len(self.store):
                 return data
-            return merge_into(data, self.store.metrics(view), self._resource())
+            resource = pool_relay.provider_resource(self._meter_provider)
+            return merge_into(data, self.store.metrics(view), resource)
         except Exception as exc:  # noqa: BLE001 - the reader's own data still goes out
             self._failures.record("adding relayed metrics to a collection", exc)
             return data
-
-    def _resource(self) -> Any:
-        return getattr(getattr(self._meter_provider, "_sdk_config", None), "resource", None)
 
     def receive(self, entries: list[tuple[Any, ...]]) -> None:
         """Entries a child sent (already decoded from the datagram)."""
@@ -198,7 +196,7 @@ class PoolRelay:
         # processors there: one a child sets up for itself (worker_process_init) exports
         # on its own, as its author meant.
         tracer_provider = self._tracer_provider()
-        processor = _SpanRelay(self._on_span, self._failures)
+        processor = pool_relay.SpanRelay(self._on_span, self._failures.record)
         if tracer_provider is not self._forked_tracer_provider:
             return
         if pool_relay.has_span_processors(tracer_provider) and not (
@@ -251,33 +249,6 @@ class PoolRelay:
     def _on_span(self, span: Any) -> None:
         if self._outbox is not None:
             self._outbox.extend([(SPAN_ENTRY, encode_span(span))])
-
-
-class _SpanRelay:
-    """A pool child's only span processor: queues each ended, sampled span for the relay."""
-
-    def __init__(self, on_end: Callable[[Any], None], failures: FailureLog) -> None:
-        self._on_end = on_end
-        self._failures = failures
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        return None
-
-    def _on_ending(self, span: Any) -> None:
-        return None
-
-    def on_end(self, span: Any) -> None:
-        try:
-            if span.context is not None and span.context.trace_flags.sampled:
-                self._on_end(span)
-        except Exception as exc:  # noqa: BLE001 - a span processor must never raise
-            self._failures.record("relaying an ended span", exc)
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return True
 
 
 def _global_tracer_provider() -> Any:

@@ -22,6 +22,10 @@ SDK privates, every one the relay touches here:
 - ``MeterProvider._measurement_consumer._async_instruments`` (replaced, pool child):
   observable instruments registered before the fork belong to the main process, which
   observes them itself; the child's list keeps only those registered in the child;
+- ``MeterProvider._sdk_config.resource`` (read, main process): the resource relayed
+  points are exported under (:func:`provider_resource`);
+- ``SpanProcessor._on_ending`` (implemented as a no-op by :class:`SpanRelay`, the pool
+  child's span processor: recent SDKs call it on every processor);
 - ``TracerProvider._active_span_processor`` and its ``_span_processors`` / ``_lock``
   (pool child: the inherited processors are replaced by the relay's; main process:
   relayed spans are handed to the worker's processors).
@@ -173,3 +177,39 @@ def span_sink(tracer_provider: Any) -> Callable[[Any], None] | None:
         return None
     on_end: Callable[[Any], None] = multi.on_end
     return on_end
+
+
+def provider_resource(provider: Any) -> Any:
+    """The resource a meter provider exports under (None when the SDK keeps it elsewhere)."""
+    return getattr(getattr(provider, "_sdk_config", None), "resource", None)
+
+
+class SpanRelay:
+    """A pool child's only span processor: queues each ended, sampled span for the relay."""
+
+    def __init__(
+        self, on_end: Callable[[Any], None], on_failure: Callable[[str, BaseException], None]
+    ) -> None:
+        self._on_end = on_end
+        self._on_failure = on_failure
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        return None
+
+    def _on_ending(self, span: Any) -> None:
+        # An SDK private (SpanProcessor._on_ending, called by recent SDKs before on_end):
+        # implemented here, in the adapter, as a no-op.
+        return None
+
+    def on_end(self, span: Any) -> None:
+        try:
+            if span.context is not None and span.context.trace_flags.sampled:
+                self._on_end(span)
+        except Exception as exc:  # noqa: BLE001 - a span processor must never raise
+            self._on_failure("relaying an ended span", exc)
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True

@@ -31,6 +31,7 @@ from typing import Any
 from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.recording.recorder import Recorder
+from otel_celery_metrics.worker.patching import Wrapping
 
 _logger = logging.getLogger(__name__)
 _SENDS = mt.METRIC_INDEX[mt.BEAT_SENDS.name]
@@ -57,34 +58,31 @@ class BeatHooks:
         self._recorder = recorder
         self._failures = failures
         self._clock = clock
-        self._original: Callable[..., Any] | None = None
+        self._wrapping = Wrapping("celery.beat.Scheduler.apply_async")
         self._pid = os.getpid()
         self._warned = False
 
     def install(self) -> None:
         from celery.beat import Scheduler
 
-        if self._original is not None:
-            return
-        original = Scheduler.apply_async
         hooks = self
+        wrapping = self._wrapping
 
-        def apply_async(scheduler: Any, entry: Any, *args: Any, **kwargs: Any) -> Any:
-            late = hooks._lateness(entry)
-            result = original(scheduler, entry, *args, **kwargs)
-            hooks.sent(entry, late)
-            return result
+        def make(original: Callable[..., Any]) -> Callable[..., Any]:
+            def apply_async(scheduler: Any, entry: Any, *args: Any, **kwargs: Any) -> Any:
+                if not wrapping.active:
+                    return original(scheduler, entry, *args, **kwargs)
+                late = hooks._lateness(entry)
+                result = original(scheduler, entry, *args, **kwargs)
+                hooks.sent(entry, late)
+                return result
 
-        apply_async.__wrapped__ = original  # type: ignore[attr-defined]
-        Scheduler.apply_async = apply_async
-        self._original = original
+            return apply_async
+
+        wrapping.install(Scheduler, "apply_async", make)
 
     def uninstall(self) -> None:
-        from celery.beat import Scheduler
-
-        if self._original is not None:
-            Scheduler.apply_async = self._original
-            self._original = None
+        self._wrapping.restore()
 
     def _lateness(self, entry: Any) -> float | None:
         try:

@@ -34,13 +34,14 @@ from otel_celery_metrics.core import queue_wait
 from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER, RECEIVED_AT_FIELD
 from otel_celery_metrics.core.routing import (
     DELIVERED_FROM,
-    ConsumeHook,
     delivered_queue,
     fallback_queue,
 )
 from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.recording.admission import AttrValues
 from otel_celery_metrics.recording.recorder import SpanIds
+from otel_celery_metrics.worker.consume_hook import ConsumeHook
+from otel_celery_metrics.worker.patching import Wrapping
 
 _logger = logging.getLogger(__name__)
 
@@ -372,7 +373,7 @@ class RequestHooks:
     def __init__(self, outcomes: TaskOutcomes, consume: ConsumeHook | None = None) -> None:
         self._outcomes = outcomes
         self._consume = consume if consume is not None else ConsumeHook()
-        self._original: Callable[..., type] | None = None
+        self._wrapping = Wrapping("celery.worker.strategy.create_request_cls")
         # Request classes built through our hook, and the last one we could not subclass.
         self._built = 0
         self._failed: str | None = None
@@ -395,30 +396,29 @@ class RequestHooks:
     def install(self) -> None:
         from celery.worker import strategy
 
-        if self._original is not None:
+        if self._wrapping.installed:
             return
         self._consume.install()
-        original = strategy.create_request_cls
         outcomes = self._outcomes
+        wrapping = self._wrapping
 
-        def create_request_cls(base: Any, task: Any, *args: Any, **kwargs: Any) -> type:
-            cls: type = original(base, task, *args, **kwargs)
-            try:
-                instrumented = instrumented_request_class(cls, outcomes, str(task.name))
-            except Exception as exc:  # noqa: BLE001 - an unexpected request class stays as it is
-                self._failed = f"cannot subclass {cls!r}: {type(exc).__name__}: {exc}"
-                return cls
-            self._built += 1
-            return instrumented
+        def make(original: Callable[..., type]) -> Callable[..., type]:
+            def create_request_cls(base: Any, task: Any, *args: Any, **kwargs: Any) -> type:
+                cls: type = original(base, task, *args, **kwargs)
+                if not wrapping.active:
+                    return cls
+                try:
+                    instrumented = instrumented_request_class(cls, outcomes, str(task.name))
+                except Exception as exc:  # noqa: BLE001 - an unexpected class stays as it is
+                    self._failed = f"cannot subclass {cls!r}: {type(exc).__name__}: {exc}"
+                    return cls
+                self._built += 1
+                return instrumented
 
-        create_request_cls.__wrapped__ = original  # type: ignore[attr-defined]
-        strategy.create_request_cls = create_request_cls
-        self._original = original
+            return create_request_cls
+
+        wrapping.install(strategy, "create_request_cls", make)
 
     def uninstall(self) -> None:
-        from celery.worker import strategy
-
-        if self._original is not None:
-            strategy.create_request_cls = self._original
-            self._original = None
+        self._wrapping.restore()
         self._consume.uninstall()

@@ -11,12 +11,12 @@ from kombu.entity import Queue as EntityQueue
 
 from otel_celery_metrics.core.routing import (
     DELIVERED_FROM,
-    ConsumeHook,
     binding_matches,
     delivered_queue,
     published_queue,
     topic_matches,
 )
+from otel_celery_metrics.worker.consume_hook import ConsumeHook
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """The only place that touches OpenTelemetry SDK internals: :class:`SdkAdapter` here, and
-:mod:`~otel_celery_metrics.sdk_adapter.pool_relay` for what the pool-child relay needs
+:mod:`.pool_relay` for what the pool-child relay needs
 (pool children's readers and span processors; its docstring lists those privates).
 
 One adapter per meter provider and instrumentation. Each change it makes is recorded with

@@ -57,3 +57,15 @@ def test_a_forbidden_import_breaks_its_contract(
     found = {ln for ln in verdicts if ln.endswith("BROKEN")}
     assert len(found) == len(broken), result.stdout
     assert all(any(ln.startswith(name) for ln in found) for name in broken), result.stdout
+
+
+ROOMS = ["core", "recording", "worker", "pool", "endpoint", "sdk_adapter", "exporter"]
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_every_room_docstring_names_each_of_its_modules(room: str) -> None:
+    package = REPO / "otel_celery_metrics" / room
+    docstring = (package / "__init__.py").read_text()
+    modules = sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
+    missing = [m for m in modules if f":mod:`.{m}`" not in docstring]
+    assert not missing, f"otel_celery_metrics/{room}/__init__.py does not describe {missing}"

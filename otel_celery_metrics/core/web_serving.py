@@ -4,11 +4,12 @@ Shared by the standalone exporter (:mod:`otel_celery_metrics.exporter.http`) and
 in-process endpoint (:mod:`otel_celery_metrics.endpoint.guarded_web`); the format itself is
 :mod:`otel_celery_metrics.core.web_config`.
 
-- :class:`WebConfigFile` keeps the current :class:`~._web_config.WebConfig` and re-reads
-  the file when it, or a certificate/key/CA file it names, changes (checked per
-  connection, as the exporter-toolkit re-reads per request) or on
-  :meth:`WebConfigFile.reload` (SIGHUP). A file that turns bad closes the endpoint
-  (every connection refused) until it is fixed: never a fallback to an open endpoint.
+- :class:`WebConfigFile` keeps the current
+  :class:`~otel_celery_metrics.core.web_config.WebConfig` and re-reads the file when it,
+  or a certificate/key/CA file it names, changes (checked per connection, as the
+  exporter-toolkit re-reads per request) or on :meth:`WebConfigFile.reload` (SIGHUP). A
+  file that turns bad closes the endpoint (every connection refused) until it is fixed:
+  never a fallback to an open endpoint.
 - :class:`GuardedServerMixin` for :mod:`socketserver` servers: the TLS handshake per
   connection, in the connection's thread, with the current context.
 - :func:`guard_wsgi` wraps a WSGI app with basic auth and the configured headers.

@@ -1,7 +1,7 @@
 """The Prometheus reader ``opentelemetry-instrument`` builds in Celery workers and beat.
 
 Registered as the ``celery_metrics_prometheus`` metric exporter (``pyproject.toml``);
-our SDK hook (``_port_check``) substitutes it for ``prometheus`` in
+our SDK hook (``endpoint.sdk_hooks``) substitutes it for ``prometheus`` in
 ``OTEL_METRICS_EXPORTER`` while the SDK configures a ``celery worker`` or ``celery beat``
 process, and restores the variable afterwards. It is opentelemetry-exporter-prometheus'
 public ``PrometheusMetricReader`` (same registry, same exposition) with three differences

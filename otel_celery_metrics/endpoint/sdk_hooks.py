@@ -7,9 +7,9 @@ Under ``opentelemetry-instrument`` every Python process configures the SDK, and 
 - Processes that are not workers bind the port too: the ``celery multi`` launcher (while
   it starts the nodes that need that port), each node's short-lived ``--detach``
   process, ``celery inspect``/``call``/... :func:`prepare_metrics_exporters` gives them
-  no metric reader at all (see ``_process_role``), and marks a launcher's environment so
-  its nodes each pick their own port (see ``_metrics_endpoint``). Workers and beat get
-  our reader (``_prometheus_reader``) in place of the auto reader.
+  no metric reader at all (see ``worker.process_role``), and marks a launcher's environment so
+  its nodes each pick their own port (see ``endpoint.server``). Workers and beat get
+  our reader (``endpoint.reader``) in place of the auto reader.
 - On a busy port the auto reader raises ``OSError: [Errno 98] Address already in use``
   (no port in the message) out of the configurator; ``opentelemetry-instrument`` logs two
   ~25-line tracebacks and abandons the whole auto-instrumentation: no meter provider,
@@ -92,7 +92,7 @@ def pre_sdk_init(resource: Any) -> None:
     from otel_celery_metrics.endpoint.guarded_web import select_guarded_reader
     from otel_celery_metrics.worker.green import patch_gevent_early
 
-    patch_gevent_early()  # before the SDK starts threads: see _green.py
+    patch_gevent_early()  # before the SDK starts threads: see worker/green.py
     prepare_metrics_exporters(os.environ, process_role())
     # OTEL_CELERY_METRICS_WEB_CONFIG_FILE (TLS, basic auth). Through the swap, so that the
     # processes this one starts inherit the user's OTEL_METRICS_EXPORTER, not our choice.

@@ -9,7 +9,7 @@ Two jobs:
   on the next, ...). The number comes from the node's own name, so the same node gets the
   same port on every start and restart, and a static Prometheus config stays right.
   A node is known to be a ``celery multi`` node by :data:`MULTI_MARKER`, which our SDK
-  hook sets in the launcher's environment (see ``_port_check``) for its nodes to inherit.
+  hook sets in the launcher's environment (see ``endpoint.sdk_hooks``) for its nodes to inherit.
 - :class:`MetricsServer`: binds the endpoint now if it can; otherwise logs one error line
   naming the address (and the node) and keeps trying in a daemon thread with backoff,
   logging one line when it finally serves. It never raises and never blocks its caller:

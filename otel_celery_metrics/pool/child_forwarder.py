@@ -2,8 +2,9 @@
 
 The task thread appends measurements, exemplar spans and relayed entries, and sends them
 without blocking (``MSG_DONTWAIT``): a task never waits for the main process. Each
-datagram is encoded by :mod:`~otel_celery_metrics.pool.codec`; :class:`~._prefork.ForkBridge` in the
-main process reads and decodes them. Split from :mod:`otel_celery_metrics.pool.prefork`,
+datagram is encoded by :mod:`~otel_celery_metrics.pool.codec`;
+:class:`~otel_celery_metrics.pool.prefork.ForkBridge` in the main process reads and decodes
+them. Split from :mod:`otel_celery_metrics.pool.prefork`,
 which creates this object in every pool child.
 """
 

@@ -161,7 +161,7 @@ class TaskOutcomes:
         return request.task.name, queue
 
     def _delivered_from(self, request: Any) -> str:
-        """The queue ``request``'s message was consumed from (see :mod:`._routing`)."""
+        """The queue ``request``'s message was consumed from (:mod:`~.core.routing`)."""
         info = request.message.delivery_info
         queue = info.get(DELIVERED_FROM) if info.__class__ is dict else None
         if queue:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_celery_metrics._web_config import BCRYPT_COMMAND
+from otel_celery_metrics.core.web_config import BCRYPT_COMMAND
 from tests.servers import running_prometheus
 from tests.support import Worker, producer, running_worker, wait_for
 from tests.tls_certs import TLSFiles, bcrypt_hash, get, make_tls_files

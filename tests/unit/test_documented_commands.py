@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.exporter.cli import build_parser, env_name
 from otel_celery_metrics.exporter.config import ExporterConfig
-from otel_celery_metrics.settings import documented_variables
+from otel_celery_metrics.recording.settings import documented_variables
 from tests.doc_blocks import DOCUMENTS, REPO, Block, blocks, shell_blocks
 
 RUNNERS = REPO / "tests" / "integration" / "test_documented_commands.py"

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from otel_celery_metrics._outcomes import PUBLISHED_AT_HEADER
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.probes import ProbeResult, QueueDepthProbe, run_every
 from tests.exporter.support import FakeClock, value

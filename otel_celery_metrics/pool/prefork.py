@@ -116,6 +116,11 @@ class CollectionFence:
                 if not self._running:
                     self._cond.notify_all()
 
+    @property
+    def fork_waiting(self) -> bool:
+        """Whether a fork is waiting for (or holding off) collections right now."""
+        return self._forking
+
     def before_fork(self) -> bool:
         """Wait until no collection runs; False if one still did after ``max_wait``."""
         with self._cond:

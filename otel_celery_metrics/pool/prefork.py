@@ -141,7 +141,12 @@ class CollectionFence:
 
 
 class SwitchableSink:
-    """What receivers send to. Records directly until this process is a pool child."""
+    """What receivers send to. Records directly until this process is a pool child.
+
+    ``emit``/``span``/``flush`` are attributes bound to the current target, not methods
+    that dispatch: the per-task path pays no extra call. Only the sink itself switches
+    them (:meth:`forward_to` in a pool child, :meth:`restore`).
+    """
 
     def __init__(self, recorder: Recorder, spans: SpanJoin) -> None:
         self._recorder = recorder
@@ -152,6 +157,12 @@ class SwitchableSink:
 
     def _put_span(self, task_id: str, trace_id: int, span_id: int) -> None:
         self._spans.put(task_id, (trace_id, span_id))
+
+    def forward_to(self, forwarder: ChildForwarder) -> None:
+        """From now on, send everything to the main process through ``forwarder``."""
+        self.emit = forwarder.emit
+        self.span = forwarder.span
+        self.flush = forwarder.flush
 
     def restore(self) -> None:
         self.emit = self._recorder.emit
@@ -447,9 +458,7 @@ class ForkBridge:
             return
         try:
             self._forwarder = ChildForwarder(send_end, self._failures, self._max_pending)
-            self._sink.emit = self._forwarder.emit
-            self._sink.span = self._forwarder.span
-            self._sink.flush = self._forwarder.flush
+            self._sink.forward_to(self._forwarder)
         except Exception as exc:  # noqa: BLE001
             self._failures.record("switching a pool child to forwarding", exc)
             return

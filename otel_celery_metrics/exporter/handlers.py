@@ -143,14 +143,14 @@ class EventHandlers:
         self._received = counters.counter(mt.EXPORTER_EVENTS_RECEIVED.name)
         self._dropped = counters.counter(mt.EXPORTER_EVENTS_DROPPED.name)
         self._per_event = {
-            "task-sent": counters.counter(mt.TASK_SENT.name),
-            "task-received": counters.counter(mt.TASK_RECEIVED.name),
-            "task-started": counters.counter(mt.TASK_STARTED.name),
-            "task-succeeded": counters.counter(mt.TASK_SUCCEEDED.name),
-            "task-failed": counters.counter(mt.TASK_FAILED.name),
-            "task-retried": counters.counter(mt.TASK_RETRIED.name),
-            "task-rejected": counters.counter(mt.TASK_REJECTED.name),
-            "task-revoked": counters.counter(mt.TASK_REVOKED.name),
+            "task-sent": counters.counter(mt.EVENTS_TASK_SENT.name),
+            "task-received": counters.counter(mt.EVENTS_TASK_RECEIVED.name),
+            "task-started": counters.counter(mt.EVENTS_TASK_STARTED.name),
+            "task-succeeded": counters.counter(mt.EVENTS_TASK_SUCCEEDED.name),
+            "task-failed": counters.counter(mt.EVENTS_TASK_FAILED.name),
+            "task-retried": counters.counter(mt.EVENTS_TASK_RETRIED.name),
+            "task-rejected": counters.counter(mt.EVENTS_TASK_REJECTED.name),
+            "task-revoked": counters.counter(mt.EVENTS_TASK_REVOKED.name),
         }
         self._tasks = counters.counter(mt.TASKS.name)
         self._failures_by_class = counters.counter(mt.TASK_FAILURES.name)

@@ -9,6 +9,9 @@ Quotes and backslashes are fine in names: the exposition escapes them.
 Task events after task-sent/task-received carry only the task id; names and queues come
 from :class:`~.tracker.TaskTracker`. A task whose earlier events we never saw (exporter
 started mid-stream) is counted under the task name ``unknown``.
+
+Over 400 lines on purpose: one handler per event type, in one table a reader scans top to
+bottom; the per-task state they share lives in :mod:`.tracker` and :mod:`.held`.
 """
 
 from __future__ import annotations

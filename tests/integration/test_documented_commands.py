@@ -9,6 +9,7 @@ fails when a marked block has no test here.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -115,8 +116,21 @@ def test_the_documented_metrics_only_collector_config_validates_with_no_variable
     assert result.returncode == 0, result.stderr
 
 
+def _set_ports(block: str) -> dict[str, int]:
+    """``--set`` key -> the port the block gives it."""
+    ports = {key: int(port) for key, port in
+             re.findall(r"--set=([\w:/]+)=127\.0\.0\.1:(\d+)", block)}
+    telemetry = re.search(r"--set=(service::telemetry::metrics::readers)=.*port: (\d+)", block)
+    assert telemetry, block
+    ports[telemetry.group(1)] = int(telemetry.group(2))
+    return ports
+
+
 def test_the_documented_set_keys_move_every_collector_port() -> None:
     block = runnable("collector-ports").text
+    ports = _set_ports(block)
+    table = (REPO / "docs" / "collector.md").read_text()
+    assert set(ports) == set(re.findall(r"\| `([\w:/]+::[\w:/]+)`", table)), ports
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACES_BACKEND_")}
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", f"exec {block.strip()}"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -126,13 +140,17 @@ def test_the_documented_set_keys_move_every_collector_port() -> None:
             if proc.poll() is not None:
                 out = proc.stdout.read().decode() if proc.stdout else ""
                 raise RuntimeError(f"the Collector exited with {proc.returncode}:\n{out}")
-            return "Server available" in _http_get("http://127.0.0.1:23133/")[1]
+            health = ports["extensions::health_check::endpoint"]
+            return "Server available" in _http_get(f"http://127.0.0.1:{health}/")[1]
 
         wait_for(healthy, 30, 0.2, "the Collector's health check on the documented port")
-        assert _http_get("http://127.0.0.1:18889/metrics")[0] == 200  # what Prometheus scrapes
-        assert "otelcol_process_uptime" in _http_get("http://127.0.0.1:18888/metrics")[1]
-        for port in (14317, 14318):  # the OTLP receivers
-            socket.create_connection(("127.0.0.1", port), 2).close()
+        scrape = ports["exporters::prometheus::endpoint"]  # what Prometheus scrapes
+        assert _http_get(f"http://127.0.0.1:{scrape}/metrics")[0] == 200
+        own = ports["service::telemetry::metrics::readers"]
+        assert "otelcol_process_uptime" in _http_get(f"http://127.0.0.1:{own}/metrics")[1]
+        for key in ("receivers::otlp::protocols::grpc::endpoint",
+                    "receivers::otlp::protocols::http::endpoint"):
+            socket.create_connection(("127.0.0.1", ports[key]), 2).close()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)

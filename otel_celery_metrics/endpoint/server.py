@@ -187,9 +187,14 @@ class MetricsServer:
         _logger.log(level, "%s", message)
 
     def _log_serving(self) -> None:
-        if self._serving_message is not None:
-            self._log(logging.WARNING,
-                      self._serving_message(self.endpoint.host, self.endpoint.port))
+        if self._serving_message is None:
+            return
+        try:
+            message = self._serving_message(self.endpoint.host, self.endpoint.port)
+        except Exception as exc:  # noqa: BLE001 - serving goes on; only the line is lost
+            message = (f"otel-celery-metrics: serving /metrics on {self.endpoint.where()} "
+                       f"(cannot describe it: {type(exc).__name__}: {exc})")
+        self._log(logging.WARNING, message)
 
     def _busy_message(self, exc: OSError) -> str:
         reason = exc.strerror or str(exc)

@@ -136,6 +136,7 @@ class Worker:
         metrics_port: int | None = None,
         events: bool = False,
         heartbeat: bool = False,
+        loglevel: str | None = "INFO",
     ) -> None:
         self.queue = queue
         self.broker_url = broker_url
@@ -148,8 +149,11 @@ class Worker:
         full_env.update(env or {})
         cmd = [
             str(BIN / "celery"), "-A", app, "worker", "-P", pool, "-Q", queue,
-            "-n", self.node, "--loglevel=INFO", "--without-gossip", "--without-mingle",
+            "-n", self.node, "--without-gossip", "--without-mingle",
         ]
+        # None: Celery's default level (WARNING), as a user who passes no --loglevel gets.
+        if loglevel is not None:
+            cmd.append(f"--loglevel={loglevel}")
         # Task events (-E) and heartbeats are for a standalone exporter watching the same
         # worker; nothing else needs them.
         if events:

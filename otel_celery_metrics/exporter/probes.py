@@ -262,12 +262,16 @@ class InspectProbe:
 
 
 def run_every(
-    interval: float, stop: threading.Event, work: Callable[[], None], name: str
+    interval: float, stop: threading.Event, work: Callable[[], None], name: str,
+    *, wake: threading.Event | None = None,
 ) -> None:
-    """Call ``work`` now and then every ``interval`` seconds until ``stop``; never raises."""
+    """Call ``work`` now and then every ``interval`` seconds until ``stop``, or sooner when
+    ``wake`` is set (whoever sets ``stop`` must set ``wake`` too); never raises."""
     while not stop.is_set():
+        if wake is not None:
+            wake.clear()  # before the work: a wake-up during it runs the work again
         try:
             work()
         except Exception:
             _logger.exception("%s failed; it runs again in %.0fs", name, interval)
-        stop.wait(interval)
+        (wake or stop).wait(interval)

@@ -91,6 +91,12 @@ class Exporter:
         self._server: Any = None
         self._web_config: WebConfigFile | None = None
         self._forgotten_at_build = 0
+        # A worker first seen on the event bus gets an inspect at once, and queues an
+        # inspect finds get a depth probe at once, instead of at the next intervals (30 s
+        # and 10 s by default): queue series appear seconds after a worker starts.
+        self._wake_inspect = threading.Event()
+        self._wake_queues = threading.Event()
+        self._workers_inspected: frozenset[str] = frozenset()
 
         self.caps = Caps({
             "task_name": config.max_task_names,
@@ -160,9 +166,11 @@ class Exporter:
         self._spawn("http", self._server.serve_forever)
         self._spawn("receiver", lambda: self.receiver.run(self._stop))
         self._spawn("queues", lambda: run_every(
-            cfg.queue_poll_interval, self._stop, self.queue_probe.poll, "queue depth probe"))
+            cfg.queue_poll_interval, self._stop, self.queue_probe.poll, "queue depth probe",
+            wake=self._wake_queues))
         self._spawn("inspect", lambda: run_every(
-            cfg.inspect_interval, self._stop, self._inspect, "inspect probe"))
+            cfg.inspect_interval, self._stop, self._inspect, "inspect probe",
+            wake=self._wake_inspect))
         self._spawn("maintenance", lambda: run_every(
             1.0, self._stop, self.maintain, "maintenance"))
         web = self._web_config.current() if self._web_config else None
@@ -188,8 +196,12 @@ class Exporter:
             self._web_config.reload()
 
     def _inspect(self) -> None:
+        self._workers_inspected = frozenset(self.liveness.up())
+        known = self.liveness.queues()
         self.inspect_probe.maybe_enable_events()
         self.inspect_probe.poll()
+        if self.liveness.queues() - known:
+            self._wake_queues.set()
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=f"otel-celery-exporter-{name}", daemon=True)
@@ -197,7 +209,7 @@ class Exporter:
         self._threads.append(thread)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
+        self.request_stop()
         if isinstance(self.receiver, KombuReceiver):
             self.receiver.stop()
         if self._server is not None:
@@ -211,6 +223,8 @@ class Exporter:
     def request_stop(self) -> None:
         """Make :meth:`wait` return (safe from a signal handler)."""
         self._stop.set()
+        self._wake_inspect.set()  # the probe loops wait on these, not on _stop
+        self._wake_queues.set()
 
     def wait(self) -> None:
         """Block until :meth:`stop` (from a signal handler or another thread)."""
@@ -235,6 +249,8 @@ class Exporter:
             self.instruments.rebuild_observables()
             _logger.debug("rebuilt observable instruments after %d forgotten workers", forgotten)
         self.liveness.without_task_events()  # logs newly detected workers
+        if set(self.liveness.up()) - self._workers_inspected:
+            self._wake_inspect.set()  # once per new worker: _inspect records it as seen
 
     def health(self) -> tuple[bool, list[str]]:
         problems = []

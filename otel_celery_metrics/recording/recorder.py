@@ -624,6 +624,6 @@ class Recorder:
         if first:
             _logger.error(
                 "otel-celery-metrics: a metric collection gave up %s after a bounded wait and "
-                "served what it had; counted in otel_celery_metrics_dropped_total"
-                "{reason=\"collection_timeout\"}, logged once", what,
+                "served what it had; counted in %s{reason=\"collection_timeout\"}, logged once",
+                what, mt.SELF_DROPPED.prometheus_name,
             )

@@ -63,8 +63,8 @@ class HookReport:
             return True
         self._logger.error(
             "otel-celery-metrics: the %s hook is inactive: %s. Installed: %s. The metrics it "
-            "feeds are missing or incomplete (otel_celery_metrics_hook_inactive{hook=\"%s\"} "
-            "is 1); tasks are unaffected.", hook, problem, self._versions(), hook,
+            "feeds are missing or incomplete (%s{hook=\"%s\"} is 1); tasks are unaffected.",
+            hook, problem, self._versions(), mt.SELF_HOOK_INACTIVE.prometheus_name, hook,
         )
         try:
             self._sink.emit(_INACTIVE, 1, (hook,))

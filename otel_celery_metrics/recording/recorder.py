@@ -74,7 +74,7 @@ _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 _ATTACHED: weakref.WeakKeyDictionary[Meter, dict[str, _Callback]] = weakref.WeakKeyDictionary()
 
 
-def _relay(slots: dict[str, _Callback], name: str) -> _Callback:
+def _current_recorders_callback(slots: dict[str, _Callback], name: str) -> _Callback:
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         current = slots.get(name)
         return current(options) if current is not None else ()
@@ -279,7 +279,7 @@ class Recorder:
             self._callbacks[spec.name] = self._counter_callback(index)
         if slots is None:
             return
-        callbacks = [_relay(slots, spec.name)]
+        callbacks = [_current_recorders_callback(slots, spec.name)]
         if kind is _COUNTER:
             create: Callable[..., object] = meter.create_observable_counter
         elif kind is mt.InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER:

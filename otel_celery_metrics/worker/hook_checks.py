@@ -14,21 +14,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from importlib import metadata
-from typing import Any, Protocol
+from typing import Any
 
 from otel_celery_metrics.core import metric_table as mt
-from otel_celery_metrics.recording.admission import AttrValues
+from otel_celery_metrics.recording.sinks import MeasurementSink
 
 _logger = logging.getLogger(__name__)
 _INACTIVE = mt.METRIC_INDEX[mt.SELF_HOOK_INACTIVE.name]
 
 Check = Callable[[], "str | None"]
-
-
-class Sink(Protocol):
-    def emit(self, metric: int, value: float, attrs: AttrValues) -> None: ...
-
-    def flush(self) -> None: ...
 
 
 def installed_versions() -> str:
@@ -46,7 +40,7 @@ class HookReport:
     """Runs one hook's check; on a problem, one ERROR line and the self-metric."""
 
     def __init__(
-        self, sink: Sink, versions: Callable[[], str] = installed_versions,
+        self, sink: MeasurementSink, versions: Callable[[], str] = installed_versions,
         logger: logging.Logger = _logger,
     ) -> None:
         self._sink = sink

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.core import queue_wait
@@ -38,8 +38,8 @@ from otel_celery_metrics.core.routing import (
     fallback_queue,
 )
 from otel_celery_metrics.core.safety import FailureLog
-from otel_celery_metrics.recording.admission import AttrValues
 from otel_celery_metrics.recording.recorder import SpanIds
+from otel_celery_metrics.recording.sinks import TaskRecording
 from otel_celery_metrics.worker.consume_hook import ConsumeHook
 from otel_celery_metrics.worker.patching import Wrapping
 
@@ -52,27 +52,6 @@ _FAILURES = mt.METRIC_INDEX[mt.TASK_FAILURES.name]
 # exemplar spans waiting for their outcome): protection against sequences we did not
 # foresee, never reached in normal operation.
 _MAX_REMEMBERED = 10_000
-
-
-class Emitter(Protocol):
-    """What outcomes are recorded into (a Recorder)."""
-
-    def emit(
-        self, metric: int, value: float, attrs: AttrValues, span: SpanIds | None = None
-    ) -> None: ...
-
-    def task_received(self, name: str, queue: str) -> None: ...
-
-    def task_ended(
-        self,
-        name: str,
-        queue: str,
-        state: str,
-        runtime: float | None,
-        *,
-        span: SpanIds | None = None,
-        wait: tuple[str, float] | None = None,
-    ) -> None: ...
 
 
 def wait_reference(fields: dict[str, Any], eta: Any) -> tuple[float | None, str]:
@@ -124,7 +103,7 @@ class TaskOutcomes:
 
     def __init__(
         self,
-        recorder: Emitter,
+        recorder: TaskRecording,
         failures: FailureLog,
         default_queue: str = "unknown",
         take_span: Callable[[str], SpanIds | None] | None = None,

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.sqs_server import ElasticMQ, running_elasticmq
+
 
 @pytest.fixture
 def busy_port() -> Iterator[int]:
@@ -15,3 +17,11 @@ def busy_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def elasticmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ElasticMQ]:
+    """One ElasticMQ (SQS) for the session, started when a test first asks for it (in
+    seconds); every test uses its own queues."""
+    with running_elasticmq(tmp_path_factory.mktemp("elasticmq")) as server:
+        yield server

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,10 @@ rest-sqs {
 }
 rest-stats { enabled = false }
 """
+
+#: Transport options of the SQS tests: short long-polls so that a worker consuming several
+#: queues turns to the next one quickly (kombu polls them in turn).
+SQS_TEST_OPTIONS = {"region": "us-east-1", "wait_time_seconds": 1, "polling_interval": 0.1}
 
 _BOUND = re.compile(r"Started SQS rest server, bind address 127\.0\.0\.1:(\d+)")
 
@@ -66,6 +71,14 @@ class ElasticMQ:
         ) as resp:
             body = resp.read().decode()
         return [url.rsplit("/", 1)[-1] for url in re.findall(r"<QueueUrl>([^<]+)<", body)]
+
+    def client(self) -> Any:
+        """A boto3 SQS client on this server (for what Celery cannot do: delays, receives)."""
+        import boto3
+
+        return boto3.client("sqs", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="test",
+                            aws_secret_access_key="secret")  # noqa: S106 - ElasticMQ takes any
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]

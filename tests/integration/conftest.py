@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.sqs_server import ElasticMQ, running_elasticmq
+from tests.sqs_server import SQS_TEST_OPTIONS, ElasticMQ
 from tests.support import (
     RABBITMQ_URL,
     REDIS_URL,
@@ -48,18 +48,6 @@ def redis_url() -> str:
     if not _answers(REDIS_URL):
         pytest.fail(f"Redis at {REDIS_URL} does not answer: scripts/setup starts it")
     return REDIS_URL
-
-
-@pytest.fixture(scope="session")
-def elasticmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ElasticMQ]:
-    """One ElasticMQ for the session (it starts in seconds; queues are per test)."""
-    with running_elasticmq(tmp_path_factory.mktemp("elasticmq")) as server:
-        yield server
-
-
-#: Transport options of the SQS tests: short long-polls so that a worker consuming several
-#: queues turns to the next one quickly (kombu polls them in turn).
-SQS_TEST_OPTIONS = {"region": "us-east-1", "wait_time_seconds": 1, "polling_interval": 0.1}
 
 
 def _sqs_broker(variant: str, elasticmq: ElasticMQ, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -21,7 +21,7 @@ def busy_port() -> Iterator[int]:
 
 @pytest.fixture(scope="session")
 def elasticmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ElasticMQ]:
-    """One ElasticMQ (SQS) for the session, started when a test first asks for it (in
-    seconds); every test uses its own queues."""
+    """One ElasticMQ (SQS) for the session, started when a test first asks for it; every
+    test uses its own queues."""
     with running_elasticmq(tmp_path_factory.mktemp("elasticmq")) as server:
         yield server

@@ -190,8 +190,9 @@ class Exporter:
             f"; web config {web.path}: {web.describe()}" if web else "",
         )
         if not events:
-            _logger.warning("broker %s: %s", cfg.masked_broker_url,
-                            self.capabilities.describe())
+            ignored = " (--enable-events has no effect here)" if cfg.enable_events else ""
+            _logger.warning("broker %s: %s%s", cfg.masked_broker_url,
+                            self.capabilities.describe(), ignored)
         if cfg.broker_tls_verify == "none" and broker_tls.uses_tls(cfg):
             _logger.warning("the broker's TLS certificate is not verified "
                             "(--broker-tls-verify=none): anyone between us and it can read "

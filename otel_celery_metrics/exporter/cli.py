@@ -260,6 +260,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     from otel_celery_metrics.exporter.service import Exporter
 
     exporter = Exporter(config)
+    if not exporter.capabilities.events and not config.queues:
+        # Probe-only mode has no discovery (no inspect): without --queues it reports nothing.
+        logging.getLogger(__name__).error(
+            "broker %s: %s; %s names no queue, so there is nothing to report: give the "
+            "Celery queue names to probe; not starting", config.masked_broker_url,
+            exporter.capabilities.describe(), _flag_and_variable("queues"))
+        return 2
     try:
         exporter.start()
     except WebConfigError as exc:

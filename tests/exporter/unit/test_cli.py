@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from otel_celery_metrics.exporter.cli import OPTIONS, config_from_args, env_name
+from otel_celery_metrics.exporter.cli import OPTIONS, config_from_args, env_name, main
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter, mask_url
 
 
@@ -105,3 +105,12 @@ def test_name_filter_deny_wins() -> None:
     allowed = NameFilter(("app.*",), ("app.secret",))
     assert allowed("app.x") and not allowed("app.secret") and not allowed("other")
     assert NameFilter((), ())("anything")
+
+
+def test_on_sqs_without_queues_the_exporter_exits_2_naming_the_flag(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Probe-only mode has no queue discovery: nothing to report without --queues.
+    assert main(["--broker-url=sqs://AKIAEXAMPLE:s3cret@127.0.0.1:1", "--port=0"], {}) == 2
+    assert "--queues (OTEL_CELERY_EXPORTER_QUEUES) names no queue" in caplog.text
+    assert "probe-only mode" in caplog.text and "s3cret" not in caplog.text

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.sqs_server import ElasticMQ, running_elasticmq
+
 _INTEGRATION_DIRS = ("tests/integration/", "tests/exporter/integration/")
 
 
@@ -28,3 +30,11 @@ def busy_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def elasticmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ElasticMQ]:
+    """One ElasticMQ (SQS) for the session, started when a test first asks for it; every
+    test uses its own queues."""
+    with running_elasticmq(tmp_path_factory.mktemp("elasticmq")) as server:
+        yield server

@@ -447,7 +447,7 @@ QUEUE_MESSAGES = MetricSpec(
     kind=InstrumentKind.OBSERVABLE_GAUGE,
     unit="{message}",
     description="Messages waiting in the broker queue (Redis: all priority lists summed; "
-    "RabbitMQ: ready messages from a passive declare).",
+    "RabbitMQ: ready messages from a passive declare; SQS: ApproximateNumberOfMessages).",
     attributes=(QUEUE,),
     recorded_in=_EXPORTER,
 )
@@ -460,6 +460,25 @@ QUEUE_OLDEST_MESSAGE_AGE = MetricSpec(
     "time is our publish header (instrumented producer), else the task-sent event of its "
     "task id; absent when neither is known. RabbitMQ cannot show a queue's head without "
     "delivering it: no such series there (see docs/exporter.md).",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_IN_FLIGHT = MetricSpec(
+    name="celery.queue.in_flight",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{message}",
+    description="SQS only: messages received from the queue and not yet deleted "
+    "(ApproximateNumberOfMessagesNotVisible): executing, prefetched, or ETA/countdown tasks "
+    "a worker holds until their time.",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_DELAYED = MetricSpec(
+    name="celery.queue.delayed",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{message}",
+    description="SQS only: messages sent with a delay that are not visible yet "
+    "(ApproximateNumberOfMessagesDelayed).",
     attributes=(QUEUE,),
     recorded_in=_EXPORTER,
 )
@@ -491,7 +510,18 @@ EXPORTER_BROKER_CONNECTED = MetricSpec(
     name="celery_exporter.broker.connected",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
     unit="",
-    description="1 while the event receiver is connected to the broker, else 0.",
+    description="1 while the event receiver is connected to the broker, else 0 (in "
+    "probe-only mode: 1 while the last queue depth probe succeeded).",
+    attributes=(),
+    recorded_in=_EXPORTER,
+)
+EXPORTER_EVENT_STREAM = MetricSpec(
+    name="celery_exporter.event_stream",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="",
+    description="1 when the broker's transport carries Celery events and broadcasts and the "
+    "exporter reads them; 0 in probe-only mode (SQS and any kombu transport without fanout), "
+    "where only queue depth is reported.",
     attributes=(),
     recorded_in=_EXPORTER,
 )
@@ -564,10 +594,13 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     WORKER_UTILISATION,
     QUEUE_MESSAGES,
     QUEUE_OLDEST_MESSAGE_AGE,
+    QUEUE_IN_FLIGHT,
+    QUEUE_DELAYED,
     QUEUE_CONSUMERS,
     QUEUE_WORKERS,
     QUEUE_PROCESSES,
     EXPORTER_BROKER_CONNECTED,
+    EXPORTER_EVENT_STREAM,
     EXPORTER_RECONNECTS,
     EXPORTER_EVENTS_RECEIVED,
     EXPORTER_EVENTS_DROPPED,

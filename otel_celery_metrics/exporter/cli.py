@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import json
 import logging
 import math
 import os
@@ -96,6 +97,22 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _log_level(raw: str) -> str:
+    """A level name in any case (``info``, ``INFO``, ``Info``), as Celery's ``-l`` takes it."""
+    return _choice("DEBUG", "INFO", "WARNING", "ERROR")(raw.strip().upper())
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({exc}): {raw!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. "
+                                         f'{{"region": "eu-west-1"}}: {raw!r}')
+    return value
+
+
 def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "(none)"
@@ -103,6 +120,8 @@ def _show(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, str):
         return value.encode("unicode_escape").decode() if value else "(none)"
+    if isinstance(value, dict):
+        return json.dumps(value) if value else "(none)"
     return str(value)
 
 
@@ -119,6 +138,10 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "broker_tls_verify": (_choice(*VERIFY_MODES),
                           "TLS to the broker: full (certificate chain and host name), ca "
                           "(chain only) or none (unverified, logged as a warning)."),
+    "broker_transport_options": (
+        _json_object, "The workers' broker_transport_options as a JSON object, where they "
+                      "name what the exporter must find: on SQS region, queue_name_prefix, "
+                      "predefined_queues, is_secure; on Redis use --redis-key-prefix."),
     "host": (str, "Address /metrics and /health listen on."),
     "port": (_port, "Port /metrics and /health listen on (0 picks a free one)."),
     "buckets": (_buckets, "Runtime histogram boundaries in seconds, comma-separated."),
@@ -167,7 +190,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "stuck_after": (_seconds, "Seconds a receive loop may stand still before /health fails."),
     "reconnect_initial": (_seconds, "First reconnect delay; doubles per failure."),
     "reconnect_max": (_seconds, "Longest reconnect delay."),
-    "log_level": (_choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level."),
+    "log_level": (_log_level, "Log level: DEBUG, INFO, WARNING or ERROR, in any case."),
     "web_config_file": (str, "Prometheus exporter-toolkit web config file (TLS, basic auth) "
                              "for /metrics and /health; re-read on change and on SIGHUP."),
 }
@@ -237,6 +260,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     from otel_celery_metrics.exporter.service import Exporter
 
     exporter = Exporter(config)
+    if not exporter.capabilities.events and not config.queues:
+        # Probe-only mode has no discovery (no inspect): without --queues it reports nothing.
+        logging.getLogger(__name__).error(
+            "broker %s: %s; %s names no queue, so there is nothing to report: give the "
+            "Celery queue names to probe; not starting", config.masked_broker_url,
+            exporter.capabilities.describe(), _flag_and_variable("queues"))
+        return 2
     try:
         exporter.start()
     except WebConfigError as exc:

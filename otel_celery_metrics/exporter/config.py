@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from otel_celery_metrics.core.metric_table import DEFAULT_SECONDS_BUCKETS
@@ -32,6 +33,10 @@ class ExporterConfig:
     broker_tls_key_file: str = ""
     #: ... and what is verified: "full" (chain and host name), "ca" (chain), "none".
     broker_tls_verify: str = "full"
+    #: The workers' ``broker_transport_options`` that say where things are (SQS: region,
+    #: queue_name_prefix, predefined_queues, is_secure). Read, never logged (SQS
+    #: predefined_queues may hold keys).
+    broker_transport_options: dict[str, Any] = field(default_factory=dict)
     host: str = "0.0.0.0"
     port: int = 9808
     #: Histogram boundaries (seconds) of the runtime histogram.

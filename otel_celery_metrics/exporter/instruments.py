@@ -126,8 +126,12 @@ class Sources:
         inspect_probe: Callable[[], ProbeResult],
         queue_names: Callable[[], list[str]],
         clock: Callable[[], float],
+        event_stream: bool = True,
     ) -> None:
         self.queue_names = queue_names
+        #: False in probe-only mode: the series that only events or broadcasts can feed
+        #: are not offered (an empty or -1 series would read as "nothing happened").
+        self.event_stream = event_stream
         self.counters = counters
         self.caps = caps
         self.handlers = handlers
@@ -209,6 +213,52 @@ class Instruments:
             }.get(spec.kind, "gauge")
             out.append((spec.name, spec.unit, spec.description, callback, kind))
 
+        if src.event_stream:
+            self._event_observables(add, out)
+        add(mt.QUEUE_MESSAGES, _from_mapping(self._queue_messages, mt.QUEUE))
+        if src.event_stream:
+            add(mt.QUEUE_OLDEST_MESSAGE_AGE, _from_mapping(self._oldest_message_age, mt.QUEUE))
+        else:
+            add(mt.QUEUE_IN_FLIGHT, _from_mapping(lambda: src.queue_probe().in_flight, mt.QUEUE))
+            add(mt.QUEUE_DELAYED, _from_mapping(lambda: src.queue_probe().delayed, mt.QUEUE))
+        add(mt.QUEUE_CONSUMERS, _from_mapping(self._queue_consumers, mt.QUEUE))
+        if src.event_stream:
+            add(mt.QUEUE_WORKERS, _from_mapping(lambda: self._per_queue(0), mt.QUEUE))
+            add(mt.QUEUE_PROCESSES, _from_mapping(lambda: self._per_queue(1), mt.QUEUE))
+        if cfg.danihodovic_names:
+            label = compat.QUEUE_LABEL
+            compat_queue_series = [
+                (compat.QUEUE_LENGTH, self._queue_messages),
+                (compat.ACTIVE_CONSUMERS, self._queue_consumers),
+            ]
+            if src.event_stream:
+                compat_queue_series += [
+                    (compat.ACTIVE_WORKERS, lambda: self._per_queue(0)),
+                    (compat.ACTIVE_PROCESSES, lambda: self._per_queue(1)),
+                ]
+            for name, read in compat_queue_series:
+                out.append((name, "", name.replace("_", " "), _from_mapping(read, label), "gauge"))
+        add(mt.EXPORTER_BROKER_CONNECTED, _single(lambda: int(src.receiver.connected)))
+        add(mt.EXPORTER_EVENT_STREAM, _single(lambda: int(src.event_stream)))
+        add(mt.EXPORTER_PROBE_AGE, _from_mapping(self._probe_ages, mt.PROBE))
+        if not src.event_stream:
+            return out
+        add(mt.EXPORTER_RECONNECTS, _single(lambda: src.receiver.reconnects))
+        add(mt.EXPORTER_EVENTS_RECEIVED, _from_counters(
+            src.counters.counter(mt.EXPORTER_EVENTS_RECEIVED.name), (mt.EVENT_TYPE,)))
+        add(mt.EXPORTER_EVENTS_DROPPED, _from_counters(
+            src.counters.counter(mt.EXPORTER_EVENTS_DROPPED.name), (mt.EVENT_TYPE, mt.REASON)))
+        add(mt.EXPORTER_LAST_EVENT_AGE, _single(self._last_event_age))
+        add(mt.EXPORTER_WORKERS_WITHOUT_TASK_EVENTS,
+            _single(lambda: len(src.liveness.without_task_events())))
+        return out
+
+    def _event_observables(
+        self, add: Callable[[mt.MetricSpec, Callback], None],
+        out: list[tuple[str, str, str, Callback, str]],
+    ) -> None:
+        """The series fed by task and worker events and by inspect replies."""
+        cfg, src = self._config, self._sources
         task_labels = (mt.TASK_NAME, mt.QUEUE, mt.HOSTNAME)
         for spec in mt.EXPORTER_METRICS[:8]:  # the per-event task counters
             counters = src.counters.counter(spec.name)
@@ -228,31 +278,6 @@ class Instruments:
         add(mt.WORKER_TASKS_ACTIVE, _from_mapping(src.liveness.active, mt.HOSTNAME))
         add(mt.WORKER_PROCESSES, _from_mapping(src.liveness.processes, mt.HOSTNAME))
         add(mt.WORKER_UTILISATION, _from_mapping(self._utilisation, mt.HOSTNAME))
-        add(mt.QUEUE_MESSAGES, _from_mapping(self._queue_messages, mt.QUEUE))
-        add(mt.QUEUE_OLDEST_MESSAGE_AGE, _from_mapping(self._oldest_message_age, mt.QUEUE))
-        add(mt.QUEUE_CONSUMERS, _from_mapping(self._queue_consumers, mt.QUEUE))
-        add(mt.QUEUE_WORKERS, _from_mapping(lambda: self._per_queue(0), mt.QUEUE))
-        add(mt.QUEUE_PROCESSES, _from_mapping(lambda: self._per_queue(1), mt.QUEUE))
-        if cfg.danihodovic_names:
-            label = compat.QUEUE_LABEL
-            for name, read in (
-                (compat.QUEUE_LENGTH, self._queue_messages),
-                (compat.ACTIVE_CONSUMERS, self._queue_consumers),
-                (compat.ACTIVE_WORKERS, lambda: self._per_queue(0)),
-                (compat.ACTIVE_PROCESSES, lambda: self._per_queue(1)),
-            ):
-                out.append((name, "", name.replace("_", " "), _from_mapping(read, label), "gauge"))
-        add(mt.EXPORTER_BROKER_CONNECTED, _single(lambda: int(src.receiver.connected)))
-        add(mt.EXPORTER_RECONNECTS, _single(lambda: src.receiver.reconnects))
-        add(mt.EXPORTER_EVENTS_RECEIVED, _from_counters(
-            src.counters.counter(mt.EXPORTER_EVENTS_RECEIVED.name), (mt.EVENT_TYPE,)))
-        add(mt.EXPORTER_EVENTS_DROPPED, _from_counters(
-            src.counters.counter(mt.EXPORTER_EVENTS_DROPPED.name), (mt.EVENT_TYPE, mt.REASON)))
-        add(mt.EXPORTER_LAST_EVENT_AGE, _single(self._last_event_age))
-        add(mt.EXPORTER_PROBE_AGE, _from_mapping(self._probe_ages, mt.PROBE))
-        add(mt.EXPORTER_WORKERS_WITHOUT_TASK_EVENTS,
-            _single(lambda: len(src.liveness.without_task_events())))
-        return out
 
     def _queue_messages(self) -> dict[str, float]:
         return {q: m for q, (m, _) in self._sources.queue_probe().values.items()}
@@ -286,8 +311,10 @@ class Instruments:
     def _probe_ages(self) -> dict[str, float]:
         now = self._sources.clock()
         out = {}
-        for name, read in (("queues", self._sources.queue_probe),
-                           ("inspect", self._sources.inspect_probe)):
+        probes = [("queues", self._sources.queue_probe)]
+        if self._sources.event_stream:  # no inspect probe runs without broadcasts
+            probes.append(("inspect", self._sources.inspect_probe))
+        for name, read in probes:
             taken = read().taken_at
             out[name] = -1.0 if taken is None else max(0.0, now - taken)
         return out

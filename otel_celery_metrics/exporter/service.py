@@ -16,6 +16,7 @@ from typing import Any
 from otel_celery_metrics.core.web_serving import WebConfigFile
 from otel_celery_metrics.exporter import broker_tls
 from otel_celery_metrics.exporter.amqp_receiver import AmqpEventReceiver
+from otel_celery_metrics.exporter.capabilities import BrokerCapabilities, detect
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
 from otel_celery_metrics.exporter.http import make_server
@@ -27,7 +28,11 @@ from otel_celery_metrics.exporter.instruments import (
 )
 from otel_celery_metrics.exporter.liveness import Liveness
 from otel_celery_metrics.exporter.probes import InspectProbe, QueueDepthProbe, run_every
-from otel_celery_metrics.exporter.receiver import KombuReceiver, RedisPubSubReceiver
+from otel_celery_metrics.exporter.receiver import (
+    KombuReceiver,
+    NoEventReceiver,
+    RedisPubSubReceiver,
+)
 from otel_celery_metrics.exporter.store import Caps, CounterStore
 from otel_celery_metrics.exporter.tracker import TaskTracker
 
@@ -48,6 +53,8 @@ def make_app(config: ExporterConfig) -> Any:
         "socket_timeout": config.probe_timeout,
         "socket_connect_timeout": config.probe_timeout,
         "max_retries": 1,
+        # Where the workers' transport finds things (SQS: region, queue_name_prefix).
+        **config.broker_transport_options,
     }
     if config.redis_key_prefix:
         # The workers' kombu prefixes every key and channel: broadcasts (inspect, enable
@@ -78,6 +85,7 @@ class Exporter:
         registry: Any = None,
         app: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        capabilities: BrokerCapabilities | None = None,
     ) -> None:
         from opentelemetry.sdk.metrics import MeterProvider  # noqa: F401 - fail early
         from prometheus_client import CollectorRegistry
@@ -85,6 +93,8 @@ class Exporter:
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.app = app if app is not None else make_app(config)
+        #: Whether events and broadcasts can reach us; without them, probe-only mode.
+        self.capabilities = capabilities if capabilities is not None else detect(self.app)
         self._clock = clock
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -113,7 +123,7 @@ class Exporter:
             clock=clock,
         )
         self.handlers: EventHandlers
-        self.receiver: RedisPubSubReceiver | AmqpEventReceiver | KombuReceiver
+        self.receiver: RedisPubSubReceiver | AmqpEventReceiver | KombuReceiver | NoEventReceiver
         self.queue_probe = QueueDepthProbe(
             config, self.app, self.liveness.queues, clock, sent_at=self._task_sent_at
         )
@@ -132,7 +142,9 @@ class Exporter:
             config, counters=self.counters, caps=self.caps, tracker=self.tracker,
             liveness=self.liveness, histograms=Histograms(provider, config), clock=clock,
         )
-        if receiver_kind == "redis":
+        if not self.capabilities.events:
+            self.receiver = NoEventReceiver(config, clock)
+        elif receiver_kind == "redis":
             self.receiver = RedisPubSubReceiver(
                 config, self.handlers.handle, self.handlers.drop, clock
             )
@@ -148,6 +160,7 @@ class Exporter:
             queue_probe=lambda: self.queue_probe.result,
             inspect_probe=lambda: self.inspect_probe.result,
             queue_names=self.queue_probe.queue_names, clock=clock,
+            event_stream=self.capabilities.events,
         )
         self.instruments = Instruments(config, self.registry, sources, provider)
 
@@ -164,13 +177,16 @@ class Exporter:
             web_config=self._web_config,
         )
         self._spawn("http", self._server.serve_forever)
-        self._spawn("receiver", lambda: self.receiver.run(self._stop))
+        events = self.capabilities.events
+        if events:
+            self._spawn("receiver", lambda: self.receiver.run(self._stop))
         self._spawn("queues", lambda: run_every(
-            cfg.queue_poll_interval, self._stop, self.queue_probe.poll, "queue depth probe",
+            cfg.queue_poll_interval, self._stop, self._poll_queues, "queue depth probe",
             wake=self._wake_queues))
-        self._spawn("inspect", lambda: run_every(
-            cfg.inspect_interval, self._stop, self._inspect, "inspect probe",
-            wake=self._wake_inspect))
+        if events:
+            self._spawn("inspect", lambda: run_every(
+                cfg.inspect_interval, self._stop, self._inspect, "inspect probe",
+                wake=self._wake_inspect))
         self._spawn("maintenance", lambda: run_every(
             1.0, self._stop, self.maintain, "maintenance"))
         web = self._web_config.current() if self._web_config else None
@@ -181,6 +197,10 @@ class Exporter:
             broker_tls.describe(cfg), type(self.receiver).__name__,
             f"; web config {web.path}: {web.describe()}" if web else "",
         )
+        if not events:
+            ignored = " (--enable-events has no effect here)" if cfg.enable_events else ""
+            _logger.warning("broker %s: %s%s", cfg.masked_broker_url,
+                            self.capabilities.describe(), ignored)
         if cfg.broker_tls_verify == "none" and broker_tls.uses_tls(cfg):
             _logger.warning("the broker's TLS certificate is not verified "
                             "(--broker-tls-verify=none): anyone between us and it can read "
@@ -194,6 +214,11 @@ class Exporter:
         """Re-read the web config file now (SIGHUP); a bad file closes the endpoint."""
         if self._web_config is not None:
             self._web_config.reload()
+
+    def _poll_queues(self) -> None:
+        self.queue_probe.poll()
+        if isinstance(self.receiver, NoEventReceiver):
+            self.receiver.probe_finished(self.queue_probe.result.last_error)
 
     def _inspect(self) -> None:
         self._workers_inspected = frozenset(self.liveness.up())
@@ -258,6 +283,8 @@ class Exporter:
         if not status.connected:
             problems.append(
                 f"broker {self.config.masked_broker_url} unreachable: {status.last_error}"
+                if status.last_error or self.capabilities.events else
+                "probe-only mode: the queue depth probe has not answered yet"
             )
         stuck = status.stuck_for()
         if stuck > self.config.stuck_after:

@@ -174,6 +174,13 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "stuck_after": (_seconds, "Seconds a receive loop may stand still before /health fails."),
     "reconnect_initial": (_seconds, "First reconnect delay; doubles per failure."),
     "reconnect_max": (_seconds, "Longest reconnect delay."),
+    "max_queue_wait": (_seconds, "Seconds: a longer queue wait (a wrong clock, a bad "
+                                 "timestamp) is not recorded but counted in "
+                                 "celery_exporter_measurements_dropped_total."),
+    "max_runtime": (_seconds, "Seconds: a longer runtime is not recorded but counted."),
+    "clock_skew_tolerance": (_seconds, "Seconds a publish time or ETA may lie after the task's "
+                                       "start (clocks disagree) and count as a wait of 0; "
+                                       "further ahead, the wait is not recorded but counted."),
     "log_level": (_choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level."),
     "web_config_file": (str, "Prometheus exporter-toolkit web config file (TLS, basic auth) "
                              "for /metrics and /health; re-read on change and on SIGHUP."),

@@ -412,6 +412,8 @@ class EventHandlers:
             self._settle_wait(waiting.popleft()[1])
 
     def _end(self, info: TaskInfo, name: str, queue: str) -> None:
+        # A retried task comes back under its id: its next run starts afresh.
+        info.started = None
         if info.executing:
             info.executing = False
             key = (name, queue)
@@ -421,7 +423,6 @@ class EventHandlers:
             else:
                 # Keep the series (reads 0) rather than let it vanish mid-dashboard.
                 self.executing[key] = 0
-            info.started = None
 
     def _succeeded(self, event: Mapping[str, Any]) -> None:
         task_id, info = self._info(event)

@@ -55,6 +55,9 @@ def test_help_lists_every_flag_with_its_variable() -> None:
         ("buckets", "1,0.5"),
         ("worker_timeout", "-1"),
         ("receiver", "zmq"),
+        ("max_queue_wait", "0"),
+        ("max_runtime", "nan"),
+        ("clock_skew_tolerance", "a while"),
     ],
 )
 def test_a_bad_environment_value_exits_2_naming_the_variable(

@@ -27,10 +27,11 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._routing import sent_destination
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.core import values
+from otel_celery_metrics.core.queue_wait import wait_reference
+from otel_celery_metrics.core.routing import sent_destination
+from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.held import HeldEvents
 from otel_celery_metrics.exporter.liveness import Liveness
@@ -61,6 +62,9 @@ KNOWN_TYPES = frozenset(TASK_EVENTS + WORKER_EVENTS + IGNORED_EVENTS)
 #: Events a worker sends about a task; they carry no queue (see held.py).
 _HELD_KINDS = frozenset(TASK_EVENTS) - {"task-sent"}
 OTHER_TYPE = "other"
+#: How each queue-wait reference is named in a refusal's log line.
+_REFERENCE_NAMES = {"publish": "task-sent timestamp", "received": "task-received timestamp",
+                    "eta": "ETA"}
 
 
 class InvalidEvent(ValueError):
@@ -376,19 +380,13 @@ class EventHandlers:
         self._queue_wait(info, name, queue, started)
 
     def _queue_wait(self, info: TaskInfo, name: str, queue: str, started: float) -> None:
-        # Publish (or the ETA, when it is later) to start; else receipt to start.
-        # Producer and worker clocks disagree by small amounts (clamped at 0), sometimes
-        # by more (refused and counted): values.queue_wait.
-        if info.sent is not None:
-            if info.eta is not None and info.eta > info.sent:
-                wait_from, reference, what = "eta", info.eta, "ETA"
-            else:
-                wait_from, reference, what = "publish", info.sent, "task-sent timestamp"
-        elif info.received is not None:
-            wait_from, reference, what = "received", info.received, "task-received timestamp"
-        else:
+        # The rule both ways in share (core.queue_wait): publish, else receipt, unless the
+        # ETA is later. Producer and worker clocks disagree by small amounts (clamped at
+        # 0), sometimes by more (refused and counted): core.values.queue_wait.
+        reference, wait_from = wait_reference(info.sent, info.received, info.eta)
+        if reference is None:
             return
-        seconds = values.queue_wait(started, reference, self._bounds, what)
+        seconds = values.queue_wait(started, reference, self._bounds, _REFERENCE_NAMES[wait_from])
         if isinstance(seconds, values.Refusal):
             self._refusals.refused(seconds, info.name, "queue wait")
             return

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_celery_metrics._outcomes import PUBLISHED_AT_HEADER
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from tests.support import Samples, parse, producer, running_worker, scrape, value, wait_for
 
 pytestmark = pytest.mark.integration

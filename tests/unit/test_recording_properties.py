@@ -35,11 +35,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from otel_celery_metrics._outcomes import PUBLISHED_AT_HEADER, RequestHooks, TaskOutcomes
-from otel_celery_metrics._receivers import TaskReceivers
-from otel_celery_metrics._routing import DELIVERED_FROM
-from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
+from otel_celery_metrics.core.routing import DELIVERED_FROM
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.recording.settings import Settings
+from otel_celery_metrics.worker.outcomes import RequestHooks, TaskOutcomes
+from otel_celery_metrics.worker.signals import TaskReceivers
 from tests.exporter.support import promtool_check
 from tests.unit.sdk_hook import hooked_recorder
 

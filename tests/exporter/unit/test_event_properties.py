@@ -141,12 +141,12 @@ def model_task(model: Model, task: dict[str, Any], label: str) -> None:
     received = model.time(task["received_at"])
     started = model.time(task["started_at"]) if task["started"] else None
     if started is not None:
-        if sent is not None:
-            reference, wait_from = (eta, "eta") if eta is not None and eta > sent else (
-                sent, "publish")
+        # Publish, else receipt (after the grace for a late task-sent); the ETA when later.
+        reference, wait_from = (sent, "publish") if sent is not None else (received, "received")
+        if reference is not None:
+            if eta is not None and eta > reference:
+                reference, wait_from = eta, "eta"
             model.wait((label, wait_from), started, reference)
-        elif received is not None:  # after the grace for a late task-sent
-            model.wait((label, "received"), started, received)
     state = TERMINAL[task["end"]]
     model.tasks[(label, queue, state)] += 1
     if task["end"] == "task-succeeded" and task["runtime"] is not None:

@@ -22,6 +22,19 @@ settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+_INTEGRATION_DIRS = ("tests/integration/", "tests/exporter/integration/")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under an integration folder is marked ``integration`` (a ``pytestmark``
+    in a conftest.py is ignored by pytest, so the folders' own conftests cannot do it):
+    ``-m "not integration"`` then runs exactly the tests that need no broker."""
+    root = config.rootpath
+    for item in items:
+        where = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        if where.startswith(_INTEGRATION_DIRS):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture
 def busy_port() -> Iterator[int]:

@@ -395,16 +395,27 @@ def _task_counter(event: str, description: str) -> MetricSpec:
     )
 
 
-# The seed guide's per-event counters (``celery_task_<event>_total``). Unit "" keeps the
-# series names exactly as the seed and dashboards built on it spell them.
-TASK_SENT = _task_counter("sent", "task-sent events: task messages published by producers.")
-TASK_RECEIVED = _task_counter("received", "task-received events: messages a worker received.")
-TASK_STARTED = _task_counter("started", "task-started events: executions that began.")
-TASK_SUCCEEDED = _task_counter("succeeded", "task-succeeded events: executions that succeeded.")
-TASK_FAILED = _task_counter("failed", "task-failed events: executions that raised.")
-TASK_RETRIED = _task_counter("retried", "task-retried events: executions that asked a retry.")
-TASK_REJECTED = _task_counter("rejected", "task-rejected events: messages a worker rejected.")
-TASK_REVOKED = _task_counter("revoked", "task-revoked events: tasks revoked before or in a run.")
+# The seed guide's per-event counters (``celery_task_<event>_total``), named EVENTS_* so they
+# are not mistaken for the in-process TASKS_* metrics. Unit "" keeps the series names
+# exactly as the seed and dashboards built on it spell them.
+EVENTS_TASK_SENT = _task_counter("sent", "task-sent events: task messages published by producers.")
+EVENTS_TASK_RECEIVED = _task_counter(
+    "received", "task-received events: messages a worker received."
+)
+EVENTS_TASK_STARTED = _task_counter("started", "task-started events: executions that began.")
+EVENTS_TASK_SUCCEEDED = _task_counter(
+    "succeeded", "task-succeeded events: executions that succeeded."
+)
+EVENTS_TASK_FAILED = _task_counter("failed", "task-failed events: executions that raised.")
+EVENTS_TASK_RETRIED = _task_counter(
+    "retried", "task-retried events: executions that asked a retry."
+)
+EVENTS_TASK_REJECTED = _task_counter(
+    "rejected", "task-rejected events: messages a worker rejected."
+)
+EVENTS_TASK_REVOKED = _task_counter(
+    "revoked", "task-revoked events: tasks revoked before or in a run."
+)
 WORKER_UP = MetricSpec(
     name="celery.worker.up",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
@@ -559,14 +570,14 @@ EXPORTER_WORKERS_WITHOUT_TASK_EVENTS = MetricSpec(
 
 #: Metrics only the standalone exporter publishes, in the order they are documented.
 EXPORTER_METRICS: tuple[MetricSpec, ...] = (
-    TASK_SENT,
-    TASK_RECEIVED,
-    TASK_STARTED,
-    TASK_SUCCEEDED,
-    TASK_FAILED,
-    TASK_RETRIED,
-    TASK_REJECTED,
-    TASK_REVOKED,
+    EVENTS_TASK_SENT,
+    EVENTS_TASK_RECEIVED,
+    EVENTS_TASK_STARTED,
+    EVENTS_TASK_SUCCEEDED,
+    EVENTS_TASK_FAILED,
+    EVENTS_TASK_RETRIED,
+    EVENTS_TASK_REJECTED,
+    EVENTS_TASK_REVOKED,
     WORKER_UP,
     WORKER_TASKS_ACTIVE,
     WORKER_PROCESSES,

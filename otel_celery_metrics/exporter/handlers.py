@@ -17,6 +17,9 @@ the worker's and ours mixed.
 Task events after task-sent/task-received carry only the task id; names and queues come
 from :class:`~.tracker.TaskTracker`. A task whose earlier events we never saw (exporter
 started mid-stream) is counted under the task name ``unknown``.
+
+Over 400 lines on purpose: one handler per event type, in one table a reader scans top to
+bottom; the per-task state they share lives in :mod:`.tracker` and :mod:`.held`.
 """
 
 from __future__ import annotations
@@ -153,14 +156,14 @@ class EventHandlers:
             'celery_exporter_measurements_dropped_total{{reason="{reason}"}}',
         )
         self._per_event = {
-            "task-sent": counters.counter(mt.TASK_SENT.name),
-            "task-received": counters.counter(mt.TASK_RECEIVED.name),
-            "task-started": counters.counter(mt.TASK_STARTED.name),
-            "task-succeeded": counters.counter(mt.TASK_SUCCEEDED.name),
-            "task-failed": counters.counter(mt.TASK_FAILED.name),
-            "task-retried": counters.counter(mt.TASK_RETRIED.name),
-            "task-rejected": counters.counter(mt.TASK_REJECTED.name),
-            "task-revoked": counters.counter(mt.TASK_REVOKED.name),
+            "task-sent": counters.counter(mt.EVENTS_TASK_SENT.name),
+            "task-received": counters.counter(mt.EVENTS_TASK_RECEIVED.name),
+            "task-started": counters.counter(mt.EVENTS_TASK_STARTED.name),
+            "task-succeeded": counters.counter(mt.EVENTS_TASK_SUCCEEDED.name),
+            "task-failed": counters.counter(mt.EVENTS_TASK_FAILED.name),
+            "task-retried": counters.counter(mt.EVENTS_TASK_RETRIED.name),
+            "task-rejected": counters.counter(mt.EVENTS_TASK_REJECTED.name),
+            "task-revoked": counters.counter(mt.EVENTS_TASK_REVOKED.name),
         }
         self._tasks = counters.counter(mt.TASKS.name)
         self._failures_by_class = counters.counter(mt.TASK_FAILURES.name)

@@ -24,7 +24,11 @@ created once per meter and read whichever Recorder is attached to that meter now
 reports each metric once, from the current Recorder.
 
 Caps are applied here, once, so every pool process of a worker shares one budget of task
-names, queues and series.
+names, queues and series (:mod:`~otel_celery_metrics.recording.admission`).
+
+Over 400 lines on purpose: :meth:`Recorder.task_ended` is the per-task hot path, inlined
+(one lookup, one lock), and it must sit with the aggregates it writes and the collection
+that reads them under the same lock. Admission (attribute sets, caps) is split out.
 """
 
 from __future__ import annotations

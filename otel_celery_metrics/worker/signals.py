@@ -174,16 +174,19 @@ class TaskReceivers:
     def on_unknown(self, name: Any = None, message: Any = None, **_: Any) -> None:
         try:
             queue = delivered_queue(getattr(message, "delivery_info", None), self._default_queue)
-            self._sink.emit(_TASKS, 1, (str(name), queue, "REJECTED"))
+            # The name comes from the message, not from a registered task: text only.
+            label = name if isinstance(name, str) and name else "unknown"
+            self._sink.emit(_TASKS, 1, (label, queue, "REJECTED"))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_unknown receiver", exc)
 
     def on_rejected(self, message: Any = None, **_: Any) -> None:
         try:
             headers = getattr(message, "headers", None) or {}
-            name = headers.get("task") or "unknown"
+            name = headers.get("task")
+            label = name if isinstance(name, str) and name else "unknown"
             queue = delivered_queue(getattr(message, "delivery_info", None), self._default_queue)
-            self._sink.emit(_TASKS, 1, (str(name), queue, "REJECTED"))
+            self._sink.emit(_TASKS, 1, (label, queue, "REJECTED"))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_rejected receiver", exc)
 

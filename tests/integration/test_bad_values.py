@@ -9,14 +9,13 @@ was refused is counted with its reason (docs/configuration.md, Clocks and bad in
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
+from tests.exporter.support import promtool_check
 from tests.support import Samples, parse, producer, running_worker, scrape, value, wait_for
 
 pytestmark = pytest.mark.integration
@@ -32,16 +31,6 @@ HOSTILE: list[tuple[object, str]] = [
     (time.time() + 10 * 365 * 86_400, "implausible_time"),  # ten years ahead
 ]
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-
-
-def promtool_check(text: str) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is required (Debian package prometheus)"
-    result = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
-                            capture_output=True, check=False)
-    errors = [line for line in (result.stdout + result.stderr).decode().splitlines()
-              if "error" in line.lower()]
-    assert not errors, errors
 
 
 def all_counted(worker_samples: Samples, queue: str, n: int) -> bool:

@@ -275,6 +275,8 @@ def render_reference() -> str:
         f"- `state`: one of {', '.join(f'`{s}`' for s in mt.TERMINAL_STATES)}.",
         "- `wait_from`: `publish`, `eta` or `received`.",
         f"- `reason` (dropped): {', '.join(f'`{r}`' for r in mt.DROP_REASONS)}.",
+        "- `reason` (exporter's measurements.dropped): "
+        f"{', '.join(f'`{r}`' for r in mt.EXPORTER_MEASUREMENT_DROP_REASONS)}.",
         f"- `reason` (degraded): {', '.join(f'`{r}`' for r in mt.DEGRADED_REASONS)}.",
         f"- `attribute` (overflow): {', '.join(f'`{a}`' for a in mt.OVERFLOW_ATTRIBUTES)}.",
         f"- `signal` (relayed): {', '.join(f'`{s}`' for s in mt.RELAY_SIGNALS)}.",

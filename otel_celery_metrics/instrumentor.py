@@ -129,7 +129,8 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             relay=relay,
         )
         outcomes = TaskOutcomes(
-            recorder, failures, default_queue=default_queue, take_span=bridge.take_span
+            recorder, failures, default_queue=default_queue, take_span=bridge.take_span,
+            bounds=settings.bounds(),
         )
         hooks = RequestHooks(outcomes)
         receivers = TaskReceivers(sink, failures, default_queue=default_queue, outcomes=outcomes)
@@ -138,7 +139,7 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             {"request_class": hooks.problem, "collection": adapter.collection_problem}, report
         )
         # Beat sends from its main process (no pool): straight into the Recorder.
-        beat = BeatHooks(recorder, failures)
+        beat = BeatHooks(recorder, failures, bounds=settings.bounds())
         # Known before anything is installed, so that a failure part-way undoes what was
         # (every uninstall step is a no-op for what was not installed).
         self._wiring = _Wiring(

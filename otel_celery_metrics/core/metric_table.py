@@ -21,6 +21,8 @@ import enum
 import re
 from dataclasses import dataclass
 
+from otel_celery_metrics.core import values
+
 
 class InstrumentKind(enum.Enum):
     """The OpenTelemetry instrument a metric is recorded with."""
@@ -255,7 +257,10 @@ SELF_DROPPED = MetricSpec(
     unit="{measurement}",
     description="Measurements lost before recording, by reason "
     "(pool_buffer_full, undecodable, internal_error; collection_timeout: a collection gave "
-    "up a bounded wait and served without what it waited for).",
+    "up a bounded wait and served without what it waited for; invalid_time: a time from "
+    "outside, such as a publish-time header, that is not a finite number; "
+    "implausible_time: a queue wait, runtime or beat lateness beyond its configured bound, "
+    "see docs/configuration.md, Clocks and bad input). The task itself is still counted.",
     attributes=(REASON,),
     recorded_in="self",
 )
@@ -298,7 +303,10 @@ DEGRADED_REASONS: tuple[str, ...] = ("gevent_not_patched", "eventlet_not_patched
 #: Values of ``reason`` on ``otel_celery_metrics_dropped_total``.
 DROP_REASONS: tuple[str, ...] = (
     "pool_buffer_full", "undecodable", "internal_error", "collection_timeout",
+    values.INVALID_TIME, values.IMPLAUSIBLE_TIME,
 )
+#: Values of ``reason`` on ``celery_exporter_measurements_dropped_total``.
+EXPORTER_MEASUREMENT_DROP_REASONS: tuple[str, ...] = values.REASONS
 #: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
 OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "schedule_entry", "series")
 #: Values of ``hook`` on ``otel_celery_metrics_hook_inactive``: the request class Celery's
@@ -551,6 +559,18 @@ EXPORTER_EVENTS_DROPPED = MetricSpec(
     attributes=(EVENT_TYPE, REASON),
     recorded_in=_EXPORTER,
 )
+EXPORTER_MEASUREMENTS_DROPPED = MetricSpec(
+    name="celery_exporter.measurements.dropped",
+    kind=InstrumentKind.COUNTER,
+    unit="",
+    description="Values of counted events that were not recorded, by reason (invalid_time: "
+    "a timestamp or runtime that is not a finite number; implausible_time: a queue wait or "
+    "runtime beyond its bound, --max-queue-wait, --max-runtime, --clock-skew-tolerance; "
+    "invalid_number: a worker's active or processed count that is not a whole number >= 0). "
+    "The event itself is counted.",
+    attributes=(REASON,),
+    recorded_in=_EXPORTER,
+)
 EXPORTER_LAST_EVENT_AGE = MetricSpec(
     name="celery_exporter.last_event.age",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
@@ -604,6 +624,7 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     EXPORTER_RECONNECTS,
     EXPORTER_EVENTS_RECEIVED,
     EXPORTER_EVENTS_DROPPED,
+    EXPORTER_MEASUREMENTS_DROPPED,
     EXPORTER_LAST_EVENT_AGE,
     EXPORTER_PROBE_AGE,
     EXPORTER_WORKERS_WITHOUT_TASK_EVENTS,

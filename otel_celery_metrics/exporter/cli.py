@@ -11,7 +11,6 @@ import argparse
 import codecs
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -20,7 +19,7 @@ from dataclasses import fields
 from types import FrameType
 from typing import Any
 
-from otel_celery_metrics.core.parsing import parse_bool, parse_buckets
+from otel_celery_metrics.core.parsing import parse_bool, parse_buckets, parse_seconds
 from otel_celery_metrics.exporter.broker_tls import VERIFY_MODES, BrokerTLSError, broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig
 
@@ -51,12 +50,9 @@ def _steps(raw: str) -> tuple[int, ...]:
 
 def _seconds(raw: str) -> float:
     try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds: {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0: {raw!r}")
-    return value
+        return parse_seconds(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {raw!r}") from None
 
 
 def _count(raw: str) -> int:
@@ -190,6 +186,13 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "stuck_after": (_seconds, "Seconds a receive loop may stand still before /health fails."),
     "reconnect_initial": (_seconds, "First reconnect delay; doubles per failure."),
     "reconnect_max": (_seconds, "Longest reconnect delay."),
+    "max_queue_wait": (_seconds, "Seconds: a longer queue wait (a wrong clock, a bad "
+                                 "timestamp) is not recorded but counted in "
+                                 "celery_exporter_measurements_dropped_total."),
+    "max_runtime": (_seconds, "Seconds: a longer runtime is not recorded but counted."),
+    "clock_skew_tolerance": (_seconds, "Seconds a publish time or ETA may lie after the task's "
+                                       "start (clocks disagree) and count as a wait of 0; "
+                                       "further ahead, the wait is not recorded but counted."),
     "log_level": (_log_level, "Log level: DEBUG, INFO, WARNING or ERROR, in any case."),
     "web_config_file": (str, "Prometheus exporter-toolkit web config file (TLS, basic auth) "
                              "for /metrics and /health; re-read on change and on SIGHUP."),

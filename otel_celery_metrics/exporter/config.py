@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from otel_celery_metrics.core import values
 from otel_celery_metrics.core.metric_table import DEFAULT_SECONDS_BUCKETS
 
 #: kombu's Redis defaults: priority lists are ``<queue><sep><step>`` for every step but 0.
@@ -95,10 +96,21 @@ class ExporterConfig:
     stuck_after: float = 30.0
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
+    #: Seconds: the longest queue wait recorded; longer ones are refused and counted.
+    max_queue_wait: float = values.DEFAULT_MAX_QUEUE_WAIT
+    #: Seconds: the longest task runtime recorded.
+    max_runtime: float = values.DEFAULT_MAX_RUNTIME
+    #: Seconds a publish time (or ETA) may lie after the task's start and count as 0.
+    clock_skew_tolerance: float = values.DEFAULT_CLOCK_SKEW_TOLERANCE
     log_level: str = "INFO"
     #: Prometheus exporter-toolkit web config (TLS, basic auth) for /metrics and /health.
     web_config_file: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bounds(self) -> values.Bounds:
+        """The plausible range of times in events (:mod:`otel_celery_metrics.core.values`)."""
+        return values.Bounds(self.max_queue_wait, self.max_runtime, self.clock_skew_tolerance)
 
     @property
     def masked_broker_url(self) -> str:

@@ -248,6 +248,8 @@ class Instruments:
             src.counters.counter(mt.EXPORTER_EVENTS_RECEIVED.name), (mt.EVENT_TYPE,)))
         add(mt.EXPORTER_EVENTS_DROPPED, _from_counters(
             src.counters.counter(mt.EXPORTER_EVENTS_DROPPED.name), (mt.EVENT_TYPE, mt.REASON)))
+        add(mt.EXPORTER_MEASUREMENTS_DROPPED, _from_counters(
+            src.counters.counter(mt.EXPORTER_MEASUREMENTS_DROPPED.name), (mt.REASON,)))
         add(mt.EXPORTER_LAST_EVENT_AGE, _single(self._last_event_age))
         add(mt.EXPORTER_WORKERS_WITHOUT_TASK_EVENTS,
             _single(lambda: len(src.liveness.without_task_events())))

@@ -272,7 +272,10 @@ class RedisPubSubReceiver(_BaseReceiver):
             self._out_bytes += len(chunk)
             try:
                 payloads = parser.feed(chunk)
-            except (ProtocolError, ValueError):
+            except (ProtocolError, ValueError) as exc:
+                # A broken or hostile server: drop the stream and subscribe afresh.
+                _logger.warning("undecodable pub/sub stream from %s (%s); resubscribing",
+                                self._config.masked_broker_url, str(exc)[:200])
                 parser.reset()
                 self._drop("other", "undecodable", 1)
                 self._resync.set()

@@ -14,7 +14,15 @@ from otel_celery_metrics.core.queue_wait import (
     wait_reference,
     wait_seconds,
 )
+from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.worker.outcomes import TaskOutcomes
+
+
+class _NoEmitter:
+    """Nothing is refused in these cases: an emit would be a refusal counted."""
+
+    def emit(self, *_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a refusal was counted")
 
 T0 = 1_700_000_000.0
 
@@ -65,5 +73,8 @@ def test_the_in_process_side_records_by_the_rule(
         request_dict=fields, time_start=started,
         eta=datetime.fromtimestamp(eta, tz=timezone.utc).isoformat() if eta else None,
     )
-    wait_from, seconds = TaskOutcomes._wait(request)  # type: ignore[misc]
+    outcomes = TaskOutcomes(_NoEmitter(), FailureLog())  # type: ignore[arg-type]
+    wait = outcomes._wait(request, "t")
+    assert wait is not None
+    wait_from, seconds = wait
     assert (wait_from, seconds) == (expected[0], pytest.approx(expected[1]))

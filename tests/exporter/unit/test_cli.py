@@ -58,6 +58,9 @@ def test_help_lists_every_flag_with_its_variable() -> None:
         ("log_level", "verbose"),
         ("broker_transport_options", "region=eu-west-1"),
         ("broker_transport_options", '["not", "an", "object"]'),
+        ("max_queue_wait", "0"),
+        ("max_runtime", "nan"),
+        ("clock_skew_tolerance", "a while"),
     ],
 )
 def test_a_bad_environment_value_exits_2_naming_the_variable(

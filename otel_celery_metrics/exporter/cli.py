@@ -21,6 +21,7 @@ from typing import Any
 
 from otel_celery_metrics.exporter.broker_tls import VERIFY_MODES, BrokerTLSError, broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig
+from otel_celery_metrics.version import __version__
 
 ENV_PREFIX = "OTEL_CELERY_EXPORTER_"
 _DEFAULTS = ExporterConfig()
@@ -195,6 +196,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "Every flag also reads the environment variable shown; a flag wins over it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version",
+                        version=f"otel-celery-exporter {__version__}")
     for name, (parse, text) in OPTIONS.items():
         variable = env_name(name)
         default = getattr(_DEFAULTS, name)

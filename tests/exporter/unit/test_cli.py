@@ -87,3 +87,13 @@ def test_name_filter_deny_wins() -> None:
     allowed = NameFilter(("app.*",), ("app.secret",))
     assert allowed("app.x") and not allowed("app.secret") and not allowed("other")
     assert NameFilter((), ())("anything")
+
+
+@pytest.mark.parametrize("module", ["otel_celery_metrics.exporter.cli", "otel_celery_metrics.demo"])
+def test_both_commands_print_the_one_package_version(module: str) -> None:
+    from otel_celery_metrics.version import __version__
+
+    result = subprocess.run([sys.executable, "-m", module, "--version"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(f" {__version__}")

@@ -191,7 +191,7 @@ def check_install(artifact: Path, version: str, py: Path, work: Path) -> None:
         out = run([str(bindir / cli), "--version"], cwd=work)
         check(out.strip() == f"{cli} {version}", f"{kind}: {cli} --version prints {version}")
     helptext = run([str(bindir / "otel-celery-exporter"), "--help"], cwd=work)
-    check("--broker-url" in helptext,
+    check("--broker-url" in helptext and "--static-label" in helptext,
           f"{kind}: otel-celery-exporter --help lists its flags")
     demo = run([str(bindir / "otel-celery-metrics-demo"), "--port", str(free_port()),
                 "--tasks", str(DEMO_TASKS)], cwd=work, timeout=240)

@@ -2,8 +2,8 @@
 
 Without a registry (``--metrics-exporters=otlp``) ``/metrics`` answers 404 and
 ``/health`` stays. A scrape only reads in-memory state: the collection never touches the
-broker. With a web config file (``--web.config.file``) every path is behind its TLS and basic auth
-(see :mod:`otel_celery_metrics._web_serving`).
+broker. With a web config file (``--web.config.file``) every path is behind its TLS and
+basic auth (see :mod:`otel_celery_metrics.core.web_serving`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from otel_celery_metrics._web_serving import (
+from otel_celery_metrics.core.web_serving import (
     GuardedServerMixin,
     WebConfigFile,
     unauthorized_headers,

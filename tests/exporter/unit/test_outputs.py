@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.exporter.cli import config_from_args, env_name
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.outputs import Outputs, exporter_resource, preferred_temporality

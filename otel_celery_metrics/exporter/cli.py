@@ -146,7 +146,7 @@ def _interval_ms(raw: str) -> str:
     try:
         return f"{float(raw) / 1000:g}"
     except ValueError:
-        return raw
+        raise argparse.ArgumentTypeError(f"expected milliseconds: {raw!r}") from None
 
 
 def _show(value: Any) -> str:
@@ -271,10 +271,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     for name, (parse, text) in OPTIONS.items():
         variable = env_name(name)
         default = getattr(_DEFAULTS, name)
-        source, raw = _from_environment(name, environ)
+        source, raw, to_text = _from_environment(name, environ)
         if raw not in (None, ""):
             try:
-                default = parse(raw)
+                default = parse(to_text(raw))
             except (argparse.ArgumentTypeError, ValueError) as exc:
                 parser.error(f"{source}: {exc}")
         also = f" or {standard[name]}" if name in standard else ""
@@ -295,16 +295,18 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _from_environment(name: str, environ: Mapping[str, str]) -> tuple[str, str | None]:
-    """(variable, raw value) for field ``name``: ours first, then the standard variable
-    (the signal-specific OTEL_EXPORTER_OTLP_METRICS_* before the general one)."""
+def _from_environment(
+    name: str, environ: Mapping[str, str]
+) -> tuple[str, str | None, Callable[[str], str]]:
+    """(variable, raw value, its conversion to flag text) for field ``name``: ours first,
+    then the standard variable (OTEL_EXPORTER_OTLP_METRICS_* before the general one)."""
     variable = env_name(name)
     if environ.get(variable):
-        return variable, environ[variable]
+        return variable, environ[variable], str
     for standard, (field, to_text) in reversed(STANDARD_ENV.items()):
         if field == name and environ.get(standard):
-            return standard, to_text(environ[standard])
-    return variable, None
+            return standard, environ[standard], to_text
+    return variable, None, str
 
 
 def config_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterConfig:

@@ -14,7 +14,6 @@ as they are; ``delta`` and ``lowmemory`` as the OpenTelemetry specification defi
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +26,6 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 
 from otel_celery_metrics.exporter.config import ExporterConfig
-
-_logger = logging.getLogger(__name__)
 
 PROMETHEUS = "prometheus"
 OTLP = "otlp"

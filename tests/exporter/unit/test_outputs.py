@@ -45,7 +45,8 @@ def test_static_labels_repeat_as_flags_comma_separate_in_the_variable_and_flags_
     ([], {"OTEL_METRICS_EXPORTER": "zipkin"}, "OTEL_METRICS_EXPORTER: expected prometheus, otlp"),
     ([], {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
      "OTEL_EXPORTER_OTLP_PROTOCOL: expected one of http/protobuf, grpc: 'http/json'"),
-    ([], {"OTEL_METRIC_EXPORT_INTERVAL": "soon"}, "OTEL_METRIC_EXPORT_INTERVAL: expected seconds"),
+    ([], {"OTEL_METRIC_EXPORT_INTERVAL": "soon"},
+     "OTEL_METRIC_EXPORT_INTERVAL: expected milliseconds: 'soon'"),
 ])
 def test_bad_outputs_settings_exit_2_naming_the_setting_and_the_value(
     argv: list[str], environ: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]

@@ -108,6 +108,14 @@ def test_exporter_pushes_otlp_through_the_collector_and_into_prometheus_3_exactl
             wait_for(lambda: value(http_exporter.scrape(), "celery_worker_up",
                                    hostname=worker.node, team="payments") == 1,
                      timeout=30, what="the worker's first heartbeat")
+            # Worker events carry no queue; until task-sent (or, for a one-queue worker,
+            # inspect) names it, they wait a grace period and then count under the default
+            # queue. So every exporter must know the worker's queue before tasks go out:
+            # seen in what each one pushed (two without /metrics).
+            for service in paths:
+                wait_for(lambda s=service: prom3.query(
+                             f'celery_queue_workers{{job="{s}",queue="{queue}"}} == 1'),
+                         timeout=40, what=f"{service} to know the worker's queue")
             app = producer(redis_url)
             for i in range(5):
                 app.send_task("exp.ok", args=[i], queue=queue)

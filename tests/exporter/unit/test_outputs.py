@@ -179,3 +179,15 @@ def test_otlp_alone_serves_no_registry_and_delta_sends_each_task_once(clock: Fak
         assert sum(v for _, v in otlp[1].points(mt.TASKS.name)) == 2
     finally:
         exporter.instruments.shutdown()
+
+
+def test_a_missing_otlp_extra_exits_2_with_the_pip_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otel_celery_metrics.exporter import outputs
+
+    monkeypatch.setitem(outputs._EXPORTER_MODULES, "grpc", ("no_such_otlp_exporter", "otlp-grpc"))
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["--metrics-exporters=otlp", "--otlp-protocol=grpc"], {})
+    assert exc.value.code == 2
+    assert "pip install 'otel-celery-metrics[otlp-grpc]'" in capsys.readouterr().err

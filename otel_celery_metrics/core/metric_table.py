@@ -267,7 +267,7 @@ SELF_DROPPED = MetricSpec(
 SELF_DEGRADED = MetricSpec(
     name="otel_celery_metrics.degraded",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
-    unit="1",
+    unit="{flag}",  # not "1": see celery.worker.utilisation
     description="1 while this worker's instrumentation cannot work as configured, by reason "
     "(gevent_not_patched: -P gevent without gevent's patching before OpenTelemetry started; "
     "eventlet_not_patched: -P eventlet under opentelemetry-instrument); 0 otherwise. "
@@ -444,7 +444,9 @@ WORKER_PROCESSES = MetricSpec(
 WORKER_UTILISATION = MetricSpec(
     name="celery.worker.utilisation",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
-    unit="1",
+    # A dimensionless annotation, not "1": the Collector's Prometheus translation names a
+    # gauge of unit "1" *_ratio while our /metrics does not; "{ratio}" is one name on both.
+    unit="{ratio}",
     description="Busy share of the worker's pool, 0..1: tasks active at its last heartbeat "
     "over its pool processes (last inspect stats reply); absent until both are known.",
     attributes=(HOSTNAME,),

@@ -1,10 +1,10 @@
-"""The standalone exporter: reads the Celery event bus and serves Prometheus metrics.
+"""The standalone exporter: reads the Celery event bus, serves Prometheus metrics, pushes OTLP.
 
 No application change: it connects to the broker the workers use, reads their events
 (workers started with ``-E``), polls queue depths in the background and publishes the
-metric table's series through the OpenTelemetry Prometheus reader. It imports only
-:mod:`otel_celery_metrics.core` of the package, and nothing in-process imports it (import
-contracts in pyproject.toml).
+metric table's series through the OpenTelemetry Prometheus reader, an OTLP reader, or
+both. It imports only :mod:`otel_celery_metrics.core` of the package, and nothing
+in-process imports it (import contracts in pyproject.toml).
 
 Modules, one job each:
 
@@ -26,6 +26,7 @@ Modules, one job each:
 - :mod:`.probes` -- queue depth (Redis priorities, RabbitMQ passive declare) and inspect;
 - :mod:`.sqs_depth` -- SQS queue depth (waiting, in flight, delayed) and kombu's SQS names;
 - :mod:`.instruments` -- the store and liveness as OpenTelemetry instruments;
+- :mod:`.outputs` -- where they go: the readers for /metrics and OTLP, and the resource;
 - :mod:`.compat` -- danihodovic/celery-exporter's names for migration;
 - :mod:`.http` -- ``/metrics`` and ``/health``;
 - :mod:`.service` -- wires it together.

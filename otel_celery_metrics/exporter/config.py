@@ -105,6 +105,16 @@ class ExporterConfig:
     log_level: str = "INFO"
     #: Prometheus exporter-toolkit web config (TLS, basic auth) for /metrics and /health.
     web_config_file: str = ""
+    #: Where metrics go: "prometheus" (/metrics), "otlp" (pushed), or both.
+    metrics_exporters: tuple[str, ...] = ("prometheus",)
+    #: OTLP: "http/protobuf" or "grpc"; the endpoint, headers etc. are the SDK's variables.
+    otlp_protocol: str = "http/protobuf"
+    #: OTLP: "cumulative" (what Prometheus stores), "delta" or "lowmemory".
+    otlp_temporality: str = "cumulative"
+    #: OTLP: seconds between exports.
+    otlp_export_interval: float = 60.0
+    #: Labels added to every series of both outputs, as (name, value) pairs.
+    static_labels: tuple[tuple[str, str], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

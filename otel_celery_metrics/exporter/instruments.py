@@ -11,6 +11,10 @@ Two meter providers share one ``prometheus_client`` registry:
   only grow. :meth:`Instruments.rebuild_observables` therefore replaces this provider
   when many workers have been forgotten; nothing is lost, the values live in our store.
 
+Both providers get their readers from :class:`~.outputs.Outputs`: the Prometheus reader
+on the registry ``/metrics`` serves, the OTLP reader, or both; ``--static-label`` labels
+are added here, to every attribute set, so both outputs carry them.
+
 The names, units, descriptions and buckets come from the metric table.
 """
 
@@ -20,16 +24,15 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
 
 from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.exporter import compat
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
 from otel_celery_metrics.exporter.liveness import Liveness
+from otel_celery_metrics.exporter.outputs import Outputs
 from otel_celery_metrics.exporter.probes import ProbeResult
 from otel_celery_metrics.exporter.receiver import ReceiverStatus
 from otel_celery_metrics.exporter.store import Caps, Counters, CounterStore, Key
@@ -62,11 +65,12 @@ class Histograms:
                 explicit_bucket_boundaries_advisory=config.buckets,
             )
         self._attrs: dict[Key, dict[str, str]] = {}
+        self._static = dict(config.static_labels)
 
     def _cached(self, key: Key, names: tuple[str, ...]) -> dict[str, str]:
         attrs = self._attrs.get(key)
         if attrs is None:
-            attrs = dict(zip(names, key[1:], strict=True))
+            attrs = {**dict(zip(names, key[1:], strict=True)), **self._static}
             if len(self._attrs) < _CACHE_LIMIT:
                 self._attrs[key] = attrs
         return attrs
@@ -102,6 +106,17 @@ def _from_mapping(read: Callable[[], Mapping[str, float]], label: str) -> Callba
         return [Observation(v, {label: k}) for k, v in read().items()]
 
     return callback
+
+
+def _with_static(callback: Callback, static: Mapping[str, str]) -> Callback:
+    if not static:
+        return callback
+
+    def labelled(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(o.value, {**(o.attributes or {}), **static})
+                for o in callback(options)]
+
+    return labelled
 
 
 def _single(read: Callable[[], float]) -> Callback:
@@ -142,42 +157,43 @@ class Sources:
         self.clock = clock
 
 
-def _exporter_resource() -> Resource:
-    return Resource.create({"service.name": "otel-celery-exporter"})
-
-
-def histogram_provider(registry: Any) -> MeterProvider:
-    """The meter provider the event handlers' histograms record into, served on
-    ``registry`` (with ``target_info``); :class:`Instruments` takes it and shuts it down.
+def histogram_provider(outputs: Outputs) -> MeterProvider:
+    """The meter provider the event handlers' histograms record into, read by the outputs
+    (``/metrics`` with ``target_info``, OTLP); :class:`Instruments` takes it and shuts it
+    down.
 
     Made before the handlers, which need it, and before :class:`Instruments`, whose
     observables read the handlers: each object gets what it needs when it is built."""
-    reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
-    return MeterProvider(resource=_exporter_resource(), metric_readers=[reader])
+    return MeterProvider(resource=outputs.resource,
+                         metric_readers=outputs.readers(target_info=True))
 
 
 class Instruments:
     def __init__(
-        self, config: ExporterConfig, registry: Any, sources: Sources,
+        self, config: ExporterConfig, outputs: Outputs, sources: Sources,
         histograms: MeterProvider,
     ) -> None:
         self._config = config
-        self._registry = registry
+        self._outputs = outputs
         self._sources = sources
         #: Held while a scrape collects and while the observable provider is replaced,
         #: so no scrape sees both or neither.
         self.collect_lock = threading.Lock()
-        self._resource = _exporter_resource()
         self.histogram_provider = histograms
         self._observable_provider = self._build_observables()
         self.rebuilds = 0
 
-    def rebuild_observables(self) -> None:
+    def rebuild_observables(self) -> bool:
+        """Replace the observable provider; False (and nothing done) when the outputs
+        cannot take it (OTLP delta: the new provider would send every total again)."""
+        if not self._outputs.rebuild_safe:
+            return False
         with self.collect_lock:
             old = self._observable_provider
             old.shutdown()  # unregisters its collector from the registry
             self._observable_provider = self._build_observables()
             self.rebuilds += 1
+        return True
 
     def shutdown(self) -> None:
         with self.collect_lock:
@@ -188,18 +204,18 @@ class Instruments:
 
     def _build_observables(self) -> MeterProvider:
         # target_info comes from the histogram provider's reader; twice would be invalid.
-        reader = PrometheusMetricReader(
-            disable_target_info=True, scope_info_enabled=False, registry=self._registry
-        )
-        provider = MeterProvider(resource=self._resource, metric_readers=[reader])
+        provider = MeterProvider(resource=self._outputs.resource,
+                                 metric_readers=self._outputs.readers(target_info=False))
         meter = provider.get_meter(METER_NAME)
+        static = dict(self._config.static_labels)
         for name, unit, description, callback, kind in self._observables():
             create = {
                 "counter": meter.create_observable_counter,
                 "updown": meter.create_observable_up_down_counter,
                 "gauge": meter.create_observable_gauge,
             }[kind]
-            create(name, callbacks=[callback], unit=unit, description=description)
+            create(name, callbacks=[_with_static(callback, static)], unit=unit,
+                   description=description)
         return provider
 
     def _observables(self) -> list[tuple[str, str, str, Callback, str]]:

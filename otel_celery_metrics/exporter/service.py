@@ -27,6 +27,7 @@ from otel_celery_metrics.exporter.instruments import (
     histogram_provider,
 )
 from otel_celery_metrics.exporter.liveness import Liveness
+from otel_celery_metrics.exporter.outputs import Outputs
 from otel_celery_metrics.exporter.probes import InspectProbe, QueueDepthProbe, run_every
 from otel_celery_metrics.exporter.receiver import (
     KombuReceiver,
@@ -86,12 +87,14 @@ class Exporter:
         app: Any = None,
         clock: Callable[[], float] = time.monotonic,
         capabilities: BrokerCapabilities | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         from opentelemetry.sdk.metrics import MeterProvider  # noqa: F401 - fail early
         from prometheus_client import CollectorRegistry
 
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.outputs = outputs if outputs is not None else Outputs(config, self.registry)
         self.app = app if app is not None else make_app(config)
         #: Whether events and broadcasts can reach us; without them, probe-only mode.
         self.capabilities = capabilities if capabilities is not None else detect(self.app)
@@ -137,7 +140,7 @@ class Exporter:
             receiver_kind = _AUTO_RECEIVERS.get(config.broker_url.split(":", 1)[0], "kombu")
         # Each object is built after what it needs: the handlers record into the histogram
         # provider, the receiver feeds the handlers, the instruments read all of them.
-        provider = histogram_provider(self.registry)
+        provider = histogram_provider(self.outputs)
         self.handlers = EventHandlers(
             config, counters=self.counters, caps=self.caps, tracker=self.tracker,
             liveness=self.liveness, histograms=Histograms(provider, config), clock=clock,
@@ -162,7 +165,7 @@ class Exporter:
             queue_names=self.queue_probe.queue_names, clock=clock,
             event_stream=self.capabilities.events,
         )
-        self.instruments = Instruments(config, self.registry, sources, provider)
+        self.instruments = Instruments(config, self.outputs, sources, provider)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -173,7 +176,8 @@ class Exporter:
         if cfg.web_config_file:
             self._web_config = WebConfigFile.open(cfg.web_config_file)
         self._server = make_server(
-            cfg.host, cfg.port, self.registry, self.instruments.collect_lock, self.health,
+            cfg.host, cfg.port, self.registry if self.outputs.prometheus else None,
+            self.instruments.collect_lock, self.health,
             web_config=self._web_config,
         )
         self._spawn("http", self._server.serve_forever)
@@ -191,10 +195,11 @@ class Exporter:
             1.0, self._stop, self.maintain, "maintenance"))
         web = self._web_config.current() if self._web_config else None
         _logger.info(
-            "otel-celery-exporter serving %s://%s:%s/metrics for broker %s (%s; receiver: "
-            "%s)%s",
-            web.scheme if web else "http", cfg.host, self.port, cfg.masked_broker_url,
-            broker_tls.describe(cfg), type(self.receiver).__name__,
+            "otel-celery-exporter serving %s://%s:%s/%s for broker %s (%s; receiver: "
+            "%s; metrics to %s)%s",
+            web.scheme if web else "http", cfg.host, self.port,
+            "metrics" if self.outputs.prometheus else "health", cfg.masked_broker_url,
+            broker_tls.describe(cfg), type(self.receiver).__name__, self.outputs.describe(),
             f"; web config {web.path}: {web.describe()}" if web else "",
         )
         if not events:
@@ -271,8 +276,9 @@ class Exporter:
         forgotten = self.liveness.forgotten_total
         if forgotten - self._forgotten_at_build >= REBUILD_AFTER_FORGOTTEN:
             self._forgotten_at_build = forgotten
-            self.instruments.rebuild_observables()
-            _logger.debug("rebuilt observable instruments after %d forgotten workers", forgotten)
+            if self.instruments.rebuild_observables():
+                _logger.debug("rebuilt observable instruments after %d forgotten workers",
+                              forgotten)
         self.liveness.without_task_events()  # logs newly detected workers
         if set(self.liveness.up()) - self._workers_inspected:
             self._wake_inspect.set()  # once per new worker: _inspect records it as seen

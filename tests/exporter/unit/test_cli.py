@@ -117,3 +117,13 @@ def test_on_sqs_without_queues_the_exporter_exits_2_naming_the_flag(
     assert main(["--broker-url=sqs://AKIAEXAMPLE:s3cret@127.0.0.1:1", "--port=0"], {}) == 2
     assert "--queues (OTEL_CELERY_EXPORTER_QUEUES) names no queue" in caplog.text
     assert "probe-only mode" in caplog.text and "s3cret" not in caplog.text
+
+
+@pytest.mark.parametrize("module", ["otel_celery_metrics.exporter.cli", "otel_celery_metrics.demo"])
+def test_both_commands_print_the_one_package_version(module: str) -> None:
+    from otel_celery_metrics.version import __version__
+
+    result = subprocess.run([sys.executable, "-m", module, "--version"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(f" {__version__}")

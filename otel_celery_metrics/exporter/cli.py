@@ -17,10 +17,16 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from otel_celery_metrics.exporter.broker_tls import VERIFY_MODES, BrokerTLSError, broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig
+from otel_celery_metrics.exporter.transport_options import (
+    TransportOptionError,
+    check_broker,
+    parse_option,
+    split_entries,
+)
 
 ENV_PREFIX = "OTEL_CELERY_EXPORTER_"
 _DEFAULTS = ExporterConfig()
@@ -140,7 +146,12 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                             "Seconds without a heartbeat before a worker's series are removed."),
     "queue_poll_interval": (_seconds, "Seconds between queue depth probes."),
     "inspect_interval": (_seconds, "Seconds between inspect probes (queues and pools)."),
-    "probe_timeout": (_seconds, "Bound on each broker round trip of a probe or connect."),
+    "probe_timeout": (_seconds, "Bound on each broker round trip of a probe or connect: a "
+                                "new connection is up only once the broker answered in it."),
+    "broker_heartbeat": (_seconds, "Seconds a broker connection may stay silent before it is "
+                                   "reported down (a hung broker, a half-open connection): "
+                                   "Redis gets a PING after a third of it, RabbitMQ is asked "
+                                   "for heartbeats every half of it."),
     "enable_events": (_bool, "Periodically ask all workers to send task events."),
     "enable_events_interval": (_seconds, "Seconds between enable_events broadcasts."),
     "events_missing_after": (_seconds,
@@ -180,14 +191,24 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
 }
 #: Flags spelled as Prometheus' exporters spell them, besides the dashed form.
 FLAG_ALIASES = {"web_config_file": ("--web.config.file",)}
+#: The one repeatable flag (its own argument below, not in OPTIONS): kombu transport options.
+TRANSPORT_OPTIONS = "broker_transport_options"
+TRANSPORT_OPTION_FLAG = "--broker-transport-option"
 
 
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line: the usage of fifty flags would bury the one that is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="otel-celery-exporter",
         description="Read the Celery event bus and serve Prometheus metrics: task counts, "
         "runtimes, queue wait, broker backlog and worker liveness, with no application "
@@ -212,19 +233,61 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         else:
             parser.add_argument(*FLAG_ALIASES.get(name, ()), flag, dest=name, type=parse,
                                 default=default, metavar=name.upper(), help=help_text)
+    variable = env_name(TRANSPORT_OPTIONS)
+    parser.add_argument(
+        TRANSPORT_OPTION_FLAG, dest=TRANSPORT_OPTIONS, action="append",
+        default=split_entries(environ.get(variable, "")), metavar="KEY=VALUE",
+        help="A kombu transport option for every broker connection, typed as kombu expects "
+        "(numbers, true/false, JSON objects); repeatable; master_name=<name> is required "
+        "with sentinel:// URLs. A flag given replaces the variable's list. [env "
+        f"{variable}: KEY=VALUE entries separated by commas]",
+    )
     parser.formatter_class = argparse.HelpFormatter  # defaults are in each help text
     return parser
+
+
+def _transport_options(
+    parser: argparse.ArgumentParser, entries: list[str], from_flags: bool
+) -> dict[str, Any]:
+    source = TRANSPORT_OPTION_FLAG if from_flags else env_name(TRANSPORT_OPTIONS)
+    options: dict[str, Any] = {}
+    for entry in entries:
+        try:
+            key, value = parse_option(entry)
+        except TransportOptionError as exc:
+            parser.error(f"{source}: {exc}")
+        options[key] = value
+    return options
 
 
 def config_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterConfig:
     parser = build_parser(environ)
     args = parser.parse_args(list(argv))
     known = {f.name for f in fields(ExporterConfig)}
-    config = ExporterConfig(**{k: v for k, v in vars(args).items() if k in known})
+    values = {k: v for k, v in vars(args).items() if k in known}
+    entries = values[TRANSPORT_OPTIONS]
+    default = split_entries(environ.get(env_name(TRANSPORT_OPTIONS), ""))
+    # argparse appends flags to the default list: a flag given replaces the variable's list.
+    from_flags = len(entries) > len(default)
+    if from_flags:
+        entries = entries[len(default):]
+    options = _transport_options(parser, entries, from_flags)
+    values[TRANSPORT_OPTIONS] = options
+    prefix = options.get("global_keyprefix")
+    if isinstance(prefix, str) and prefix != values["redis_key_prefix"]:
+        if values["redis_key_prefix"]:
+            parser.error(f"--redis-key-prefix {values['redis_key_prefix']!r} and the transport "
+                         f"option global_keyprefix={prefix!r} disagree; give one of them")
+        values["redis_key_prefix"] = prefix
+    config = ExporterConfig(**values)
     try:
         broker_use_ssl(config)  # files checked now, not at the first connection
     except BrokerTLSError as exc:
         parser.error(exc.describe(_flag_and_variable))
+    try:
+        check_broker(config.broker_url, config.broker_transport_options)
+    except TransportOptionError as exc:
+        parser.error(str(exc))
     return config
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from otel_celery_metrics.metric_table import DEFAULT_SECONDS_BUCKETS
@@ -51,6 +52,13 @@ class ExporterConfig:
     inspect_interval: float = 30.0
     #: Bound on every broker round trip a background probe makes.
     probe_timeout: float = 3.0
+    #: Seconds a connection may hear nothing from the broker before it is declared down
+    #: (a hung broker or a half-open connection). Redis is sent a PING when a third of it
+    #: passes in silence; RabbitMQ is asked for heartbeats every half of it.
+    broker_heartbeat: float = 10.0
+    #: kombu's broker_transport_options, typed (--broker-transport-option key=value);
+    #: ``master_name`` names the Sentinel primary.
+    broker_transport_options: dict[str, Any] = field(default_factory=dict)
     #: Periodically broadcast enable_events to the workers.
     enable_events: bool = False
     enable_events_interval: float = 60.0

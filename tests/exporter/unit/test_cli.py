@@ -7,7 +7,12 @@ import sys
 
 import pytest
 
-from otel_celery_metrics.exporter.cli import OPTIONS, config_from_args, env_name
+from otel_celery_metrics.exporter.cli import (
+    OPTIONS,
+    TRANSPORT_OPTIONS,
+    config_from_args,
+    env_name,
+)
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter, mask_url
 
 
@@ -32,7 +37,8 @@ def test_every_flag_has_an_environment_variable_and_the_flag_wins() -> None:
     assert (config.port, config.enable_events, config.queues) == (9999, True, ("a", "b"))
     assert config.priority_separator == "\x06\x16"
     assert config_from_args(["--port=1234", "--no-enable-events"], env).port == 1234
-    assert set(OPTIONS) == {f for f in ExporterConfig.__dataclass_fields__ if f != "extra"}
+    assert set(OPTIONS) | {TRANSPORT_OPTIONS} == {
+        f for f in ExporterConfig.__dataclass_fields__ if f != "extra"}
 
 
 def test_help_lists_every_flag_with_its_variable() -> None:
@@ -46,6 +52,8 @@ def test_help_lists_every_flag_with_its_variable() -> None:
     for name in OPTIONS:
         assert "--" + name.replace("_", "-") in flat
         assert env_name(name) in flat
+    assert "--broker-transport-option KEY=VALUE" in flat
+    assert env_name(TRANSPORT_OPTIONS) in flat
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import json
 import os
 import signal
 import sys
@@ -23,6 +24,9 @@ app.conf.update(
     worker_hijack_root_logger=False,
     task_default_queue=os.environ.get("TEST_QUEUE", "celery"),
 )
+if os.environ.get("TEST_BROKER_TRANSPORT_OPTIONS"):
+    # A JSON object: Sentinel's master_name, health-check intervals for the fault tests.
+    app.conf.broker_transport_options = json.loads(os.environ["TEST_BROKER_TRANSPORT_OPTIONS"])
 
 
 # Diagnostics for rare hangs: SIGUSR2 makes a worker process write the stack of every

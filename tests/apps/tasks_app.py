@@ -24,9 +24,10 @@ app.conf.update(
     worker_hijack_root_logger=False,
     task_default_queue=os.environ.get("TEST_QUEUE", "celery"),
 )
-if os.environ.get("TEST_BROKER_TRANSPORT_OPTIONS"):
-    # A JSON object: Sentinel's master_name, health-check intervals for the fault tests.
-    app.conf.broker_transport_options = json.loads(os.environ["TEST_BROKER_TRANSPORT_OPTIONS"])
+if os.environ.get("TEST_CELERY_CONF"):
+    # A JSON object of settings, for the fault and failover tests (Sentinel's master_name,
+    # kombu's health-check intervals in broker_transport_options).
+    app.conf.update(json.loads(os.environ["TEST_CELERY_CONF"]))
 
 
 # Diagnostics for rare hangs: SIGUSR2 makes a worker process write the stack of every

@@ -59,7 +59,8 @@ def test_a_worker_behind_latency_a_hang_and_a_reset_counts_every_task_once(
     through = parts._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
     app = producer(redis_url)
     worker = Worker(through, queue, concurrency=2,
-                    env={"TEST_BROKER_TRANSPORT_OPTIONS": json.dumps(WORKER_TRANSPORT_OPTIONS)})
+                    env={"TEST_CELERY_CONF": json.dumps(
+                        {"broker_transport_options": WORKER_TRANSPORT_OPTIONS})})
     try:
         worker.wait_ready()
 

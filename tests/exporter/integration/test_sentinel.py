@@ -42,9 +42,9 @@ def test_exporter_and_worker_follow_a_failover_and_count_exactly(
         sentinel_set.url, f"--broker-transport-option=master_name={MASTER_NAME}",
         f"--queues={idle}", "--broker-heartbeat=3",
     )
-    options = json.dumps({"master_name": MASTER_NAME})
+    conf = json.dumps({"broker_transport_options": {"master_name": MASTER_NAME}})
     worker = Worker(sentinel_set.url, queue, events=True, concurrency=2,
-                    env={"TEST_BROKER_TRANSPORT_OPTIONS": options})
+                    env={"TEST_CELERY_CONF": conf})
     try:
         worker.wait_ready()
         wait_for(lambda: exporter.get("/health")[0] == 200, 30, "the exporter to connect")

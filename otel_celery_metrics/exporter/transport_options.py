@@ -10,7 +10,8 @@ and a wrong value is an error naming the option; any other key takes a JSON valu
 (``5``, ``true``, ``{"password": "x"}``) or, if it is not JSON, the text as given.
 
 A setting kombu would refuse at every connection attempt (no ``master_name`` on a
-``sentinel://`` URL, a scheme no kombu transport has) is reported by
+``sentinel://`` URL, a scheme no kombu transport has, a transport whose library is not
+installed) is reported by
 :func:`check_broker` once, before anything starts: the CLI exits 2 with that line.
 """
 
@@ -168,7 +169,11 @@ def check_broker(broker_url: str, options: Mapping[str, Any]) -> None:
 
     try:
         resolve_transport(scheme)
-    except (KeyError, ImportError, AttributeError, ValueError) as exc:
+    except ImportError as exc:
+        msg = (f"kombu's transport for the scheme {scheme!r} of --broker-url needs a library "
+               f"that is not installed ({exc})")
+        raise TransportOptionError(msg) from None
+    except (KeyError, AttributeError, ValueError) as exc:
         msg = f"no kombu transport for the scheme {scheme!r} of --broker-url ({exc})"
         raise TransportOptionError(msg) from None
     if scheme == "sentinel" and not options.get("master_name"):

@@ -137,7 +137,9 @@ def test_silence_after_the_pong_is_a_lost_connection_after_the_broker_heartbeat(
             stop.set()
             thread.join(10)
             hangs_later.close()
-    assert 0.5 <= down_after < 1.5, down_after
+    # 0.6 s of silence (polled every 0.2 s, on a loaded machine); the old fixed schedule
+    # took 15 s.
+    assert 0.3 <= down_after < 4, down_after
     assert "the broker answered nothing for" in caplog.text
     assert "(--broker-heartbeat)" in caplog.text
 

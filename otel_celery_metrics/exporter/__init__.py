@@ -11,6 +11,8 @@ Modules, one job each:
 - :mod:`.config` -- the typed configuration and broker-URL masking;
 - :mod:`.cli` -- the command line (flags and ``OTEL_CELERY_EXPORTER_*`` variables);
 - :mod:`.broker_tls` -- TLS to the broker (``broker_use_ssl`` from the TLS settings);
+- :mod:`.transport_options` -- kombu transport options typed from the command line, and
+  the start-up checks of a broker URL (Sentinel's ``master_name``, a known transport);
 - :mod:`.receiver` -- broker connection, receive loop, reconnects; the Redis pub/sub reader
   and kombu's for every other transport;
 - :mod:`.amqp_receiver` -- the RabbitMQ reader (a bounded event queue, frames read directly);

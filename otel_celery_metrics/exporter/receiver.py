@@ -261,7 +261,7 @@ class RedisPubSubReceiver(_BaseReceiver):
                 data = sock.recv(_READ_SIZE)
             except TimeoutError:
                 quiet = clock() - last_in
-                if quiet >= silence:
+                if quiet + 1e-3 >= silence:  # three timeouts of a third add up to it
                     msg = f"the broker answered nothing for {quiet:.1f}s (--broker-heartbeat)"
                     raise ConnectionError(msg) from None
                 sock.sendall(self._command("PING"))  # any reply resets the silence
@@ -402,23 +402,30 @@ class _Pulse:
     Redis: a PING on the channel's client every ``every`` seconds, bounded by its
     ``socket_timeout`` (``probe_timeout``); kombu's own pub/sub health check runs only in
     its event loop, not in ``drain_events``, so without this a hung Redis would leave
-    the receiver waiting for events for ever. RabbitMQ needs nothing here: kombu checks
-    the heartbeats we asked for (:func:`amqp_heartbeat_interval`) whenever a drain times
-    out, and raises when two are missed.
+    the receiver waiting for events for ever. RabbitMQ: kombu's heartbeat check (py-amqp
+    sends ours when due and raises when two of the broker's are missed) at every turn of
+    the loop. kombu runs it itself only when a drain times out, so a busy receiver would
+    send no heartbeat and the broker would close it.
     """
 
     def __init__(self, every: float, clock: Callable[[], float]) -> None:
         self._every = every
         self._clock = clock
         self._client: Any = None
+        self._heartbeats: Any = None
         self._last = 0.0
 
     def watch(self, connection: Any, channel: Any) -> None:
         client = getattr(channel, "client", None)
         self._client = client if callable(getattr(client, "ping", None)) else None
+        beats = getattr(connection, "supports_heartbeats", False) and getattr(
+            connection, "heartbeat", 0)
+        self._heartbeats = connection if beats else None
         self._last = self._clock()
 
     def check(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.heartbeat_check()  # cheap: py-amqp acts only when due
         if self._client is None:
             return
         now = self._clock()

@@ -169,10 +169,16 @@ def test_the_kombu_pulse_pings_once_per_interval_and_a_failed_ping_raises() -> N
     clock.advance(1.0)
     with pytest.raises(TimeoutError):
         pulse.check()
-    # A channel with no Redis client (RabbitMQ: kombu checks its heartbeats) is left alone.
-    pulse.watch(object(), SimpleNamespace())
-    clock.advance(5)
-    pulse.check()
+    # RabbitMQ: no client to ping; kombu's heartbeat check at every turn instead.
+    checks: list[float] = []
+    amqp_conn = SimpleNamespace(supports_heartbeats=True, heartbeat=5,
+                                heartbeat_check=lambda: checks.append(clock()))
+    pulse.watch(amqp_conn, SimpleNamespace())
+    for _ in range(3):
+        clock.advance(5)
+        pulse.check()
+    assert len(checks) == 3
+    assert len(pings) == 4
 
 
 @pytest.mark.parametrize(("broker_heartbeat", "amqp"), [(10, 5), (3, 1), (1, 1), (61, 30)])

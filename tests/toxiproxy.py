@@ -9,6 +9,7 @@ of a real broker. A :class:`Proxy` then takes faults and removes them again:
   are accepted (a TCP handshake completes) and hear nothing. A wedged broker or a
   network partition looks like this to a client.
 - :meth:`Proxy.latency`: every byte delayed, both ways.
+- :meth:`Proxy.bandwidth`: both ways limited to a rate in KB/s.
 - :meth:`Proxy.reset`: every connection reset (RST) at once; new ones too while it lasts.
 - :meth:`Proxy.cure`: all toxics removed.
 """
@@ -46,6 +47,10 @@ class Proxy:
     def latency(self, milliseconds: int) -> None:
         for stream in ("upstream", "downstream"):
             self._toxic("latency", stream, latency=milliseconds, jitter=0)
+
+    def bandwidth(self, kilobytes_per_second: int) -> None:
+        for stream in ("upstream", "downstream"):
+            self._toxic("bandwidth", stream, rate=kilobytes_per_second)
 
     def reset(self) -> None:
         self._toxic("reset_peer", "downstream", timeout=0)

@@ -1,9 +1,9 @@
 """An instrumented prefork worker behind a real fault proxy (Toxiproxy) to its broker.
 
 The producer sends directly; only the worker's broker connections go through the proxy.
-Through latency, a hang (bytes stop, connections stay open) and a reset, the worker's
-own /metrics keeps answering (it never waits on the broker) and, once the fault is
-gone, every task that ran is counted exactly once.
+Through latency, a bandwidth limit, a hang (bytes stop, connections stay open) and a
+reset, the worker's own /metrics keeps answering (it never waits on the broker) and,
+once the fault is gone, every task that ran is counted exactly once.
 
 No task is sent while the connections hang: Toxiproxy drops the bytes it holds, so a
 task Redis handed out in a BRPOP reply would be lost in the proxy, a loss of the fault
@@ -51,7 +51,7 @@ def _answers_throughout(worker: Worker, seconds: float) -> None:
         time.sleep(0.25)
 
 
-def test_a_worker_behind_latency_a_hang_and_a_reset_counts_every_task_once(
+def test_a_worker_behind_latency_a_bandwidth_limit_a_hang_and_a_reset_counts_every_task_once(
     redis_url: str, queue: str, toxiproxy: Toxiproxy
 ) -> None:
     parts = urlsplit(redis_url)
@@ -78,23 +78,27 @@ def test_a_worker_behind_latency_a_hang_and_a_reset_counts_every_task_once(
         slow = run(5, 10, "five tasks under 500 ms of latency")
         proxy.cure()
 
+        proxy.bandwidth(8)
+        narrow = run(5, 15, "five tasks through 8 KB/s")
+        proxy.cure()
+
         proxy.hang()
         _answers_throughout(worker, 6)
-        assert _succeeded(worker) == 10
+        assert _succeeded(worker) == 15
         proxy.cure()
-        recovered = run(5, 15, "five tasks after the hang", timeout=60)
+        recovered = run(5, 20, "five tasks after the hang", timeout=60)
 
         proxy.reset()
         _answers_throughout(worker, 1)
         proxy.cure()
-        after_reset = run(5, 20, "five tasks after the reset", timeout=60)
+        after_reset = run(5, 25, "five tasks after the reset", timeout=60)
 
         samples = worker.samples()
-        assert value(samples, "celery_tasks_total") == 20
-        assert value(samples, "celery_task_runtime_seconds_count") == 20
-        assert value(samples, "celery_tasks_received_total") == 20
+        assert value(samples, "celery_tasks_total") == 25
+        assert value(samples, "celery_task_runtime_seconds_count") == 25
+        assert value(samples, "celery_tasks_received_total") == 25
         assert worker.proc.poll() is None
-        print(f"worker: 5 tasks took {slow:.1f}s under latency, {recovered:.1f}s after the "
-              f"hang, {after_reset:.1f}s after the reset")
+        print(f"worker: 5 tasks took {slow:.1f}s under latency, {narrow:.1f}s through 8 KB/s, "
+              f"{recovered:.1f}s after the hang, {after_reset:.1f}s after the reset")
     finally:
         worker.stop()

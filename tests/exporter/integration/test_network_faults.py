@@ -87,10 +87,12 @@ PROBE_TIMEOUT = 2.0  # ExporterProc's --probe-timeout
     ("receiver", "bound", "says"),
     [
         # Silence noticed after --broker-heartbeat, checked every third of it.
-        ("redis", HEARTBEAT + HEARTBEAT / 3, "the broker answered nothing for"),
+        pytest.param("redis", HEARTBEAT + HEARTBEAT / 3, "the broker answered nothing for",
+                     id="redis"),
         # kombu's receiver: a PING every third of it, which waits --probe-timeout, sent
         # once a drain of up to 1 s returns.
-        ("kombu", HEARTBEAT / 3 + PROBE_TIMEOUT + 1, "lost the broker"),
+        pytest.param("kombu", HEARTBEAT / 3 + PROBE_TIMEOUT + 1, "lost the broker",
+                     id="kombu"),
     ],
 )
 def test_a_hung_redis_reads_down_within_the_heartbeat_and_never_flaps_up(

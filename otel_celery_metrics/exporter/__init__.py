@@ -13,6 +13,8 @@ Modules, one job each:
 - :mod:`.broker_tls` -- TLS to the broker (``broker_use_ssl`` from the TLS settings);
 - :mod:`.capabilities` -- whether the transport carries events and broadcasts (asked of
   kombu at start); without them the exporter runs in probe-only mode (SQS);
+- :mod:`.transport_options` -- kombu transport options typed from the command line, and
+  the start-up checks of a broker URL (Sentinel's ``master_name``, a known transport);
 - :mod:`.receiver` -- broker connection, receive loop, reconnects; the Redis pub/sub reader,
   kombu's for every other transport, and the stand-in of probe-only mode;
 - :mod:`.amqp_receiver` -- the RabbitMQ reader (a bounded event queue, frames read directly);

@@ -1,10 +1,11 @@
 """Background probes: queue depth from the broker, workers' queues and pools from inspect.
 
-On Redis the queue probe also peeks at the oldest message of each priority list (the
-tail: kombu pushes on the left and consumers pop on the right; LINDEX reads without
-consuming) and takes its time from our publish header (an instrumented producer), else
-from the task-sent event of its task id when the exporter saw one. RabbitMQ cannot show a
-queue's head without delivering it (basic.get), so there is no such age on RabbitMQ.
+On Redis (and Redis behind Sentinel) the queue probe also peeks at the oldest message of
+each priority list (the tail: kombu pushes on the left and consumers pop on the right;
+LINDEX reads without consuming) and takes its time from our publish header (an
+instrumented producer), else from the task-sent event of its task id when the exporter
+saw one. RabbitMQ cannot show a queue's head without delivering it (basic.get), so there
+is no such age on RabbitMQ.
 On SQS the counts come from ``GetQueueAttributes`` (:mod:`.sqs_depth`): waiting, in
 flight and delayed, each its own series.
 
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from otel_celery_metrics.core.routing import Binding, bindings_from_reply
@@ -29,6 +31,7 @@ from otel_celery_metrics.exporter.broker_tls import broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.liveness import Liveness
 from otel_celery_metrics.exporter.sqs_depth import SqsDepths
+from otel_celery_metrics.exporter.transport_options import scheme_of
 
 _logger = logging.getLogger(__name__)
 
@@ -96,8 +99,8 @@ class QueueDepthProbe:
         self._wall_clock = wall_clock
         self._filter = NameFilter(config.queue_allow, config.queue_deny)
         self.result = ProbeResult()
-        scheme = config.broker_url.split(":", 1)[0].lower()
-        self._redis = scheme in ("redis", "rediss")
+        scheme = scheme_of(config.broker_url)
+        self._redis = scheme in ("redis", "rediss", "sentinel")
         self._sqs = SqsDepths(config) if scheme == "sqs" else None
         self._client: Any = None
 
@@ -146,16 +149,7 @@ class QueueDepthProbe:
     ) -> dict[str, tuple[int, int | None]]:
         """Depth per queue; fills ``oldest`` with each queue's oldest message age."""
         if self._client is None:
-            import redis
-
-            timeout = self._config.probe_timeout
-            # Our own client, not kombu's: the TLS settings must be handed to it here
-            # (redis-py's option names, as broker_use_ssl gives them for rediss://).
-            tls = broker_use_ssl(self._config) or {}
-            self._client = redis.Redis.from_url(
-                self._config.broker_url, socket_timeout=timeout,
-                socket_connect_timeout=timeout, **tls,
-            )
+            self._client = redis_client(self._config)
         cfg = self._config
         pipe = self._client.pipeline(transaction=False)
         spans = []
@@ -210,6 +204,47 @@ class QueueDepthProbe:
             finally:
                 channel.close()
         return out
+
+
+def redis_client(config: ExporterConfig) -> Any:
+    """Our own redis-py client for the probes, not kombu's (whose key prefixing would
+    apply twice): TLS settings handed over (redis-py's option names, as broker_use_ssl
+    gives them for rediss://), and on ``sentinel://`` the primary the sentinels name now,
+    asked again after each failed probe (the client is dropped then)."""
+    import redis
+
+    timeout = config.probe_timeout
+    tls = broker_use_ssl(config) or {}
+    if scheme_of(config.broker_url) != "sentinel":
+        return redis.Redis.from_url(
+            config.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout, **tls,
+        )
+    from redis.sentinel import Sentinel
+
+    options = config.broker_transport_options
+    sentinels = []
+    password = username = None
+    db = 0
+    for url in config.broker_url.split(";"):
+        parts = urlsplit(url.strip())
+        sentinels.append((parts.hostname or "localhost", parts.port or 26379))
+        # As kombu reads a sentinel URL: its password (and db) are the primary's.
+        password = unquote(parts.password) if parts.password else password
+        username = unquote(parts.username) if parts.username else username
+        path = (parts.path or "").strip("/")
+        db = int(path) if path.isdigit() else db
+    sentinel_kwargs = dict(options.get("sentinel_kwargs") or {})
+    sentinel_kwargs.setdefault("socket_timeout", timeout)
+    sentinel_kwargs.setdefault("socket_connect_timeout", timeout)
+    manager = Sentinel(
+        sentinels, min_other_sentinels=int(options.get("min_other_sentinels", 0)),
+        sentinel_kwargs=sentinel_kwargs, socket_timeout=timeout,
+        socket_connect_timeout=timeout, **tls,
+    )
+    return manager.master_for(
+        str(options["master_name"]), redis_class=redis.Redis, db=db, password=password,
+        username=username,
+    )
 
 
 class InspectProbe:

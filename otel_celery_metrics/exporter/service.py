@@ -36,6 +36,7 @@ from otel_celery_metrics.exporter.receiver import (
 )
 from otel_celery_metrics.exporter.store import Caps, CounterStore
 from otel_celery_metrics.exporter.tracker import TaskTracker
+from otel_celery_metrics.exporter.transport_options import scheme_of
 
 _logger = logging.getLogger(__name__)
 
@@ -50,17 +51,6 @@ def make_app(config: ExporterConfig) -> Any:
     from celery import Celery
 
     app = Celery("otel-celery-exporter", broker=config.broker_url, set_as_current=False)
-    transport_options: dict[str, Any] = {
-        "socket_timeout": config.probe_timeout,
-        "socket_connect_timeout": config.probe_timeout,
-        "max_retries": 1,
-        # Where the workers' transport finds things (SQS: region, queue_name_prefix).
-        **config.broker_transport_options,
-    }
-    if config.redis_key_prefix:
-        # The workers' kombu prefixes every key and channel: broadcasts (inspect, enable
-        # events) and, over kombu, the event subscription must use the same prefix.
-        transport_options["global_keyprefix"] = config.redis_key_prefix
     app.conf.update(
         # TLS for every connection kombu opens for us: receivers, probes, broadcasts.
         broker_use_ssl=broker_tls.broker_use_ssl(config),
@@ -72,10 +62,31 @@ def make_app(config: ExporterConfig) -> Any:
         # exporter would lose counts silently. Five minutes rides out a pause, bounded.
         event_queue_expires=config.event_queue_expires,
         event_queue_ttl=config.event_queue_ttl,
-        # The probes must not hang on a dead broker: bounded connect and socket waits.
-        broker_transport_options=transport_options,
+        broker_transport_options=transport_options(config),
     )
     return app
+
+
+def transport_options(config: ExporterConfig) -> dict[str, Any]:
+    """kombu's transport options for every connection of ours; the user's win."""
+    # The probes must not hang on a dead broker: bounded connect and socket waits, on
+    # Redis (socket_*) and on py-amqp (connect_timeout comes from
+    # broker_connection_timeout; read/write_timeout bound each round trip after the
+    # handshake, which would otherwise wait for ever on a broker that hung after it).
+    options: dict[str, Any] = {
+        "socket_timeout": config.probe_timeout,
+        "socket_connect_timeout": config.probe_timeout,
+        "max_retries": 1,
+    }
+    if scheme_of(config.broker_url) in ("amqp", "amqps", "pyamqp"):
+        options = {"read_timeout": config.probe_timeout,
+                   "write_timeout": config.probe_timeout, "max_retries": 1}
+    if config.redis_key_prefix:
+        # The workers' kombu prefixes every key and channel: broadcasts (inspect, enable
+        # events) and, over kombu, the event subscription must use the same prefix.
+        options["global_keyprefix"] = config.redis_key_prefix
+    options.update(config.broker_transport_options)
+    return options
 
 
 class Exporter:
@@ -137,7 +148,7 @@ class Exporter:
         config = self.config
         receiver_kind = config.receiver
         if receiver_kind == "auto":
-            receiver_kind = _AUTO_RECEIVERS.get(config.broker_url.split(":", 1)[0], "kombu")
+            receiver_kind = _AUTO_RECEIVERS.get(scheme_of(config.broker_url), "kombu")
         # Each object is built after what it needs: the handlers record into the histogram
         # provider, the receiver feeds the handlers, the instruments read all of them.
         provider = histogram_provider(self.outputs)

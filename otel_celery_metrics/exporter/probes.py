@@ -3,7 +3,10 @@
 On Redis the queue probe also peeks at the oldest message of each priority list (the
 tail: kombu pushes on the left and consumers pop on the right; LINDEX reads without
 consuming) and takes its time from our publish header (an instrumented producer), else
-from the task-sent event of its task id when the exporter saw one. RabbitMQ cannot show a
+from the task-sent event of its task id when the exporter saw one. It also counts, per
+queue, the messages kombu's Redis transport holds in its ``unacked`` hash for a consumer
+(delivered to a worker, not yet acknowledged: prefetched, ETA-parked, and executing under
+``acks_late``), see :func:`count_unacked`. RabbitMQ cannot show a
 queue's head without delivering it (basic.get), so there is no such age on RabbitMQ.
 
 Scrapes never wait on these. Each probe runs on its own thread every interval with every
@@ -21,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._outcomes import PUBLISHED_AT_HEADER
+from otel_celery_metrics._outcomes import PUBLISHED_AT_HEADER, _eta_timestamp
 from otel_celery_metrics._routing import Binding, bindings_from_reply
 from otel_celery_metrics.exporter.broker_tls import broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
@@ -38,6 +41,10 @@ class ProbeResult:
         #: Queue -> seconds its oldest waiting message had waited when the values were
         #: taken (0: empty). Queues whose oldest message has no known time are absent.
         self.oldest_age: dict[str, float] = {}
+        #: Redis only: queue -> unacknowledged messages a worker holds and has not started
+        #: whose ETA is due (or that have none); and those whose ETA is still ahead.
+        self.unacked: dict[str, int] = {}
+        self.unacked_scheduled: dict[str, int] = {}
         self.taken_at: float | None = None
         self.last_error: str | None = None
 
@@ -65,11 +72,46 @@ def published_at(raw: bytes | str | None, sent_at: Callable[[str], float | None]
     return sent_at(task_id) if isinstance(task_id, str) else None
 
 
+#: kombu's Redis transport's hash of delivered, unacknowledged messages (``unacked_key``).
+UNACKED_KEY = "unacked"
+
+
+def count_unacked(
+    entries: list[Any], queues: set[str], now: float, started: Callable[[str], bool],
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Per queue, (due, not yet due) counts of the unacked hash's ``entries``.
+
+    An entry is kombu's ``[message, exchange, routing_key]``; Celery's routing key is the
+    queue name (entries for other routing keys are not ours to count). An entry whose
+    task the exporter saw start is executing (``acks_late``): celery_tasks_executing
+    counts it, so it is left out here rather than counted twice. An ETA still ahead goes
+    to the second map: it is work, but not work to scale up for yet.
+    """
+    due: dict[str, int] = {}
+    ahead: dict[str, int] = {}
+    for raw in entries:
+        try:
+            message, _exchange, routing_key = json.loads(raw)
+            headers = message.get("headers") or {}
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if routing_key not in queues:
+            continue
+        task_id = headers.get("id")
+        if isinstance(task_id, str) and started(task_id):
+            continue
+        eta = _eta_timestamp(headers.get("eta"))
+        target = ahead if eta is not None and eta > now else due
+        target[routing_key] = target.get(routing_key, 0) + 1
+    return due, ahead
+
+
 class QueueDepthProbe:
     """Messages (and, on RabbitMQ, consumers) per queue; on Redis the oldest one's age.
 
     ``sent_at`` gives the task-sent time of a task id the exporter saw (or None);
-    ``wall_clock`` is seconds since the epoch, what message times are measured in.
+    ``wall_clock`` is seconds since the epoch, what message times are measured in;
+    ``started`` tells whether the exporter saw a task id start (and not finish).
     """
 
     def __init__(
@@ -81,7 +123,9 @@ class QueueDepthProbe:
         *,
         sent_at: Callable[[str], float | None] = lambda _task_id: None,
         wall_clock: Callable[[], float] = time.time,
+        started: Callable[[str], bool] = lambda _task_id: False,
     ) -> None:
+        self._started = started
         self._config = config
         self._app = app
         self._queues = queues
@@ -101,9 +145,11 @@ class QueueDepthProbe:
     def poll(self) -> None:
         names = self.queue_names()
         oldest: dict[str, float] = {}
+        unacked: list[Any] = []
         try:
             redis = self._redis
-            values = self._redis_depths(names, oldest) if redis else self._amqp_depths(names)
+            values = (self._redis_depths(names, oldest, unacked) if redis
+                      else self._amqp_depths(names))
         except Exception as exc:  # noqa: BLE001 - the probe retries next interval
             self.result.last_error = f"{type(exc).__name__}: {exc}"[:300]
             self._client = None
@@ -115,13 +161,17 @@ class QueueDepthProbe:
         result = ProbeResult()
         result.values = values
         result.oldest_age = oldest
+        if redis:
+            result.unacked, result.unacked_scheduled = count_unacked(
+                unacked, set(names), self._wall_clock(), self._started)
         result.taken_at = self._clock()
         self.result = result
 
     def _redis_depths(
-        self, names: list[str], oldest: dict[str, float]
+        self, names: list[str], oldest: dict[str, float], unacked: list[Any]
     ) -> dict[str, tuple[int, int | None]]:
-        """Depth per queue; fills ``oldest`` with each queue's oldest message age."""
+        """Depth per queue; fills ``oldest`` with each queue's oldest message age and
+        ``unacked`` with the entries of the unacked hash."""
         if self._client is None:
             import redis
 
@@ -143,7 +193,11 @@ class QueueDepthProbe:
                 pipe.llen(key)
                 pipe.lindex(key, -1)  # the oldest message of this priority list
             spans.append((name, len(keys)))
+        # One call for every queue: the hash holds only what workers hold now, bounded by
+        # the fleet's prefetch windows (workers x concurrency x prefetch multiplier).
+        pipe.hvals(cfg.redis_key_prefix + UNACKED_KEY)
         replies = pipe.execute()
+        unacked.extend(replies.pop())
         now = self._wall_clock()
         out: dict[str, tuple[int, int | None]] = {}
         pos = 0

@@ -105,7 +105,8 @@ class Exporter:
         self.handlers: EventHandlers
         self.receiver: RedisPubSubReceiver | AmqpEventReceiver | KombuReceiver
         self.queue_probe = QueueDepthProbe(
-            config, self.app, self.liveness.queues, clock, sent_at=self._task_sent_at
+            config, self.app, self.liveness.queues, clock, sent_at=self._task_sent_at,
+            started=self._task_started,
         )
         self.inspect_probe = InspectProbe(config, self.app, self.liveness, clock)
         self._build(clock)
@@ -220,6 +221,12 @@ class Exporter:
         probe's thread: one dict lookup, no lock needed for a value that may be stale)."""
         info = self.tracker.get(task_id)
         return info.sent if info is not None else None
+
+    def _task_started(self, task_id: str) -> bool:
+        """Whether ``task_id`` is executing as far as the exporter's events tell (started,
+        no terminal event yet; read by the queue probe's thread like ``_task_sent_at``)."""
+        info = self.tracker.get(task_id)
+        return info is not None and info.started is not None
 
     def maintain(self) -> None:
         gone = self.liveness.expire()

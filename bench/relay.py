@@ -5,7 +5,7 @@
 
    (a) ``solo``: the same task in a solo worker's process: one SDK MeterProvider with one
        cumulative reader (the Prometheus reader's storage), no relay;
-   (b) ``relay``: a forked-child setup as :class:`~otel_celery_metrics._relay.PoolRelay`
+   (b) ``relay``: a forked-child setup as :class:`~otel_celery_metrics.pool.relay.PoolRelay`
        builds it (the relay's delta reader replaces the inherited one), measured with
        the relay's collect + encode + send after every K tasks (``--sends``; 0: never,
        the recording alone; 1 is the worst case, a child recycled after every task
@@ -37,10 +37,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
 
-from otel_celery_metrics._child_forwarder import ChildForwarder
-from otel_celery_metrics._relay import PoolRelay
-from otel_celery_metrics._relay_store import RelayStore
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.pool.child_forwarder import ChildForwarder
+from otel_celery_metrics.pool.relay import PoolRelay
+from otel_celery_metrics.pool.relay_store import RelayStore
 
 BUCKETS = [0.01, 0.1, 1.0, 10.0, 100.0]
 

@@ -9,6 +9,9 @@ Quotes and backslashes are fine in names: the exposition escapes them.
 Task events after task-sent/task-received carry only the task id; names and queues come
 from :class:`~.tracker.TaskTracker`. A task whose earlier events we never saw (exporter
 started mid-stream) is counted under the task name ``unknown``.
+
+Over 400 lines on purpose: one handler per event type, in one table a reader scans top to
+bottom; the per-task state they share lives in :mod:`.tracker` and :mod:`.held`.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ import logging
 import re
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any, Protocol
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._routing import sent_destination
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.queue_wait import eta_timestamp, wait_reference, wait_seconds
+from otel_celery_metrics.core.routing import sent_destination
+from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.held import HeldEvents
 from otel_celery_metrics.exporter.liveness import Liveness
@@ -114,15 +117,6 @@ def exception_class(text: object) -> str:
     return UNKNOWN
 
 
-def _eta(value: object) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
 class EventHandlers:
     """Turns one event dict at a time into measurements."""
 
@@ -152,14 +146,14 @@ class EventHandlers:
         self._received = counters.counter(mt.EXPORTER_EVENTS_RECEIVED.name)
         self._dropped = counters.counter(mt.EXPORTER_EVENTS_DROPPED.name)
         self._per_event = {
-            "task-sent": counters.counter(mt.TASK_SENT.name),
-            "task-received": counters.counter(mt.TASK_RECEIVED.name),
-            "task-started": counters.counter(mt.TASK_STARTED.name),
-            "task-succeeded": counters.counter(mt.TASK_SUCCEEDED.name),
-            "task-failed": counters.counter(mt.TASK_FAILED.name),
-            "task-retried": counters.counter(mt.TASK_RETRIED.name),
-            "task-rejected": counters.counter(mt.TASK_REJECTED.name),
-            "task-revoked": counters.counter(mt.TASK_REVOKED.name),
+            "task-sent": counters.counter(mt.EVENTS_TASK_SENT.name),
+            "task-received": counters.counter(mt.EVENTS_TASK_RECEIVED.name),
+            "task-started": counters.counter(mt.EVENTS_TASK_STARTED.name),
+            "task-succeeded": counters.counter(mt.EVENTS_TASK_SUCCEEDED.name),
+            "task-failed": counters.counter(mt.EVENTS_TASK_FAILED.name),
+            "task-retried": counters.counter(mt.EVENTS_TASK_RETRIED.name),
+            "task-rejected": counters.counter(mt.EVENTS_TASK_REJECTED.name),
+            "task-revoked": counters.counter(mt.EVENTS_TASK_REVOKED.name),
         }
         self._tasks = counters.counter(mt.TASKS.name)
         self._failures_by_class = counters.counter(mt.TASK_FAILURES.name)
@@ -308,7 +302,7 @@ class EventHandlers:
             # A retry publishes the same id again; keep what its first run started.
             info.name, info.queue = name, queue
         info.sent = number(event, "timestamp")
-        info.eta = _eta(event.get("eta"))
+        info.eta = eta_timestamp(event.get("eta"))
         name, queue = self._names(info)
         self._per_event["task-sent"].add(self._key(name, queue, hostname))
         self._published.add((name, queue))
@@ -329,7 +323,7 @@ class EventHandlers:
         if sole is not None:
             info.queue = sole
         info.received = number(event, "timestamp")
-        eta = _eta(event.get("eta"))
+        eta = eta_timestamp(event.get("eta"))
         if eta is not None:
             info.eta = eta
         info.hostname = hostname
@@ -363,15 +357,11 @@ class EventHandlers:
         self._queue_wait(info, name, queue, started)
 
     def _queue_wait(self, info: TaskInfo, name: str, queue: str, started: float) -> None:
-        # Publish (or the ETA, when it is later) to start; else receipt to start.
-        # Clamped at 0: producer and worker clocks disagree by small amounts.
-        if info.sent is not None:
-            if info.eta is not None and info.eta > info.sent:
-                self._hist.queue_wait(name, queue, "eta", max(0.0, started - info.eta))
-            else:
-                self._hist.queue_wait(name, queue, "publish", max(0.0, started - info.sent))
-        elif info.received is not None:
-            self._hist.queue_wait(name, queue, "received", max(0.0, started - info.received))
+        # The rule both ways in share (core.queue_wait): publish, else receipt, unless the
+        # ETA is later; clamped at 0 for clock skew.
+        reference, wait_from = wait_reference(info.sent, info.received, info.eta)
+        if reference is not None:
+            self._hist.queue_wait(name, queue, wait_from, wait_seconds(reference, started))
 
     def _settle_wait(self, info: TaskInfo) -> None:
         """Record a waiting queue wait with what is known now: from publish once the late

@@ -25,7 +25,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.exporter import compat
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
@@ -213,7 +213,8 @@ class Instruments:
         for spec in mt.EXPORTER_METRICS[:8]:  # the per-event task counters
             counters = src.counters.counter(spec.name)
             if cfg.danihodovic_names:
-                labels = compat.FAILED_LABELS if spec is mt.TASK_FAILED else compat.TASK_LABELS
+                failed = spec is mt.EVENTS_TASK_FAILED
+                labels = compat.FAILED_LABELS if failed else compat.TASK_LABELS
                 out.append((compat.COUNTER_NAMES[spec.name], "", spec.description,
                             _from_counters(counters, labels), "counter"))
             else:

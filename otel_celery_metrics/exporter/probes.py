@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._outcomes import PUBLISHED_AT_HEADER, _eta_timestamp
-from otel_celery_metrics._routing import Binding, bindings_from_reply
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER, eta_timestamp
+from otel_celery_metrics.core.routing import Binding, bindings_from_reply
 from otel_celery_metrics.exporter.broker_tls import broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.liveness import Liveness
@@ -100,7 +100,7 @@ def count_unacked(
         task_id = headers.get("id")
         if isinstance(task_id, str) and started(task_id):
             continue
-        eta = _eta_timestamp(headers.get("eta"))
+        eta = eta_timestamp(headers.get("eta"))
         target = ahead if eta is not None and eta > now else due
         target[routing_key] = target.get(routing_key, 0) + 1
     return due, ahead

@@ -10,8 +10,6 @@ import pytest
 
 from tests.support import RABBITMQ_URL, REDIS_URL, close_producers, unique_queue
 
-pytestmark = pytest.mark.integration
-
 
 def _answers(url: str) -> bool:
     parsed = urlparse(url)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 from tests.support import REPO
 from tests.unit.test_operator_kit import promtool, series_names, table_series
 

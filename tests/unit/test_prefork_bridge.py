@@ -19,14 +19,15 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._child_forwarder import ChildForwarder
-from otel_celery_metrics._outcomes import SpanJoin
-from otel_celery_metrics._prefork import ForkBridge, SwitchableSink
-from otel_celery_metrics._recorder import Recorder
-from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_adapter import SdkAdapter
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.pool.child_forwarder import ChildForwarder
+from otel_celery_metrics.pool.prefork import ForkBridge, SwitchableSink
+from otel_celery_metrics.recording.recorder import Recorder
+from otel_celery_metrics.recording.settings import Settings
+from otel_celery_metrics.sdk_adapter import SdkAdapter
+from otel_celery_metrics.worker.outcomes import SpanJoin
+from tests.support import wait_for
 
 TASKS = mt.METRIC_INDEX[mt.TASKS.name]
 RUNTIME = mt.METRIC_INDEX[mt.TASK_RUNTIME.name]
@@ -236,7 +237,10 @@ def test_a_fork_waits_for_a_running_collection_so_the_child_can_collect_and_reco
         released_at: list[float] = []
 
         def let_go() -> None:
-            time.sleep(0.3)
+            # Only once the fork below is waiting at the fence: then a fork that did not
+            # wait would have happened before this release, and the assertion fails.
+            wait_for(lambda: bridge.fence.fork_waiting, timeout=10, interval=0.005,
+                     what="the fork to wait at the fence")
             released_at.append(time.monotonic())
             release.set()
 
@@ -341,7 +345,7 @@ def test_a_collection_waiting_for_a_fork_gives_up_after_the_bound_and_counts_it(
     for good, nor can a reader of the socketpair that never lets go: each collection
     waits a bounded time, serves what there is, and counts the miss."""
     pytest.importorskip("celery")
-    monkeypatch.setattr("otel_celery_metrics._prefork._READ_LOCK_WAIT", 0.01)
+    monkeypatch.setattr("otel_celery_metrics.pool.prefork._READ_LOCK_WAIT", 0.01)
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     bridge, _recorder, sink = _installed_bridge(provider)

@@ -12,13 +12,11 @@ from typing import Any
 
 import pytest
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._receivers import (
-    PUBLISHED_AT_HEADER,
-    TaskReceivers,
-)
-from otel_celery_metrics._routing import DELIVERED_FROM
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
+from otel_celery_metrics.core.routing import DELIVERED_FROM
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.worker.signals import TaskReceivers
 
 WALL = 1_700_000_000.0
 
@@ -30,6 +28,9 @@ class ListSink:
         self.points: list[tuple[str, float, dict[str, str]]] = []
         self.spans: list[tuple[str, int, int]] = []
         self.flushes = 0
+
+    def points_with_attributes(self) -> list[tuple[str, dict[str, str]]]:
+        return [(name, attrs) for name, _value, attrs in self.points]
 
     def emit(self, metric: int, value: float, attrs: tuple[str, ...]) -> None:
         spec = mt.METRICS[metric]
@@ -46,6 +47,9 @@ class ListSink:
 
 
 class RaisingSink(ListSink):
+    def points_with_attributes(self) -> list[tuple[str, dict[str, str]]]:
+        return [(name, attrs) for name, _value, attrs in self.points]
+
     def emit(self, metric: int, value: float, attrs: tuple[str, ...]) -> None:
         raise RuntimeError("sink broken")
 
@@ -148,7 +152,7 @@ def test_every_receiver_swallows_a_broken_sink(receiver: str, kwargs: dict[str, 
         receivers._wall_clock = lambda: 1 / 0  # type: ignore[assignment]  # its only dependency
     if receiver in ("on_prerun", "on_postrun"):
         # Their only dependency is the current span.
-        import otel_celery_metrics._receivers as module
+        import otel_celery_metrics.worker.signals as module
 
         original = module._sampled_span
         module._sampled_span = lambda: (1, 2)  # type: ignore[assignment]
@@ -166,9 +170,14 @@ def test_every_receiver_swallows_a_broken_sink(receiver: str, kwargs: dict[str, 
 def test_every_receiver_swallows_arguments_it_does_not_understand(
     receiver: str, kwargs: dict[str, Any]
 ) -> None:
-    receivers, _, _, _ = make()
+    receivers, sink, _, _ = make()
     garbage = dict.fromkeys(kwargs, object())
-    getattr(receivers, receiver)(**garbage, unexpected="extra keyword")
+    getattr(receivers, receiver)(**garbage, unexpected="extra keyword")  # must not raise
+    # Whatever was recorded from garbage is bounded text (never an object's repr with an
+    # address, a new series per call), and a failure is contained and counted, not lost.
+    for _name, attrs in sink.points_with_attributes():
+        assert all(isinstance(v, str) and "object at 0x" not in v for v in attrs.values())
+    assert receivers._failures.count <= 1
 
 
 def test_a_repeated_failure_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:

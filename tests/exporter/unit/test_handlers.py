@@ -318,7 +318,7 @@ def _sent(task_id: str, queue: str, exchange: str, routing_key: str) -> dict[str
 
 
 def test_task_sent_labels_the_destination_queue_never_the_routing_key(make_exporter) -> None:
-    from otel_celery_metrics._routing import Binding
+    from otel_celery_metrics.core.routing import Binding
 
     exporter = make_exporter()
     exporter.liveness.update_from_inspect({}, {}, {
@@ -372,3 +372,19 @@ def test_events_of_a_worker_with_several_queues_wait_for_their_late_task_sent(
     text = scrape(exporter)
     assert value(text, "celery_task_succeeded_total", task_name="app.add", queue="unknown") == 1
     assert value(text, "celery_task_succeeded_total", task_name="app.add", queue="images") == 1
+
+
+def test_queue_wait_counts_from_eta_when_it_is_later_than_receipt_and_no_task_sent_came(
+    make_exporter, clock: FakeClock
+) -> None:
+    """The rule both ways in share (core/queue_wait.py, tests/unit/test_queue_wait.py)."""
+    exporter = make_exporter()
+    _sent, received, started, _done = lifecycle("eta-rcv", t0=1_700_000_100.0)
+    received["eta"] = "2023-11-14T22:15:01.500000+00:00"  # receipt (t0 + 1 s) + 0.5 s
+    feed(exporter, [received, started])
+    heartbeat = {"type": "worker-heartbeat", "hostname": W, "timestamp": 1.0}
+    clock.advance(2.5)  # past the grace for a late task-sent: the next event settles it
+    feed(exporter, [heartbeat])
+    text = scrape(exporter)
+    assert value(text, "celery_task_queue_wait_seconds_count", wait_from="received") is None
+    assert value(text, "celery_task_queue_wait_seconds_sum", wait_from="eta") == pytest.approx(0.5)

@@ -25,6 +25,7 @@ from otel_celery_metrics.exporter.instruments import (
     Sources,
     histogram_provider,
 )
+from otel_celery_metrics.exporter.keda_scaler import QueueView
 from otel_celery_metrics.exporter.liveness import Liveness
 from otel_celery_metrics.exporter.probes import InspectProbe, QueueDepthProbe, run_every
 from otel_celery_metrics.exporter.receiver import KombuReceiver, RedisPubSubReceiver
@@ -89,6 +90,7 @@ class Exporter:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
+        self._keda_server: Any = None
         self._web_config: WebConfigFile | None = None
         self._forgotten_at_build = 0
 
@@ -159,6 +161,11 @@ class Exporter:
             web_config=self._web_config,
         )
         self._spawn("http", self._server.serve_forever)
+        if cfg.keda_scaler_port:
+            from otel_celery_metrics.exporter.keda_scaler import ExternalScaler, serve
+
+            scaler = ExternalScaler(self.queue_view, cfg.queue_poll_interval, self._stop)
+            self._keda_server = serve(scaler, cfg.host, cfg.keda_scaler_port)
         self._spawn("receiver", lambda: self.receiver.run(self._stop))
         self._spawn("queues", lambda: run_every(
             cfg.queue_poll_interval, self._stop, self.queue_probe.poll, "queue depth probe"))
@@ -204,6 +211,8 @@ class Exporter:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        if self._keda_server is not None:
+            self._keda_server.stop(1.0)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -225,6 +234,19 @@ class Exporter:
         probe's thread: one dict lookup, no lock needed for a value that may be stale)."""
         info = self.tracker.get(task_id)
         return info.sent if info is not None else None
+
+    def queue_view(self, queue: str) -> QueueView | None:
+        """The exporter's terms of ``queue`` for the KEDA scaler (docs/autoscaling.md):
+        None when the queue probe has no result for it younger than three intervals."""
+        result = self.queue_probe.result
+        stale_after = 3 * self.config.queue_poll_interval + self.config.probe_timeout
+        if result.taken_at is None or self._clock() - result.taken_at > stale_after:
+            return None
+        if queue not in result.values:
+            return None
+        executing = sum(n for (_, q), n in dict(self.handlers.executing).items() if q == queue)
+        outstanding = result.values[queue][0] + result.unacked.get(queue, 0) + executing
+        return QueueView(float(outstanding), float(result.unacked_scheduled.get(queue, 0)))
 
     def _task_started(self, task_id: str) -> bool:
         """Whether ``task_id`` is executing as far as the exporter's events tell (started,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ from tests.integration.autoscaling import (
     scalar,
     signals,
 )
-from tests.support import REDIS_URL, Worker, producer, unique_queue, wait_for
+from tests.support import RABBITMQ_URL, REDIS_URL, Worker, producer, unique_queue, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
 
@@ -176,3 +177,31 @@ def test_idle_fleet_reads_idle_and_scales_to_zero(fleet: Fleet) -> None:
         settle(fleet, queue, outstanding=0, scheduled=0, capacity=CONCURRENCY, load=0, idle=1)
         row = report("idle fleet", fleet, queue)
         assert row["keda_replicas"] == 0 and row["llen_replicas"] == 0
+
+
+def test_hoarding_on_rabbitmq_is_counted_from_the_workers(tmp_path: Path) -> None:
+    """The same hoarding on RabbitMQ: the queue's ready count (QueueLength) reads 0 while the
+    worker holds 16 unacknowledged messages. The exporter cannot see those on RabbitMQ; the
+    in-process terms can."""
+    queue = unique_queue("as-hoard-amqp")
+    with running_fleet(tmp_path, RABBITMQ_URL, [queue], worker_ports=1) as amqp:
+        w = Worker(RABBITMQ_URL, queue, app="tests.apps.autoscale_app", concurrency=CONCURRENCY,
+                   events=True, metrics_port=amqp.ports[0],
+                   env={"AUTOSCALE_RUNS_URL": REDIS_URL, "AUTOSCALE_RUNS_KEY": queue,
+                        "AUTOSCALE_ACKS_LATE": "1", "AUTOSCALE_PREFETCH": "8"})
+        try:
+            w.wait_ready()
+            app = producer(RABBITMQ_URL)
+            app.conf.task_send_sent_event = True
+            for _ in range(16):
+                app.send_task("autoscale.work", args=(30,), queue=queue, routing_key=queue)
+            settle(amqp, queue, outstanding=16, capacity=CONCURRENCY, load=8)
+            ready = scalar(amqp.prometheus, f'queue:celery_broker_ready:max{{queue="{queue}"}}')
+            keda, values = replicas(amqp, queue)
+            print(f"\n[autoscaling scenario hoarding, RabbitMQ] outstanding 16, ready {ready}, "
+                  f"keda {values} -> {keda}, QueueLength replicas "
+                  f"{llen_replicas(int(ready or 0), CONCURRENCY, 0, MAX_REPLICAS)}")
+            assert ready == 0
+            assert keda == 8
+        finally:
+            w.stop(timeout=5)

@@ -177,6 +177,9 @@ def test_idle_fleet_reads_idle_and_scales_to_zero(fleet: Fleet) -> None:
         settle(fleet, queue, outstanding=0, scheduled=0, capacity=CONCURRENCY, load=0, idle=1)
         row = report("idle fleet", fleet, queue)
         assert row["keda_replicas"] == 0 and row["llen_replicas"] == 0
+        # Capacity comes from the worker itself (the exporter's inspect view is the fallback).
+        assert scalar(fleet.prometheus,
+                      f'sum(celery_worker_queue_processes{{queue="{queue}"}})') == CONCURRENCY
 
 
 def test_hoarding_on_rabbitmq_is_counted_from_the_workers(tmp_path: Path) -> None:

@@ -25,8 +25,10 @@ Modules, one job each:
 - :mod:`.held` -- events held back until the task-sent event they need arrives;
 - :mod:`.store` -- counters the handlers update, with the cardinality caps;
 - :mod:`.liveness` -- workers from heartbeats: up/down, forgetting, events-disabled;
-- :mod:`.probes` -- queue depth (Redis priorities, RabbitMQ passive declare) and inspect;
+- :mod:`.probes` -- queue depth (Redis priorities, RabbitMQ passive declare), Redis'
+  unacked messages, and inspect;
 - :mod:`.sqs_depth` -- SQS queue depth (waiting, in flight, delayed) and kombu's SQS names;
+- :mod:`.keda_scaler` -- KEDA's external scaler gRPC API (optional, ``--keda-scaler-port``);
 - :mod:`.instruments` -- the store and liveness as OpenTelemetry instruments;
 - :mod:`.outputs` -- where they go: the readers for /metrics and OTLP, and the resource;
 - :mod:`.compat` -- danihodovic/celery-exporter's names for migration;

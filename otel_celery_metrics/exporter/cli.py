@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import importlib.util
 import json
 import logging
 import os
@@ -186,6 +187,9 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                           "(chain only) or none (unverified, logged as a warning)."),
     "host": (str, "Address /metrics and /health listen on."),
     "port": (_port, "Port /metrics and /health listen on (0 picks a free one)."),
+    "keda_scaler_port": (_port, "Port of the KEDA external scaler gRPC API (on --host), "
+                                "answering from this exporter's view of each queue; 0: off "
+                                "(needs otel-celery-metrics[keda-scaler])."),
     "buckets": (_buckets, "Runtime histogram boundaries in seconds, comma-separated."),
     "queue_wait_buckets": (_buckets, "Queue-wait histogram boundaries in seconds."),
     "queues": (_names, "Queues to probe for depth, besides those workers report."),
@@ -407,7 +411,19 @@ def config_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Exporte
         check_broker(config.broker_url, config.broker_transport_options)
     except TransportOptionError as exc:
         parser.error(str(exc))
+    if config.keda_scaler_port and not all(map(_importable, ("grpc", "google.protobuf"))):
+        from otel_celery_metrics.exporter.keda_scaler import INSTALL_HINT
+
+        parser.error(f"{_flag_and_variable('keda_scaler_port')}={config.keda_scaler_port} "
+                     f"needs grpcio and protobuf: {INSTALL_HINT}")
     return config
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
 
 
 def _flag_and_variable(name: str) -> str:

@@ -36,6 +36,8 @@ class ExporterConfig:
     broker_tls_verify: str = "full"
     host: str = "0.0.0.0"
     port: int = 9808
+    #: KEDA external scaler gRPC port (docs/autoscaling.md); 0: off.
+    keda_scaler_port: int = 0
     #: Histogram boundaries (seconds) of the runtime histogram.
     buckets: tuple[float, ...] = DEFAULT_SECONDS_BUCKETS
     #: Histogram boundaries (seconds) of the queue-wait histogram.

@@ -9,6 +9,7 @@ import contextlib
 import faulthandler
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -87,6 +88,13 @@ def rejected() -> None:
 @app.task(name="tests.sleep")
 def sleep(seconds: float) -> None:
     time.sleep(seconds)
+
+
+@app.task(name="tests.nap")
+def nap(seconds: float) -> None:
+    """Sleeps with ``select()``: under libfaketime ``time.sleep()`` fails with EINVAL, and
+    the clock-jump tests need a task that runs across the jump."""
+    select.select([], [], [], seconds)
 
 
 @app.task(name="tests.overrun")

@@ -6,6 +6,7 @@ Broker and default queue come from EXPORTER_TEST_BROKER and EXPORTER_TEST_QUEUE.
 from __future__ import annotations
 
 import os
+import select
 import time
 
 from celery import Celery
@@ -41,6 +42,15 @@ def fail() -> None:
 @app.task(name="exp.sleep")
 def sleep(seconds: float) -> None:
     time.sleep(seconds)
+
+
+@app.task(name="exp.nap")
+def nap(seconds: float, fail: bool = False) -> None:
+    """Sleeps with ``select()`` (under libfaketime ``time.sleep()`` fails with EINVAL), so
+    a task can run across a clock step; ``fail`` raises at the end."""
+    select.select([], [], [], seconds)
+    if fail:
+        raise TimeoutError("slept and failed")
 
 
 @app.task(name="exp.retry", bind=True, max_retries=3)

@@ -110,3 +110,57 @@ def test_a_worker_whose_clock_is_an_hour_off(
     # Celery's runtimes come from a monotonic clock: the hour does not show.
     assert value(samples, "celery_task_runtime_seconds_count", queue=queue) == 3
     assert 0 <= value(samples, "celery_task_runtime_seconds_sum", queue=queue) < 1.0
+
+
+@pytest.mark.parametrize(
+    ("step", "later_waits_recorded"),
+    [(-600, False), (600, True)],
+    ids=["steps-10min-back", "steps-10min-forward"],
+)
+def test_a_worker_whose_clock_steps_during_a_task(
+    redis_url: str, queue: str, tmp_path: Path, step: int, later_waits_recorded: bool
+) -> None:
+    """The worker's wall clock steps by ten minutes while two tasks run (libfaketime reads
+    its offset from a file on every call). Their runtimes are Celery's monotonic ones: they
+    stay right. Their waits were taken before the step: recorded, short. Tasks published
+    after the step start "before" their publish time (refused, counted) or ten minutes late
+    (recorded ten minutes long: indistinguishable from a wait). Every task counts once."""
+    if not LIBFAKETIME.exists():
+        pytest.fail(f"{LIBFAKETIME} is missing: scripts/setup installs Debian's faketime")
+    offset = tmp_path / "faketime.rc"
+    offset.write_text("+0\n")
+    env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset),
+           "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1"}
+    nap = 3.0
+    with running_worker(redis_url, queue, pool="prefork", concurrency=2, env=env) as worker:
+        app = producer(redis_url)
+        for _ in range(2):
+            app.send_task("tests.nap", args=(nap,), queue=queue,
+                          headers={PUBLISHED_AT_HEADER: time.time()})
+        wait_for(lambda: value(worker.samples(), "celery_tasks_executing",
+                               task_name="tests.nap") == 2, 30, what="both naps executing")
+        offset.write_text(f"{step:+d}\n")
+        for _ in range(3):
+            app.send_task("tests.ok", queue=queue, headers={PUBLISHED_AT_HEADER: time.time()})
+        wait_for(lambda: all_counted(worker.samples(), queue, 5), 60, what="every task counted")
+        samples = worker.samples()
+        log = worker.log_text()
+    assert all(math.isfinite(v) for v in samples.values())
+    states = {(dict(k)["task_name"], dict(k)["state"]): v for (n, k), v in samples.items()
+              if n == "celery_tasks_total" and v}
+    assert states == {("tests.nap", "SUCCESS"): 2, ("tests.ok", "SUCCESS"): 3}, log[-3000:]
+    naps = {"task_name": "tests.nap"}
+    assert value(samples, "celery_task_runtime_seconds_count", **naps) == 2
+    assert 2 * nap <= value(samples, "celery_task_runtime_seconds_sum", **naps) < 2 * nap + 2
+    assert value(samples, "celery_task_queue_wait_seconds_count", wait_from="publish", **naps) == 2
+    assert value(samples, "celery_task_queue_wait_seconds_sum", **naps) < 30
+    oks = {"task_name": "tests.ok", "wait_from": "publish"}
+    refused = value(samples, "otel_celery_metrics_dropped_total", reason="implausible_time")
+    if later_waits_recorded:
+        assert (value(samples, "celery_task_queue_wait_seconds_count", **oks), refused) == (3, 0)
+        mean = value(samples, "celery_task_queue_wait_seconds_sum", **oks) / 3
+        assert 590 < mean < 660
+    else:
+        assert (value(samples, "celery_task_queue_wait_seconds_count", **oks), refused) == (0, 3)
+    assert value(samples, "celery_task_runtime_seconds_count", task_name="tests.ok") == 3
+    assert value(samples, "celery_task_runtime_seconds_sum", task_name="tests.ok") < 1.0

@@ -134,14 +134,20 @@ NATIVE_DELAYED_LABEL = "celery_delayed_delivery"
 
 def native_delayed_total(channel: Any, channel_errors: tuple[type[BaseException], ...],
                          reopen: Callable[[], Any]) -> tuple[int | None, Any]:
-    """Messages in every native delayed delivery queue (None when none exists: the
-    feature is off), and the channel to go on with (a 404 closes the one it happened on)."""
+    """Messages in every native delayed delivery queue (None when the feature is off), and
+    the channel to go on with (a 404 closes the one it happened on).
+
+    Celery declares the 28 levels together, highest first, so a missing
+    ``celery_delayed_27`` means none exists: one 404 (one broker log line) per poll on a
+    broker without the feature, not 28."""
     total: int | None = None
-    for name in NATIVE_DELAYED_QUEUES:
+    for name in reversed(NATIVE_DELAYED_QUEUES):
         try:
             _, messages, _consumers = channel.queue_declare(queue=name, passive=True)
         except channel_errors:
             channel = reopen()
+            if total is None:
+                return None, channel
             continue
         total = (total or 0) + int(messages)
     return total, channel

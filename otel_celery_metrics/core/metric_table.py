@@ -497,8 +497,11 @@ QUEUE_DELAYED = MetricSpec(
     name="celery.queue.delayed",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
     unit="{message}",
-    description="SQS only: messages sent with a delay that are not visible yet "
-    "(ApproximateNumberOfMessagesDelayed).",
+    description="Messages the broker holds until their delay passes. SQS: per queue, sent "
+    "with a delay and not visible yet (ApproximateNumberOfMessagesDelayed). RabbitMQ with "
+    "Celery's native delayed delivery: the ETA/countdown tasks in every celery_delayed_N "
+    "queue, one total under queue=\"celery_delayed_delivery\" (the target queue is in "
+    "each message's routing key, which only consuming it shows).",
     attributes=(QUEUE,),
     recorded_in=_EXPORTER,
 )

@@ -238,7 +238,8 @@ class Instruments:
             add(mt.QUEUE_UNACKED_SCHEDULED, _from_mapping(self._unacked(due=False), mt.QUEUE))
         else:
             add(mt.QUEUE_IN_FLIGHT, _from_mapping(lambda: src.queue_probe().in_flight, mt.QUEUE))
-            add(mt.QUEUE_DELAYED, _from_mapping(lambda: src.queue_probe().delayed, mt.QUEUE))
+        # SQS' delayed messages, and RabbitMQ's native delayed delivery total.
+        add(mt.QUEUE_DELAYED, _from_mapping(lambda: src.queue_probe().delayed, mt.QUEUE))
         add(mt.QUEUE_CONSUMERS, _from_mapping(self._queue_consumers, mt.QUEUE))
         if src.event_stream:
             add(mt.QUEUE_WORKERS, _from_mapping(lambda: self._per_queue(0), mt.QUEUE))

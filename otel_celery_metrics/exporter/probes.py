@@ -8,6 +8,11 @@ saw one. It also counts, per queue, the messages kombu's Redis transport holds i
 ``unacked`` hash for a consumer (delivered to a worker, not yet acknowledged: prefetched,
 ETA-parked, and executing under ``acks_late``), see :func:`count_unacked`. RabbitMQ cannot
 show a queue's head without delivering it (basic.get), so there is no such age on RabbitMQ.
+On RabbitMQ the probe also counts Celery's native delayed delivery queues
+(``celery_delayed_0`` .. ``celery_delayed_27``, :func:`native_delayed_total`): ETA and
+countdown tasks the broker holds until their time. Their target queue is in each message's
+routing key, which only consuming the message would show, so they are one total under the
+label :data:`NATIVE_DELAYED_LABEL`, not per queue.
 On SQS the counts come from ``GetQueueAttributes`` (:mod:`.sqs_depth`): waiting, in
 flight and delayed, each its own series.
 
@@ -46,8 +51,10 @@ class ProbeResult:
         #: Queue -> seconds its oldest waiting message had waited when the values were
         #: taken (0: empty). Queues whose oldest message has no known time are absent.
         self.oldest_age: dict[str, float] = {}
-        #: SQS only: messages received and not yet deleted, and messages still delayed.
+        #: SQS only: messages received and not yet deleted.
         self.in_flight: dict[str, int] = {}
+        #: Messages the broker holds until a delay passes: SQS per queue; RabbitMQ native
+        #: delayed delivery as one total under NATIVE_DELAYED_LABEL.
         self.delayed: dict[str, int] = {}
         #: Redis only: queue -> unacknowledged messages a worker holds and has not started
         #: whose ETA is due (or that have none); and those whose ETA is still ahead.
@@ -114,6 +121,38 @@ def count_unacked(
     return due, ahead
 
 
+#: Celery's native delayed delivery (5.5+, RabbitMQ): one queue per bit of the delay in
+#: seconds, ``celery_delayed_0`` (1 s) to ``celery_delayed_27`` (2**27 s), each holding a
+#: message for 2**level s before dead-lettering it on. kombu's names, without a prefix:
+#: Celery publishes to ``celery_delayed_27`` and declares no prefixed set.
+NATIVE_DELAYED_QUEUES = tuple(f"celery_delayed_{level}" for level in range(28))
+#: The ``queue`` label of their total in ``celery_queue_delayed``: the exchange that hands
+#: them to their target queues once due (a message's routing key is
+#: ``<28 bits of the delay, dot-separated>.<target routing key>``; the probe cannot read it).
+NATIVE_DELAYED_LABEL = "celery_delayed_delivery"
+
+
+def native_delayed_total(channel: Any, channel_errors: tuple[type[BaseException], ...],
+                         reopen: Callable[[], Any]) -> tuple[int | None, Any]:
+    """Messages in every native delayed delivery queue (None when the feature is off), and
+    the channel to go on with (a 404 closes the one it happened on).
+
+    Celery declares the 28 levels together, highest first, so a missing
+    ``celery_delayed_27`` means none exists: one 404 (one broker log line) per poll on a
+    broker without the feature, not 28."""
+    total: int | None = None
+    for name in reversed(NATIVE_DELAYED_QUEUES):
+        try:
+            _, messages, _consumers = channel.queue_declare(queue=name, passive=True)
+        except channel_errors:
+            channel = reopen()
+            if total is None:
+                return None, channel
+            continue
+        total = (total or 0) + int(messages)
+    return total, channel
+
+
 class QueueDepthProbe:
     """Messages (and, on RabbitMQ, consumers) per queue; on Redis the oldest one's age.
 
@@ -162,7 +201,7 @@ class QueueDepthProbe:
             elif redis:
                 values = self._redis_depths(names, result.oldest_age, unacked)
             else:
-                values = self._amqp_depths(names)
+                values = self._amqp_depths(names, result.delayed)
         except Exception as exc:  # noqa: BLE001 - the probe retries next interval
             self.result.last_error = f"{type(exc).__name__}: {exc}"[:300]
             self._client = None
@@ -240,7 +279,11 @@ class QueueDepthProbe:
             ages.append(max(0.0, now - stamp))  # clamped: the producer's clock may be ahead
         return max(ages)
 
-    def _amqp_depths(self, names: list[str]) -> dict[str, tuple[int, int | None]]:
+    def _amqp_depths(
+        self, names: list[str], delayed: dict[str, int]
+    ) -> dict[str, tuple[int, int | None]]:
+        """Ready messages and consumers per queue; fills ``delayed`` with the native
+        delayed delivery total (under NATIVE_DELAYED_LABEL) when those queues exist."""
         out: dict[str, tuple[int, int | None]] = {}
         with self._app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=self._config.probe_timeout)
@@ -254,6 +297,9 @@ class QueueDepthProbe:
                         channel = conn.channel()
                         continue
                     out[name] = (int(messages), int(consumers))
+                total, channel = native_delayed_total(channel, conn.channel_errors, conn.channel)
+                if total is not None:
+                    delayed[NATIVE_DELAYED_LABEL] = total
             finally:
                 channel.close()
         return out

@@ -211,3 +211,70 @@ def test_hoarding_on_rabbitmq_is_counted_from_the_workers(tmp_path: Path) -> Non
             assert keda == 8
         finally:
             w.stop(timeout=5)
+
+
+def test_native_delayed_delivery_on_rabbitmq_is_scheduled_until_due(tmp_path: Path) -> None:
+    """Celery 5.5+'s native delayed delivery (quorum queue, topic exchange), no worker yet
+    (scaled to zero): 3 countdown tasks wait in the broker's celery_delayed_N queues, not in
+    the queue. Before they are due the rules read outstanding 0 (no scale-up) and scheduled
+    3 under queue="celery_delayed_delivery" (the probe cannot read their target); once due
+    the broker moves them into the queue, and outstanding counts them.
+
+    A private node: the celery_delayed_N queues are shared by every app on a vhost, so on
+    the shared RabbitMQ other tests' delayed tasks would be in the count."""
+    from kombu import Exchange, Queue
+    from kombu.transport.native_delayed_delivery import (
+        bind_queue_to_native_delayed_delivery_exchange,
+        declare_native_delayed_delivery_exchanges_and_queues,
+    )
+
+    from tests.exporter.integration import private_rabbitmq
+
+    if not private_rabbitmq.available():
+        pytest.fail(f"rabbitmq-server is not installed under {private_rabbitmq.SBIN}")
+    node = private_rabbitmq.PrivateRabbitMQ()
+    try:
+        node.start()
+        queue = unique_queue("as-delayed")
+        app = producer(node.url)
+        app.conf.task_default_queue_type = "quorum"
+        app.conf.task_queues = [Queue(queue, Exchange(queue, type="topic"), routing_key=queue,
+                                      queue_arguments={"x-queue-type": "quorum"})]
+        # What a worker's DelayedDelivery bootstep declares when it starts (kombu's own
+        # functions): the 28 delay levels, and the queue bound to the delivery exchange.
+        with app.connection_for_write() as conn:
+            declare_native_delayed_delivery_exchanges_and_queues(conn, "quorum")
+            for declared in app.conf.task_queues:
+                declared.bind(conn.channel()).declare()
+                bind_queue_to_native_delayed_delivery_exchange(conn, declared)
+        with running_fleet(tmp_path, node.url, [queue], worker_ports=1) as amqp:
+            delayed = 'queue:celery_scheduled_tasks:sum{queue="celery_delayed_delivery"}'
+            # The probe's first result: the delayed total reads 0 before anything is sent.
+            wait_for(lambda: scalar(amqp.prometheus, delayed) == 0, timeout=30,
+                     what="scheduled 0 for celery_delayed_delivery")
+            sent = time.monotonic()
+            for _ in range(3):
+                app.send_task("autoscale.work", args=(0.1,), queue=queue, countdown=8)
+
+            def ahead() -> tuple[float | None, float | None] | None:
+                now = (scalar(amqp.prometheus, delayed), signals(amqp.prometheus, queue)[
+                    "outstanding"])
+                return now if now == (3, 0) else None
+
+            wait_for(ahead, timeout=8, interval=0.5,
+                     what=lambda: f"scheduled 3, outstanding 0: {ahead()}")
+            keda, values = replicas(amqp, queue)
+            print(f"\n[autoscaling scenario native delayed delivery, ahead] "
+                  f"scheduled 3, keda {values} -> {keda}")
+            assert time.monotonic() - sent < 8, "the ETA passed before the check: too slow"
+            assert values[0] == 0  # the outstanding trigger: no scale-up
+            settle(amqp, queue, outstanding=3, idle=0)
+            assert time.monotonic() - sent >= 8
+            wait_for(lambda: scalar(amqp.prometheus, delayed) == 0, timeout=20,
+                     what="the delayed total back to 0 once due")
+            keda, values = replicas(amqp, queue, current=0)
+            print(f"[autoscaling scenario native delayed delivery, due] outstanding 3, "
+                  f"keda {values} -> {keda}")
+            assert keda == 2  # ceil(3 / 2), from zero
+    finally:
+        node.cleanup()

@@ -10,7 +10,12 @@ from typing import Any
 
 from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from otel_celery_metrics.exporter.config import ExporterConfig
-from otel_celery_metrics.exporter.probes import ProbeResult, QueueDepthProbe, run_every
+from otel_celery_metrics.exporter.probes import (
+    ProbeResult,
+    QueueDepthProbe,
+    native_delayed_total,
+    run_every,
+)
 from tests.exporter.support import FakeClock, value
 from tests.exporter.unit.test_handlers import feed, scrape
 
@@ -165,3 +170,38 @@ def test_a_probe_loop_runs_again_at_once_when_woken_and_ends_when_stopped() -> N
     loop.join(10)
     assert not loop.is_alive()
     assert len(runs) == 2
+
+
+class _NotFound(Exception):
+    pass
+
+
+class _Channel:
+    """queue_declare(passive=True) as RabbitMQ answers it: a 404 for a missing queue."""
+
+    def __init__(self, depths: dict[str, int]) -> None:
+        self.depths = depths
+
+    def queue_declare(self, queue: str, passive: bool) -> tuple[str, int, int]:
+        assert passive
+        if queue not in self.depths:
+            raise _NotFound(queue)
+        return queue, self.depths[queue], 0
+
+
+def test_native_delayed_delivery_is_the_total_of_every_level_and_absent_when_off() -> None:
+    reopened: list[_Channel] = []
+    depths = {"celery_delayed_27": 0, "celery_delayed_3": 2, "celery_delayed_1": 1,
+              "celery_delayed_0": 0}
+
+    def reopen() -> _Channel:
+        reopened.append(_Channel(depths))
+        return reopened[-1]
+
+    total, channel = native_delayed_total(_Channel(depths), (_NotFound,), reopen)
+    assert total == 3
+    assert len(reopened) == 24 and channel is reopened[-1]  # a 404 closes the channel
+    # Without celery_delayed_27 the feature is off: one declare, not 28.
+    reopened.clear()
+    assert native_delayed_total(_Channel({"celery_delayed_3": 2}), (_NotFound,), reopen)[0] is None
+    assert len(reopened) == 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fault_matrix import record
 from tests.integration.collector_faults import EXPORT_TIMEOUT_S, INTERVAL_MS, run_faults
 
 pytestmark = pytest.mark.integration
@@ -28,6 +29,12 @@ def test_a_worker_behind_latency_bandwidth_a_reset_and_a_hang_to_the_collector_l
               f"recovered {outcome.recovered_after:.1f}s after the cure, lost {outcome.lost}")
         assert outcome.worker_alive, outcome
         assert outcome.lost == 0, outcome
+        record(outcome.fault,
+               "instrumented prefork worker → Collector (OTLP/HTTP)",
+               outcome.detected_after if outcome.detected_after is not None
+               else "not an outage (no export failed)",
+               f"{outcome.recovered_after:.1f} s (exact totals at the Collector)",
+               "nothing (cumulative: the first export through carries every count)")
     # 500 ms each way fits in the export timeout: no export fails.
     assert by_fault["latency"].detected_after is None, by_fault["latency"]
     # Refused and hung exports are logged; a hang only once the export timeout has passed.

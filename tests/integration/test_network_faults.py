@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.fault_matrix import record
 from tests.support import Worker, producer, scrape, value, wait_for
 from tests.toxiproxy import Toxiproxy
 
@@ -98,6 +99,15 @@ def test_a_worker_behind_latency_a_bandwidth_limit_a_hang_and_a_reset_counts_eve
         assert value(samples, "celery_task_runtime_seconds_count") == 25
         assert value(samples, "celery_tasks_received_total") == 25
         assert worker.proc.poll() is None
+        kombu = "not measured: kombu's (`socket_timeout`, `health_check_interval`)"
+        for fault, detected, ran in (
+            ("500 ms latency both ways", "not an outage", f"under it: {slow:.1f}"),
+            ("8 KB/s both ways", "not an outage", f"under it: {narrow:.1f}"),
+            ("hang (6 s)", kombu, f"after it: {recovered:.1f}"),
+            ("reset", kombu, f"after it: {after_reset:.1f}"),
+        ):
+            record(fault, "instrumented prefork worker → Redis", detected,
+                   f"{ran} s for 5 tasks", "nothing")
         print(f"worker: 5 tasks took {slow:.1f}s under latency, {narrow:.1f}s through 8 KB/s, "
               f"{recovered:.1f}s after the hang, {after_reset:.1f}s after the reset")
     finally:

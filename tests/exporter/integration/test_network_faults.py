@@ -19,11 +19,15 @@ import pytest
 
 from tests.exporter.integration.conftest import ExporterProc, producer
 from tests.exporter.support import total, value, wait_for
+from tests.fault_matrix import record
 from tests.toxiproxy import Proxy, Toxiproxy
 
 pytestmark = pytest.mark.integration
 
 HEARTBEAT = 3.0
+#: What a Redis outage costs the exporter (for the fault matrix).
+LOST_ON_PUBSUB = ("the events published while disconnected (pub/sub keeps none): one more "
+                  "`celery_exporter_broker_reconnects_total` shows the gap")
 
 
 @pytest.fixture
@@ -131,6 +135,9 @@ def test_a_hung_redis_reads_down_within_the_heartbeat_and_never_flaps_up(
     assert exporter.log.count("lost the broker") == 1
     print(f"redis hang ({receiver}): down after {detected:.1f}s, up {recovered:.1f}s after "
           "the cure")
+    record(f"hang (bytes stop both ways, no FIN/RST), `--broker-heartbeat={HEARTBEAT:g}`",
+           f"exporter (`--receiver={receiver}`) → Redis", detected, recovered,
+           LOST_ON_PUBSUB)
 
 
 def test_redis_latency_below_the_heartbeat_changes_nothing_and_a_reset_is_one_reconnect(
@@ -152,6 +159,8 @@ def test_redis_latency_below_the_heartbeat_changes_nothing_and_a_reset_is_one_re
         time.sleep(0.25)
     assert _succeeded(exporter, queue) == 5
     proxy.cure()
+    record(f"500 ms latency both ways, `--broker-heartbeat={HEARTBEAT:g}`", "exporter → Redis",
+           "not an outage (`/health` 200 throughout)", None, "nothing")
 
     proxy.reset()
     reset_at = time.monotonic()
@@ -163,6 +172,8 @@ def test_redis_latency_below_the_heartbeat_changes_nothing_and_a_reset_is_one_re
     assert value(exporter.scrape(), "celery_exporter_broker_reconnects_total") == 1
     assert "reset by peer" in exporter.log or "closed by the broker" in exporter.log
     print(f"redis reset: down after {detected:.1f}s, up {recovered:.1f}s after the cure")
+    record("reset (RST on every connection, and on new ones while it lasts)",
+           "exporter → Redis", detected, recovered, "as for the hang")
 
 
 def _ran(exporter: ExporterProc, queue: str) -> float:
@@ -213,3 +224,6 @@ def test_a_hung_rabbitmq_reads_down_and_what_ran_meanwhile_is_counted_after(
     assert value(text, "celery_exporter_broker_reconnects_total") == 1
     assert total(text, "celery_exporter_events_dropped_total") == 0
     print(f"rabbitmq hang: down after {detected:.1f}s, up {recovered:.1f}s after the cure")
+    record(f"hang, `--broker-heartbeat={heartbeat:g}` (2 s heartbeats)", "exporter → RabbitMQ",
+           detected, recovered, "nothing: the tasks run during the hang were counted after it "
+           "(the event queue waits up to `--event-queue-expires`)")

@@ -14,6 +14,7 @@ from tests.exporter.integration import private_rabbitmq
 from tests.exporter.integration.conftest import producer
 from tests.exporter.integration.rabbitmq_cluster import RabbitMQCluster
 from tests.exporter.support import total, value, wait_for
+from tests.fault_matrix import record
 from tests.support import Worker
 from tests.support import value as sample_value
 
@@ -83,5 +84,11 @@ def test_exporter_and_worker_move_to_the_other_node_and_count_from_then_on(
         app.close()
         print(f"rabbitmq cluster: the first node took {stopped:.1f}s to stop; the exporter "
               f"was connected to the second {moved:.1f}s after the stop began")
+        record("the node in use stops (`rabbitmqctl stop`), failover URL `amqp://a;amqp://b`",
+               "exporter and worker → RabbitMQ cluster, two nodes", "at once",
+               f"{moved:.1f} s after the stop began (the stop itself took {stopped:.1f} s)",
+               "the events published between the stop and the new queue on the other node "
+               "(the event queue is not durable and lived on the stopped node); one more "
+               "`celery_exporter_broker_reconnects_total`")
     finally:
         worker.stop()

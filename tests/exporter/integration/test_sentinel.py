@@ -12,6 +12,7 @@ import redis
 
 from tests.exporter.integration.conftest import ExporterProc, producer
 from tests.exporter.support import total, value, wait_for
+from tests.fault_matrix import record
 from tests.sentinel import MASTER_NAME, SentinelSet
 from tests.support import Worker
 from tests.support import value as sample_value
@@ -90,5 +91,9 @@ def test_exporter_and_worker_follow_a_failover_and_count_exactly(
         assert "'master_name'" not in exporter.log
         print(f"sentinel failover: promoted after {promoted:.1f}s, exporter up again after "
               f"{followed:.1f}s")
+        record("primary SIGKILLed, Sentinel promotes the replica",
+               "exporter and worker → Redis Sentinel", "at once",
+               f"{followed:.1f} s after the kill (promotion took {promoted:.1f} s)",
+               "nothing that ran after the exporter reconnected")
     finally:
         worker.stop()

@@ -51,7 +51,7 @@ from otel_celery_metrics._child_forwarder import SPAN_ENTRY as _SPAN
 from otel_celery_metrics._child_forwarder import ChildForwarder
 from otel_celery_metrics._outcomes import SpanJoin
 from otel_celery_metrics._recorder import AttrValues, Measurement, Recorder, SpanIds
-from otel_celery_metrics._relay import POINT, SPAN, PoolRelay
+from otel_celery_metrics._relay import POINT, SPAN, SPAN_OTLP, PoolRelay
 from otel_celery_metrics._safety import FailureLog
 
 _DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
@@ -395,7 +395,7 @@ class ForkBridge:
                         self._spans.put(entry[1], (entry[2], entry[3]))
                     elif entry[0] == POINT:
                         points.append(entry)
-                    elif entry[0] == SPAN:
+                    elif entry[0] == SPAN_OTLP or entry[0] == SPAN:
                         spans.append(entry)
                     else:
                         measurements.append(entry)

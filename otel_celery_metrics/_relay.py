@@ -39,11 +39,13 @@ from typing import Any, Protocol
 from otel_celery_metrics._relay_codec import decode_span, encode_metrics, encode_span
 from otel_celery_metrics._relay_store import ReaderView, RelayStore, merge_into
 from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_adapter import SdkAdapter, pool_relay
+from otel_celery_metrics._sdk_adapter import SdkAdapter, pool_relay, span_export
 
 #: Entry markers on the prefork bridge's socketpair (its own measurements use >= 0, -1).
 POINT = -2
 SPAN = -3
+#: A span the child encoded as OTLP: ``(SPAN_OTLP, scope part, span bytes)``.
+SPAN_OTLP = -4
 
 
 class Outbox(Protocol):
@@ -70,6 +72,7 @@ class PoolRelay:
         interval: float = 1.0,
         store: RelayStore | None = None,
         tracer_provider: Callable[[], Any] | None = None,
+        encoded_spans: bool = True,
     ) -> None:
         self._meter_provider = meter_provider
         self._failures = failures
@@ -88,6 +91,12 @@ class PoolRelay:
         self._span_resource: Any = None
         #: The main process' tracer provider when it first forked a child.
         self._forked_tracer_provider: Any = None
+        #: Children send OTLP-encoded spans, batched as bytes by the worker's own
+        #: processors (when those are the SDK's around an OTLP exporter; False: always
+        #: rebuild ReadableSpans, the previous design, kept for other processors).
+        self._encoded_spans = encoded_spans
+        self._span_route: span_export.EncodedSpanRoute | None = None
+        self._span_encoder: Callable[[Any], tuple[bytes, bytes]] | None = None
         # Pool child state.
         self._outbox: Outbox | None = None
         self._reader: Any = None
@@ -106,12 +115,25 @@ class PoolRelay:
         """Main process, before its first fork: note the tracer provider children inherit,
         and say so if what they record through the metrics API cannot reach us."""
         self._forked_tracer_provider = self._tracer_provider()
+        if self._encoded_spans and self._span_route is None:
+            self._span_route = self._encoded_span_route(self._forked_tracer_provider)
         if self._unreachable_metrics:
             self._failures.record(
                 "relaying the metrics pool children record",
                 TypeError("the meter provider is not the OpenTelemetry SDK's; spans are still "
                           "relayed"),
             )
+
+    def _encoded_span_route(self, provider: Any) -> span_export.EncodedSpanRoute | None:
+        try:
+            route = span_export.EncodedSpanRoute.for_provider(
+                provider, pool_relay.span_processors(provider), pool_relay.span_sink(provider)
+            )
+            if route is not None and route.apply():
+                return route
+        except Exception as exc:  # noqa: BLE001 - spans are then relayed as before
+            self._failures.record("setting up the OTLP path of relayed spans", exc)
+        return None
 
     def attach(self, adapter: SdkAdapter) -> int:
         """Make every reader the adapter hooked include the relayed series (the adapter's
@@ -125,8 +147,11 @@ class PoolRelay:
         return readers
 
     def detach(self) -> None:
-        """Readers no longer get relayed series (uninstrument)."""
+        """Readers no longer get relayed series; the span exporters are put back."""
         self._attached = False
+        if self._span_route is not None:
+            self._span_route.undo()
+            self._span_route = None
 
     def _produce(self, reader: Any, data: Any, delta_kinds: frozenset[str]) -> Any:
         if not self._attached:
@@ -149,11 +174,27 @@ class PoolRelay:
         """Entries a child sent (already decoded from the datagram)."""
         points = [entry[1] for entry in entries if entry[0] == POINT]
         spans = [entry[1] for entry in entries if entry[0] == SPAN]
+        encoded = [entry for entry in entries if entry[0] == SPAN_OTLP]
         if points:
             self.store.add(points)
             self._count("metrics", len(points))
         if spans:
             self._export_spans(spans)
+        if encoded:
+            self._export_encoded(encoded)
+
+    def _export_encoded(self, entries: list[tuple[Any, ...]]) -> None:
+        route = self._span_route
+        if route is None:  # undone since (uninstrument): nowhere to send them
+            self._failures.record(
+                "exporting spans relayed from pool children",
+                RuntimeError(f"{len(entries)} OTLP-encoded spans arrived after uninstrument"),
+            )
+            return
+        sink, make = route.sink, span_export.EncodedSpan
+        for _, scope, body in entries:
+            sink(make(scope, body))
+        self._count("spans", len(entries))
 
     def _export_spans(self, spans: list[Any]) -> None:
         if self._span_sink is None:
@@ -199,6 +240,8 @@ class PoolRelay:
         processor = _SpanRelay(self._on_span, self._failures)
         if tracer_provider is not self._forked_tracer_provider:
             return
+        if self._span_route is not None:
+            self._span_encoder = span_export.child_span_encoder()
         if pool_relay.has_span_processors(tracer_provider) and not (
             pool_relay.swap_child_span_processors(tracer_provider, processor)
         ):
@@ -247,7 +290,13 @@ class PoolRelay:
             self._outbox.extend([(POINT, p) for p in points])
 
     def _on_span(self, span: Any) -> None:
-        if self._outbox is not None:
+        if self._outbox is None:
+            return
+        encoder = self._span_encoder
+        if encoder is not None:
+            scope, body = encoder(span)
+            self._outbox.extend([(SPAN_OTLP, scope, body)])
+        else:
             self._outbox.extend([(SPAN, encode_span(span))])
 
 

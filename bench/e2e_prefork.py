@@ -135,6 +135,20 @@ def _scrape_total(port: int) -> float:
     return sum(float(v) for v in pattern.findall(text))
 
 
+def _settled_total(port: int, tasks: int, wait: float = 10.0) -> float:
+    """``celery_tasks_total`` once it reaches ``tasks`` (or after ``wait`` seconds).
+
+    A task INCRs the bench counter before its result reaches the main process, which is
+    where it is counted: the last few are counted a moment after the counter is full.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        counted = _scrape_total(port)
+        if counted >= tasks or time.monotonic() > deadline:
+            return counted
+        time.sleep(0.05)
+
+
 def _cpu_split(pid: int) -> tuple[float, float]:
     """CPU seconds so far of the worker's main process and of its live pool children."""
 
@@ -196,7 +210,7 @@ def run_one(mode: str, tasks: int, concurrency: int, timeout: float) -> dict[str
             if proc.poll() is not None:
                 break
             time.sleep(0.005)
-        counted = _scrape_total(port) if port and done_at else None
+        counted = _settled_total(port, tasks) if port and done_at else None
     finally:
         cpu, status = _stop(proc)
         log.close()

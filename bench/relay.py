@@ -29,7 +29,15 @@
    process: the previous design, still the path for other processors) and ``otlp``
    (encoded in the child, batched as bytes). Every span must arrive. Target: main <= 30 µs.
 
+4. The child's reader (``--readers``): a task's recording followed by a collection and
+   the relay's encoding, with the delta reader the relay uses and with a cumulative
+   reader (what a "cumulative reader diffed by us" design would start from, before any
+   diffing), alternating in one run: where a send's time goes and whether that design
+   would be cheaper.
+
     python bench/relay.py [--tasks 20000] [--rounds 5] [--series 1000] [--spans 5000]
+    python bench/relay.py --only-spans --spans 5000 --rounds 5   # part 3 alone
+    python bench/relay.py --only-readers --rounds 5              # part 4 alone
 """
 
 from __future__ import annotations
@@ -377,6 +385,52 @@ def relayed_spans(n: int, rounds: int) -> None:
     print("per round, main:", {k: [round(v, 1) for v in vs] for k, vs in main_us.items()})
 
 
+def _reader_costs(delta: bool, n: int) -> tuple[float, float, float]:
+    """µs per task of recording, of the SDK's collection, of the relay's encoding."""
+    from opentelemetry.sdk.metrics import Counter, Histogram
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+    from otel_celery_metrics._relay_codec import encode_metrics
+
+    wanted = AggregationTemporality.DELTA
+    reader = InMemoryMetricReader(
+        preferred_temporality={Counter: wanted, Histogram: wanted} if delta else {})
+    counter, histogram = _instruments(MeterProvider(metric_readers=[reader]))
+    attrs = [{"plan": p} for p in ("free", "pro", "team")]
+    for a in attrs:  # every series exists, as in a child that has run a few tasks
+        counter.add(1, a)
+        histogram.record(1.0, a)
+    reader.get_metrics_data()
+    record = collect = encode = 0.0
+    for i in range(n):
+        a = attrs[i % 3]
+        t0 = time.thread_time()
+        counter.add(1, a)
+        histogram.record(float(i % 50), a)
+        t1 = time.thread_time()
+        data = reader.get_metrics_data()
+        t2 = time.thread_time()
+        points, _ = encode_metrics(data, frozenset())
+        marshal.dumps(points, 4)
+        t3 = time.thread_time()
+        record, collect, encode = record + t1 - t0, collect + t2 - t1, encode + t3 - t2
+    return record / n * 1e6, collect / n * 1e6, encode / n * 1e6
+
+
+def child_readers(n: int, rounds: int) -> None:
+    results: dict[str, list[tuple[float, float, float]]] = {"delta": [], "cumulative": []}
+    for r in range(rounds):
+        for name in (("delta", "cumulative") if r % 2 == 0 else ("cumulative", "delta")):
+            results[name].append(_reader_costs(name == "delta", n))
+    print(f"\nChild reader, a collection after every task (N = {n}, {rounds} alternating "
+          "rounds, medians, µs of CPU per task; 3 attribute sets, one changes per task):")
+    print("| reader | record | SDK collection | encode + marshal | total |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, rows in results.items():
+        rec, col, enc = (statistics.median(column) for column in zip(*rows, strict=True))
+        print(f"| {name} | {rec:.1f} | {col:.1f} | {enc:.1f} | {rec + col + enc:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=20_000)
@@ -386,13 +440,17 @@ def main() -> None:
                         help="relay sends every K tasks (0: never)")
     parser.add_argument("--spans", type=int, default=5000,
                         help="relayed spans per round (0: skip that part)")
-    parser.add_argument("--only-spans", action="store_true")
+    parser.add_argument("--only-spans", action="store_true", help="part 3 alone")
+    parser.add_argument("--only-readers", action="store_true", help="part 4 alone")
     args = parser.parse_args()
-    if not args.only_spans:
+    everything = not (args.only_spans or args.only_readers)
+    if everything:
         per_task(args.tasks, args.rounds, args.sends)
         render(args.series, max(args.rounds, 7))
-    if args.spans:
+    if args.spans and (everything or args.only_spans):
         relayed_spans(args.spans, args.rounds)
+    if everything or args.only_readers:
+        child_readers(min(args.tasks, 5000), args.rounds)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ SDK and exporter internals touched here (checked; :meth:`EncodedSpanRoute.undo` 
 - ``opentelemetry.exporter.otlp.proto.http.trace_exporter.encode_spans`` and
   ``opentelemetry.exporter.otlp.proto.grpc.trace_exporter.encode_spans`` (module globals,
   replaced in the main process; the replacement passes every call without an
-  :class:`EncodedSpan` straight to the original);
+  :class:`EncodedSpan` straight to the original); routed only when the exporter class'
+  ``export`` (http) or ``_translate_data`` (gRPC) still names ``encode_spans`` in its code;
 - ``opentelemetry.exporter.otlp.proto.common._internal.trace_encoder._encode_span``
   (pool child; without it the public ``encode_spans`` is used, about 3x slower);
 - ``TracerProvider._active_span_processor._span_processors`` (read, through
@@ -43,10 +44,12 @@ from typing import Any
 
 from otel_celery_metrics._otlp_wire import trace_request
 
-#: The exporter modules whose ``encode_spans`` the route replaces, with their classes.
+#: The exporter modules whose ``encode_spans`` the route replaces: (module, class, the
+#: method that must look ``encode_spans`` up in its module when it exports).
 _EXPORTERS = (
-    ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter"),
-    ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter"),
+    ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter", "export"),
+    ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter",
+     "_translate_data"),
 )
 
 
@@ -134,7 +137,7 @@ class EncodedSpanRoute:
 
         EncodedSpan.context = SpanContext(0, 0, False, TraceFlags(TraceFlags.SAMPLED))
         self._resource_part = _resource_part(self._resource)
-        for module_name, _ in _EXPORTERS:
+        for module_name, _, _ in _EXPORTERS:
             try:
                 module = importlib.import_module(module_name)
             except ImportError:
@@ -182,14 +185,18 @@ class EncodedSpanRoute:
 
 
 def _exporter_classes() -> tuple[type, ...]:
+    """The exporter classes installed whose export still encodes through their module's
+    ``encode_spans`` (checked in the method's code: an exporter release that encodes
+    otherwise is not routed, rather than handed spans it cannot encode)."""
     classes = []
-    for module_name, class_name in _EXPORTERS:
+    for module_name, class_name, method in _EXPORTERS:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
         cls = getattr(module, class_name, None)
-        if isinstance(cls, type):
+        code = getattr(getattr(cls, method, None), "__code__", None)
+        if isinstance(cls, type) and "encode_spans" in getattr(code, "co_names", ()):
             classes.append(cls)
     return tuple(classes)
 

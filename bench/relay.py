@@ -43,6 +43,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import marshal
 import resource
 import socket
@@ -62,6 +63,7 @@ from otel_celery_metrics._child_forwarder import ChildForwarder
 from otel_celery_metrics._relay import PoolRelay
 from otel_celery_metrics._relay_store import RelayStore
 from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics._sdk_adapter import SdkAdapter
 
 BUCKETS = [0.01, 0.1, 1.0, 10.0, 100.0]
 
@@ -209,7 +211,12 @@ def render(series: int, rounds: int) -> None:
     store = RelayStore()
     relay = PoolRelay(main, FailureLog(), count=lambda *_: None, skip_scopes=frozenset(),
                       store=store)
-    relay.attach(_Adapter())  # type: ignore[arg-type]
+    # The main process' readers, hooked as the instrumentor hooks them.
+    adapter = SdkAdapter(main, "bench", "0")
+    adapter.apply(lambda _reset: [], lambda: None, contextlib.nullcontext, scope_labels=False)
+    if relay.attach(adapter) != 1:
+        msg = "the relay is not attached to the main process' reader"
+        raise SystemExit(msg)
     for child in range(4):
         collected: list[Any] = []
         provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
@@ -225,6 +232,10 @@ def render(series: int, rounds: int) -> None:
         child_relay.collect_and_send()
         relay.receive(outbox.entries)
         del collected
+    rendered = generate_latest(main_registry).decode()
+    if rendered.count("billing_invoices_total{") != series:
+        msg = "the relayed series are not all on the main process' /metrics"
+        raise SystemExit(msg)
     # Alternating, so that the other load on the machine hits both alike.
     one_times, relayed_times = [], []
     for _ in range(rounds):

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 
 BUCKETS = mt.DEFAULT_SECONDS_BUCKETS
 QUEUES = 10
@@ -153,8 +153,8 @@ def overflow_demo(distinct: int) -> None:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
 
-    from otel_celery_metrics._recorder import Recorder
-    from otel_celery_metrics.settings import Settings
+    from otel_celery_metrics.recording.recorder import Recorder
+    from otel_celery_metrics.recording.settings import Settings
 
     print(f"\nCardinality guards, {distinct:,} distinct task names into celery_tasks_total")
 

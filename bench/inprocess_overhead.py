@@ -150,7 +150,7 @@ def _sdk_provider() -> tuple[Any, Any]:
 
 def _instrument_ours(provider: Any) -> None:
     from otel_celery_metrics.instrumentor import CeleryMetricsInstrumentor
-    from otel_celery_metrics.settings import Settings
+    from otel_celery_metrics.recording.settings import Settings
 
     CeleryMetricsInstrumentor().instrument(meter_provider=provider, settings=Settings())
 
@@ -229,7 +229,7 @@ def _messages(count: int = 1024) -> list[Any]:
             body=b'[[], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]',
             headers=headers, content_type="application/json", content_encoding="utf-8",
             # With our instrumentation, the queue's consumer callback names the queue
-            # (otel_celery_metrics._routing; its own cost: bench/queue_stamp.py).
+            # (otel_celery_metrics.core.routing; its own cost: bench/queue_stamp.py).
             delivery_info=dict(base["delivery_info"], otel_celery_queue=QUEUE),
         ))
     return messages

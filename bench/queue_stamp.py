@@ -1,7 +1,7 @@
 """Cost per delivered message of naming its queue (the consume hook's callback wrapper).
 
 A worker's consumer calls one callback per delivered message. With our instrumentation
-that callback is wrapped (``otel_celery_metrics._routing.ConsumeHook``) to write the
+that callback is wrapped (``otel_celery_metrics.core.routing.ConsumeHook``) to write the
 queue's name into the message's ``delivery_info`` (a dict copy). This times a delivery
 of a py-amqp-shaped message through the bare callback and through the wrapped one, in
 the same run, and prints medians over rounds and the extra cost.
@@ -16,7 +16,7 @@ import statistics
 import timeit
 from typing import Any
 
-from otel_celery_metrics._routing import ConsumeHook
+from otel_celery_metrics.core.routing import ConsumeHook
 
 
 class _Message:

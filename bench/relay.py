@@ -5,7 +5,7 @@
 
    (a) ``solo``: the same task in a solo worker's process: one SDK MeterProvider with one
        cumulative reader (the Prometheus reader's storage), no relay;
-   (b) ``relay``: a forked-child setup as :class:`~otel_celery_metrics._relay.PoolRelay`
+   (b) ``relay``: a forked-child setup as :class:`~otel_celery_metrics.pool.relay.PoolRelay`
        builds it (the relay's delta reader replaces the inherited one), measured with
        the relay's collect + encode + send after every K tasks (``--sends``; 0: never,
        the recording alone; 1 is the worst case, a child recycled after every task
@@ -59,11 +59,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
 
-from otel_celery_metrics._child_forwarder import ChildForwarder
-from otel_celery_metrics._relay import PoolRelay
-from otel_celery_metrics._relay_store import RelayStore
-from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_adapter import SdkAdapter
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.pool.child_forwarder import ChildForwarder
+from otel_celery_metrics.pool.relay import PoolRelay
+from otel_celery_metrics.pool.relay_store import RelayStore
+from otel_celery_metrics.sdk_adapter import SdkAdapter
 
 BUCKETS = [0.01, 0.1, 1.0, 10.0, 100.0]
 
@@ -122,7 +122,7 @@ def _relay_child(tasks_per_send: int) -> tuple[
                                 retry_in_background=False)
     relay = PoolRelay(provider, failures, count=lambda *_: None,
                       skip_scopes=frozenset(), interval=3600)
-    relay.attach(_Adapter())  # type: ignore[arg-type]  # as in the main process before the fork
+    relay.attach(_Adapter())  # type: ignore[arg-type]  # as before the fork
     relay.start_in_child(forwarder)
     attrs = [{"plan": p} for p in ("free", "pro", "team")]
 
@@ -223,7 +223,7 @@ def render(series: int, rounds: int) -> None:
         outbox = _ListOutbox()
         child_relay = PoolRelay(provider, FailureLog(), count=lambda *_: None,
                                 skip_scopes=frozenset(), interval=3600)
-        child_relay.attach(_Adapter())  # type: ignore[arg-type]  # as in the main process before the fork
+        child_relay.attach(_Adapter())  # type: ignore[arg-type]  # as before the fork
         child_relay.start_in_child(outbox)
         c, h = _instruments(provider)
         for i in range(child, series, 4):
@@ -354,9 +354,8 @@ def _main_cpu_per_span(endpoint: str, res: Any, datagrams: list[bytes], n: int,
 def relayed_spans(n: int, rounds: int) -> None:
     from opentelemetry.sdk.resources import Resource
 
-    from otel_celery_metrics._relay import SPAN, SPAN_OTLP
-    from otel_celery_metrics._relay_codec import encode_span
-    from otel_celery_metrics._sdk_adapter.span_export import child_span_encoder
+    from otel_celery_metrics.pool.codec import SPAN_ENTRY, SPAN_OTLP_ENTRY, encode_span
+    from otel_celery_metrics.sdk_adapter.span_export import child_span_encoder
 
     endpoint, arrived, close = _span_receiver()
     res = Resource.create({"service.name": "bench-worker", "service.instance.id": "0" * 36})
@@ -364,8 +363,8 @@ def relayed_spans(n: int, rounds: int) -> None:
     encode_otlp = child_span_encoder()
     assert encode_otlp is not None
     formats: dict[str, Callable[[Any], tuple[Any, ...]]] = {
-        "rebuilt": lambda span: (SPAN, encode_span(span)),
-        "otlp": lambda span: (SPAN_OTLP, *encode_otlp(span)),
+        "rebuilt": lambda span: (SPAN_ENTRY, encode_span(span)),
+        "otlp": lambda span: (SPAN_OTLP_ENTRY, *encode_otlp(span)),
     }
     main_us: dict[str, list[float]] = {f: [] for f in formats}
     child_us: dict[str, list[float]] = {f: [] for f in formats}
@@ -401,7 +400,7 @@ def _reader_costs(delta: bool, n: int) -> tuple[float, float, float]:
     from opentelemetry.sdk.metrics import Counter, Histogram
     from opentelemetry.sdk.metrics.export import AggregationTemporality
 
-    from otel_celery_metrics._relay_codec import encode_metrics
+    from otel_celery_metrics.pool.codec import encode_metrics
 
     wanted = AggregationTemporality.DELTA
     reader = InMemoryMetricReader(

@@ -3,7 +3,7 @@ OpenTelemetry themselves instead of running ``opentelemetry-instrument``.
 
 It builds a meter provider with one way out and instruments Celery with it, so it sits
 above the instrumentor (it imports it; nothing imports it but the package). Every change
-to SDK internals is :mod:`otel_celery_metrics._sdk_adapter`'s.
+to SDK internals is :mod:`otel_celery_metrics.sdk_adapter`'s.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from otel_celery_metrics.instrumentor import CeleryMetricsInstrumentor
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.recording.settings import Settings
 
 _logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def _prometheus_reader(host: str, port: int, scope_labels: bool, registry: Any) 
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
 
-    from otel_celery_metrics._metrics_endpoint import Endpoint, MetricsServer
+    from otel_celery_metrics.endpoint.server import Endpoint, MetricsServer
 
     reader = PrometheusMetricReader(scope_info_enabled=scope_labels, registry=registry)
     # Tasks must still run: a busy port is one error line and a retry in the background.
@@ -76,7 +76,7 @@ def setup_metrics(
 
             registry = CollectorRegistry()
         if settings.web_config_file:  # TLS and basic auth: see _prometheus_web
-            from otel_celery_metrics._prometheus_web import guarded_prometheus_reader
+            from otel_celery_metrics.endpoint.guarded_web import guarded_prometheus_reader
 
             reader = guarded_prometheus_reader(
                 prometheus_host, prometheus_port, settings.prometheus_scope_labels, registry,

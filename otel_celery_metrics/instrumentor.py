@@ -20,21 +20,22 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.metrics import MeterProvider, get_meter, get_meter_provider
 
-from otel_celery_metrics import _green, _worker_state
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._beat import BeatHooks
-from otel_celery_metrics._hook_checks import HookReport, WorkerStartChecks
-from otel_celery_metrics._outcomes import RequestHooks, SpanJoin, TaskOutcomes
-from otel_celery_metrics._prefork import ForkBridge, SwitchableSink
-from otel_celery_metrics._process_role import Role, process_role
-from otel_celery_metrics._receivers import TaskReceivers
-from otel_celery_metrics._recorder import Recorder
-from otel_celery_metrics._relay import PoolRelay
-from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_adapter import SdkAdapter
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.package import _instruments
-from otel_celery_metrics.settings import Settings, settings_from_env
+from otel_celery_metrics.pool.prefork import ForkBridge, SwitchableSink
+from otel_celery_metrics.pool.relay import PoolRelay
+from otel_celery_metrics.recording.recorder import Recorder
+from otel_celery_metrics.recording.settings import Settings, settings_from_env
+from otel_celery_metrics.sdk_adapter import SdkAdapter
 from otel_celery_metrics.version import __version__
+from otel_celery_metrics.worker import green as _green
+from otel_celery_metrics.worker import state as _worker_state
+from otel_celery_metrics.worker.beat import BeatHooks
+from otel_celery_metrics.worker.hook_checks import HookReport, WorkerStartChecks
+from otel_celery_metrics.worker.outcomes import RequestHooks, SpanJoin, TaskOutcomes
+from otel_celery_metrics.worker.process_role import Role, process_role
+from otel_celery_metrics.worker.signals import TaskReceivers
 
 _logger = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def _celery_tasks_traced() -> bool:
 def _restore_metrics_exporters() -> None:
     # Normally done by the SDK's post-init hook already; see the function's docstring.
     try:
-        from otel_celery_metrics._port_check import restore_metrics_exporters
+        from otel_celery_metrics.endpoint.sdk_hooks import restore_metrics_exporters
 
         restore_metrics_exporters()
     except Exception as exc:  # noqa: BLE001 - must not stop instrumenting
@@ -260,7 +261,7 @@ def _restore_metrics_exporters() -> None:
 def _pool_relay(provider: Any, recorder: Recorder, failures: FailureLog) -> PoolRelay | None:
     """The pool-child relay (attached to the readers through the SDK adapter)."""
     try:
-        from otel_celery_metrics._relay_store import RelayStore
+        from otel_celery_metrics.pool.relay_store import RelayStore
 
         store = RelayStore(
             on_overflow=lambda n: recorder.emit(_OVERFLOW, n, ("series",)),

@@ -2,22 +2,30 @@
 
 No application change: it connects to the broker the workers use, reads their events
 (workers started with ``-E``), polls queue depths in the background and publishes the
-metric table's series through the OpenTelemetry Prometheus reader. The in-process
-instrumentor never imports this subpackage.
+metric table's series through the OpenTelemetry Prometheus reader. It imports only
+:mod:`otel_celery_metrics.core` of the package, and nothing in-process imports it (import
+contracts in pyproject.toml).
 
 Modules, one job each:
 
 - :mod:`.config` -- the typed configuration and broker-URL masking;
-- :mod:`.store` -- counters and gauges the handlers update, with cardinality caps;
-- :mod:`.handlers` -- event type -> handler table, tolerant of hostile events;
-- :mod:`.liveness` -- workers from heartbeats: up/down, forgetting, events-disabled;
+- :mod:`.cli` -- the command line (flags and ``OTEL_CELERY_EXPORTER_*`` variables);
+- :mod:`.broker_tls` -- TLS to the broker (``broker_use_ssl`` from the TLS settings);
+- :mod:`.receiver` -- broker connection, receive loop, reconnects; the Redis pub/sub reader
+  and kombu's for every other transport;
+- :mod:`.amqp_receiver` -- the RabbitMQ reader (a bounded event queue, frames read directly);
+- :mod:`._amqp_frames` -- AMQP 0-9-1 frame splitting and the few methods that reader sends;
 - :mod:`._wire` -- the Redis pub/sub wire format and event envelope decoding;
-- :mod:`.receiver` -- broker connection, receive loop, reconnects;
+- :mod:`.handlers` -- event type -> handler table, tolerant of hostile events;
+- :mod:`.tracker` -- per-task state between events (bounded);
+- :mod:`.held` -- events held back until the task-sent event they need arrives;
+- :mod:`.store` -- counters the handlers update, with the cardinality caps;
+- :mod:`.liveness` -- workers from heartbeats: up/down, forgetting, events-disabled;
 - :mod:`.probes` -- queue depth (Redis priorities, RabbitMQ passive declare) and inspect;
 - :mod:`.instruments` -- the store and liveness as OpenTelemetry instruments;
 - :mod:`.compat` -- danihodovic/celery-exporter's names for migration;
 - :mod:`.http` -- ``/metrics`` and ``/health``;
-- :mod:`.service` -- wires it together; :mod:`.cli` -- the command line.
+- :mod:`.service` -- wires it together.
 
 Importing any of them starts no thread, binds no port and reads no environment.
 """

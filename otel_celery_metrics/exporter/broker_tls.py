@@ -25,7 +25,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._web_config import EncryptedKey, no_passphrase
+from otel_celery_metrics.core.web_config import EncryptedKey, no_passphrase
 from otel_celery_metrics.exporter.config import ExporterConfig
 
 #: URL scheme -> the transport whose option names ``broker_use_ssl`` must use.

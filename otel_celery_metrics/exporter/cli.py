@@ -19,6 +19,7 @@ from dataclasses import fields
 from types import FrameType
 from typing import Any
 
+from otel_celery_metrics.core.parsing import parse_bool, parse_buckets
 from otel_celery_metrics.exporter.broker_tls import VERIFY_MODES, BrokerTLSError, broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig
 
@@ -28,15 +29,9 @@ _DEFAULTS = ExporterConfig()
 
 def _buckets(raw: str) -> tuple[float, ...]:
     try:
-        values = tuple(float(p) for p in raw.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated seconds, e.g. 0.1,1,10: {raw!r}") from None
-    if not values or any(not math.isfinite(v) or v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected finite boundaries >= 0: {raw!r}")
-    if list(values) != sorted(set(values)):
-        raise argparse.ArgumentTypeError(f"boundaries must be strictly increasing: {raw!r}")
-    return values
+        return parse_buckets(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {raw!r}") from None
 
 
 def _names(raw: str) -> tuple[str, ...]:
@@ -81,12 +76,10 @@ def _port(raw: str) -> int:
 
 
 def _bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false: {raw!r}")
+    try:
+        return parse_bool(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {raw!r}") from None
 
 
 def _separator(raw: str) -> str:
@@ -240,7 +233,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from otel_celery_metrics._web_config import WebConfigError
+    from otel_celery_metrics.core.web_config import WebConfigError
     from otel_celery_metrics.exporter.service import Exporter
 
     exporter = Exporter(config)

@@ -9,7 +9,7 @@ series, our queue and self-metrics) is published in both modes; no name collides
 
 from __future__ import annotations
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 
 #: Our per-event counter -> its name there (the Prometheus exporter adds ``_total``).
 COUNTER_NAMES: dict[str, str] = {

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from otel_celery_metrics.metric_table import DEFAULT_SECONDS_BUCKETS
+from otel_celery_metrics.core.metric_table import DEFAULT_SECONDS_BUCKETS
 
 #: kombu's Redis defaults: priority lists are ``<queue><sep><step>`` for every step but 0.
 DEFAULT_PRIORITY_SEPARATOR = "\x06\x16"

@@ -17,12 +17,12 @@ import logging
 import re
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any, Protocol
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._routing import sent_destination
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.queue_wait import eta_timestamp, wait_reference, wait_seconds
+from otel_celery_metrics.core.routing import sent_destination
+from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.held import HeldEvents
 from otel_celery_metrics.exporter.liveness import Liveness
@@ -112,15 +112,6 @@ def exception_class(text: object) -> str:
         if match and len(match.group(1)) <= MAX_NAME_LENGTH:
             return match.group(1).rsplit(".", 1)[-1]
     return UNKNOWN
-
-
-def _eta(value: object) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except (ValueError, OverflowError, OSError):
-        return None
 
 
 class EventHandlers:
@@ -308,7 +299,7 @@ class EventHandlers:
             # A retry publishes the same id again; keep what its first run started.
             info.name, info.queue = name, queue
         info.sent = number(event, "timestamp")
-        info.eta = _eta(event.get("eta"))
+        info.eta = eta_timestamp(event.get("eta"))
         name, queue = self._names(info)
         self._per_event["task-sent"].add(self._key(name, queue, hostname))
         self._published.add((name, queue))
@@ -329,7 +320,7 @@ class EventHandlers:
         if sole is not None:
             info.queue = sole
         info.received = number(event, "timestamp")
-        eta = _eta(event.get("eta"))
+        eta = eta_timestamp(event.get("eta"))
         if eta is not None:
             info.eta = eta
         info.hostname = hostname
@@ -363,15 +354,11 @@ class EventHandlers:
         self._queue_wait(info, name, queue, started)
 
     def _queue_wait(self, info: TaskInfo, name: str, queue: str, started: float) -> None:
-        # Publish (or the ETA, when it is later) to start; else receipt to start.
-        # Clamped at 0: producer and worker clocks disagree by small amounts.
-        if info.sent is not None:
-            if info.eta is not None and info.eta > info.sent:
-                self._hist.queue_wait(name, queue, "eta", max(0.0, started - info.eta))
-            else:
-                self._hist.queue_wait(name, queue, "publish", max(0.0, started - info.sent))
-        elif info.received is not None:
-            self._hist.queue_wait(name, queue, "received", max(0.0, started - info.received))
+        # The rule both ways in share (core.queue_wait): publish, else receipt, unless the
+        # ETA is later; clamped at 0 for clock skew.
+        reference, wait_from = wait_reference(info.sent, info.received, info.eta)
+        if reference is not None:
+            self._hist.queue_wait(name, queue, wait_from, wait_seconds(reference, started))
 
     def _settle_wait(self, info: TaskInfo) -> None:
         """Record a waiting queue wait with what is known now: from publish once the late

@@ -2,7 +2,7 @@
 
 A scrape only reads in-memory state: the collection never touches the broker. With a
 web config file (``--web.config.file``) every path is behind its TLS and basic auth
-(see :mod:`otel_celery_metrics._web_serving`).
+(see :mod:`otel_celery_metrics.core.web_serving`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from otel_celery_metrics._web_serving import (
+from otel_celery_metrics.core.web_serving import (
     GuardedServerMixin,
     WebConfigFile,
     unauthorized_headers,

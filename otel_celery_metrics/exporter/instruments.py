@@ -25,7 +25,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.exporter import compat
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
-from otel_celery_metrics._routing import Binding
+from otel_celery_metrics.core.routing import Binding
 from otel_celery_metrics.exporter.store import Caps
 
 _logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Liveness:
         #: when many went, so the SDK's per-metric memory stays flat too.
         self.forgotten_total = 0
         #: Queue -> its bindings, from the last inspect reply (what task-sent events are
-        #: checked against: :func:`otel_celery_metrics._routing.sent_destination`).
+        #: checked against: :func:`otel_celery_metrics.core.routing.sent_destination`).
         self.bindings: Mapping[str, tuple[Binding, ...]] = {}
 
     # -- events ----------------------------------------------------------------------------

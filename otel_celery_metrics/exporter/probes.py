@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._outcomes import PUBLISHED_AT_HEADER
-from otel_celery_metrics._routing import Binding, bindings_from_reply
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
+from otel_celery_metrics.core.routing import Binding, bindings_from_reply
 from otel_celery_metrics.exporter.broker_tls import broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.liveness import Liveness

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._web_serving import WebConfigFile
+from otel_celery_metrics.core.web_serving import WebConfigFile
 from otel_celery_metrics.exporter import broker_tls
 from otel_celery_metrics.exporter.amqp_receiver import AmqpEventReceiver
 from otel_celery_metrics.exporter.config import ExporterConfig
@@ -92,7 +92,11 @@ class Exporter:
         self._web_config: WebConfigFile | None = None
         self._forgotten_at_build = 0
 
-        self.caps = Caps(config.max_task_names, config.max_queues, config.max_workers)
+        self.caps = Caps({
+            "task_name": config.max_task_names,
+            "queue": config.max_queues,
+            "worker": config.max_workers,
+        })
         self.counters = CounterStore()
         self.tracker = TaskTracker(config.max_tracked_tasks)
         self.liveness = Liveness(

@@ -2,7 +2,8 @@
 
 Counting is a dict increment on the hot path (no lock, no SDK call): the receive loop is
 single-threaded, and a scrape copies each dict (an atomic C-level copy under the GIL)
-before turning it into observations. Caps bound every dict: task names, queues and
+before turning it into observations. Caps (:class:`~otel_celery_metrics.core.caps.Caps`,
+shared with the in-process recorder) bound every dict: task names, queues and
 workers each have a budget, past which the value becomes ``__overflow__``, and a
 metric's distinct attribute tuples are capped below the OpenTelemetry SDK's own limit
 (2000), past which the SDK would fold series silently.
@@ -10,37 +11,15 @@ metric's distinct attribute tuples are capped below the OpenTelemetry SDK's own 
 
 from __future__ import annotations
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.caps import Caps
+
+__all__ = ["MAX_SERIES_PER_COUNTER", "Caps", "CounterStore", "Counters", "Key"]
 
 Key = tuple[str, ...]
 
 #: Distinct attribute tuples per counter before new ones fold into one overflow tuple.
 MAX_SERIES_PER_COUNTER = 1500
-
-
-class Caps:
-    """Budgets of distinct task names, queues and workers; the overflow is counted."""
-
-    def __init__(self, max_task_names: int, max_queues: int, max_workers: int) -> None:
-        self._limits = {"task_name": max_task_names, "queue": max_queues, "worker": max_workers}
-        self._seen: dict[str, set[str]] = {k: set() for k in self._limits}
-        #: attribute -> measurements whose value became ``__overflow__``.
-        self.overflow: dict[Key, float] = {}
-
-    def admit(self, kind: str, value: str) -> str:
-        seen = self._seen[kind]
-        if value in seen:
-            return value
-        if len(seen) >= self._limits[kind]:
-            key = (kind,)
-            self.overflow[key] = self.overflow.get(key, 0) + 1
-            return mt.OVERFLOW_VALUE
-        seen.add(value)
-        return value
-
-    def forget(self, kind: str, value: str) -> None:
-        """Give ``value``'s slot back (a forgotten worker frees its place)."""
-        self._seen[kind].discard(value)
 
 
 class Counters:

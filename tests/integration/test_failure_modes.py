@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 from tests.support import REPO, Worker, producer, running_worker, value, wait_for
 
 pytestmark = pytest.mark.integration
 
-PREFLIGHT = "otel_celery_metrics._port_check:pre_sdk_init"
+PREFLIGHT = "otel_celery_metrics.endpoint.sdk_hooks:pre_sdk_init"
 
 
 def _send_ok(broker_url: str, queue: str, n: int = 3) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 from tests.integration.mixed_batch import EXECUTED, TOTAL_TERMINAL, send_mixed_batch
 from tests.support import producer, running_worker, value, wait_for
 

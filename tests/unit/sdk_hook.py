@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from otel_celery_metrics._recorder import Recorder
-from otel_celery_metrics._sdk_adapter import Fence, SdkAdapter
+from otel_celery_metrics.recording.recorder import Recorder
+from otel_celery_metrics.sdk_adapter import Fence, SdkAdapter
 
 
 def _nothing() -> None:

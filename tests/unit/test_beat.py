@@ -13,9 +13,9 @@ from celery import Celery
 from celery.beat import ScheduleEntry, Scheduler
 from celery.schedules import schedule
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._beat import BeatHooks
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.recording.settings import Settings
+from otel_celery_metrics.worker.beat import BeatHooks
 from tests.unit.test_recorder import Harness, attrs
 
 NOW = 1_800_000_000.0

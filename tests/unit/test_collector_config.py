@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from otel_celery_metrics._resource import CELERY_WORKER_HOSTNAME
+from otel_celery_metrics.worker.resource import CELERY_WORKER_HOSTNAME
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "docs" / "deploy"

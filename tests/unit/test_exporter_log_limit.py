@@ -8,7 +8,7 @@ import logging
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 
-from otel_celery_metrics._sdk_adapter import (
+from otel_celery_metrics.sdk_adapter import (
     OTLP_EXPORTER_LOGGERS,
     OneLinePerFailedExport,
     SdkAdapter,

@@ -11,15 +11,15 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_celery_metrics import CeleryMetricsInstrumentor
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._green import (
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.recording.settings import Settings
+from otel_celery_metrics.worker.green import (
     GEVENT_PATCH_VARIABLE,
     check_green_pool,
     gevent_patched,
     patch_gevent_early,
     worker_pool,
 )
-from otel_celery_metrics.settings import Settings
 
 CELERY = "/venv/bin/celery"
 
@@ -58,7 +58,7 @@ def test_gevent_is_patched_early_for_a_gevent_worker_only_unless_we_are_disabled
     """In a fresh interpreter: patching is process-wide, never in the test process."""
     script = (
         "import sys\n"
-        "from otel_celery_metrics._green import gevent_patched, patch_gevent_early\n"
+        "from otel_celery_metrics.worker.green import gevent_patched, patch_gevent_early\n"
         "assert not patch_gevent_early(['/v/celery', '-A', 'a', 'worker', '-P', 'prefork'])\n"
         "assert not patch_gevent_early(['/v/celery', '-A', 'a', 'worker', '-P', 'eventlet'])\n"
         "assert 'gevent' not in sys.modules\n"

@@ -110,7 +110,10 @@ def _probe() -> dict[str, object]:
 def test_importing_the_package_has_no_side_effects() -> None:
     seen = _probe()
     # The probe really imported our modules (otherwise this test could not fail).
-    ours = {"instrumentor", "metric_table", "settings", "_sdk_setup", "_sdk_adapter", "_prefork"}
+    ours = {
+        "instrumentor", "core.metric_table", "recording.settings", "_sdk_setup", "sdk_adapter",
+        "pool.prefork",
+    }
     assert ours <= set(seen["modules"])  # type: ignore[arg-type]
     assert seen["env"] == [], "environment read at import"
     assert seen["threads"] == [] and seen["threads_after"] == 0, "thread started at import"

@@ -23,9 +23,9 @@ from kombu import Message
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.instrumentor import METER_NAME, CeleryMetricsInstrumentor
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.recording.settings import Settings
 
 NAME = "app.work"
 
@@ -299,7 +299,7 @@ def test_a_failure_while_installing_is_logged_once_and_leaves_nothing_installed(
 ) -> None:
     """opentelemetry-instrument re-raises an instrumentor's exception and then loads no
     other instrumentor: ours logs one ERROR, undoes what it had installed, and returns."""
-    from otel_celery_metrics import _beat
+    from otel_celery_metrics.worker import beat as _beat
 
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("celery.beat changed")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from otel_celery_metrics._metrics_endpoint import (
+from otel_celery_metrics.endpoint.server import (
     MULTI_MARKER,
     Endpoint,
     EndpointError,

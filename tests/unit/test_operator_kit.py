@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_celery_metrics import metric_table as mt
+from otel_celery_metrics.core import metric_table as mt
 from tests.servers import tool
 from tests.support import REPO
 

@@ -19,17 +19,13 @@ from kombu import Message
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._outcomes import (
-    PUBLISHED_AT_HEADER,
-    RECEIVED_AT_FIELD,
-    RequestHooks,
-    TaskOutcomes,
-)
-from otel_celery_metrics._receivers import TaskReceivers
-from otel_celery_metrics._routing import DELIVERED_FROM
-from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER, RECEIVED_AT_FIELD
+from otel_celery_metrics.core.routing import DELIVERED_FROM
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.recording.settings import Settings
+from otel_celery_metrics.worker.outcomes import RequestHooks, TaskOutcomes
+from otel_celery_metrics.worker.signals import TaskReceivers
 from tests.unit.sdk_hook import hooked_recorder
 
 NAME = "app.work"
@@ -302,7 +298,7 @@ def test_uninstalling_restores_celerys_request_class_factory(world: World) -> No
     assert "otel_celery_metrics" not in plain.on_success.__module__
     world.hooks.install()
     ours = strategy.create_request_cls(Request, world.task, _Pool(), "host", None, app=world.app)
-    assert ours.on_success.__module__ == "otel_celery_metrics._outcomes"
+    assert ours.on_success.__module__ == "otel_celery_metrics.worker.outcomes"
 
 
 def test_executing_and_prefetched_label_the_registered_name_and_consumed_queue(
@@ -310,7 +306,7 @@ def test_executing_and_prefetched_label_the_registered_name_and_consumed_queue(
 ) -> None:
     from celery.worker import state
 
-    from otel_celery_metrics._worker_state import WorkerView
+    from otel_celery_metrics.worker.state import WorkerView
 
     view = WorkerView("dq")
     request = world.request(queue="images", shadow="report.for.user42")

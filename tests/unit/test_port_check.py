@@ -10,17 +10,19 @@ from typing import Any
 
 import pytest
 
-from otel_celery_metrics import _port_check
-from otel_celery_metrics._metrics_endpoint import MULTI_MARKER
-from otel_celery_metrics._port_check import (
+from otel_celery_metrics.endpoint import sdk_hooks as _port_check
+from otel_celery_metrics.endpoint.exporter_choice import (
     ExporterSwap,
     check_prometheus_port,
+    prometheus_address,
+)
+from otel_celery_metrics.endpoint.sdk_hooks import (
     post_sdk_init,
     pre_sdk_init,
     prepare_metrics_exporters,
-    prometheus_address,
 )
-from otel_celery_metrics._process_role import Role
+from otel_celery_metrics.endpoint.server import MULTI_MARKER
+from otel_celery_metrics.worker.process_role import Role
 from tests.support import free_port
 
 
@@ -160,7 +162,7 @@ def test_our_reader_is_the_registered_metric_exporter_of_that_name() -> None:
     (entry,) = importlib.metadata.entry_points(
         group="opentelemetry_metrics_exporter", name="celery_metrics_prometheus"
     )
-    assert entry.value == "otel_celery_metrics._prometheus_reader:CeleryPrometheusReader"
+    assert entry.value == "otel_celery_metrics.endpoint.reader:CeleryPrometheusReader"
 
 
 def test_an_unset_exporter_variable_is_unset_again_after_the_sdk_configured() -> None:

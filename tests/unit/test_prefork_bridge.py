@@ -19,14 +19,14 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._child_forwarder import ChildForwarder
-from otel_celery_metrics._outcomes import SpanJoin
-from otel_celery_metrics._prefork import ForkBridge, SwitchableSink
-from otel_celery_metrics._recorder import Recorder
-from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_adapter import SdkAdapter
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.pool.child_forwarder import ChildForwarder
+from otel_celery_metrics.pool.prefork import ForkBridge, SwitchableSink
+from otel_celery_metrics.recording.recorder import Recorder
+from otel_celery_metrics.recording.settings import Settings
+from otel_celery_metrics.sdk_adapter import SdkAdapter
+from otel_celery_metrics.worker.outcomes import SpanJoin
 
 TASKS = mt.METRIC_INDEX[mt.TASKS.name]
 RUNTIME = mt.METRIC_INDEX[mt.TASK_RUNTIME.name]
@@ -341,7 +341,7 @@ def test_a_collection_waiting_for_a_fork_gives_up_after_the_bound_and_counts_it(
     for good, nor can a reader of the socketpair that never lets go: each collection
     waits a bounded time, serves what there is, and counts the miss."""
     pytest.importorskip("celery")
-    monkeypatch.setattr("otel_celery_metrics._prefork._READ_LOCK_WAIT", 0.01)
+    monkeypatch.setattr("otel_celery_metrics.pool.prefork._READ_LOCK_WAIT", 0.01)
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     bridge, _recorder, sink = _installed_bridge(provider)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from celery.apps.multi import MultiParser, NamespacedOptionParser
 
-from otel_celery_metrics._metrics_endpoint import MULTI_MARKER, plan_endpoint
-from otel_celery_metrics._process_role import Role, process_role
-from otel_celery_metrics._resource import worker_nodename
+from otel_celery_metrics.endpoint.server import MULTI_MARKER, plan_endpoint
+from otel_celery_metrics.worker.process_role import Role, process_role
+from otel_celery_metrics.worker.resource import worker_nodename
 
 CELERY = "/venv/bin/celery"
 PYTHON = "/venv/bin/python"

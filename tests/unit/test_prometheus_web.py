@@ -10,15 +10,16 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from otel_celery_metrics import _port_check
-from otel_celery_metrics._port_check import ExporterSwap, post_sdk_init, pre_sdk_init
-from otel_celery_metrics._prometheus_web import (
+from otel_celery_metrics._sdk_setup import setup_metrics
+from otel_celery_metrics.endpoint import sdk_hooks as _port_check
+from otel_celery_metrics.endpoint.exporter_choice import ExporterSwap
+from otel_celery_metrics.endpoint.guarded_web import (
     EXPORTER_NAME,
     WEB_CONFIG_VARIABLE,
     select_guarded_reader,
 )
-from otel_celery_metrics._sdk_setup import setup_metrics
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.endpoint.sdk_hooks import post_sdk_init, pre_sdk_init
+from otel_celery_metrics.recording.settings import Settings
 from tests.support import free_port
 from tests.tls_certs import TLSFiles, bcrypt_hash, get, make_tls_files
 

@@ -12,13 +12,11 @@ from typing import Any
 
 import pytest
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._receivers import (
-    PUBLISHED_AT_HEADER,
-    TaskReceivers,
-)
-from otel_celery_metrics._routing import DELIVERED_FROM
-from otel_celery_metrics._safety import FailureLog
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
+from otel_celery_metrics.core.routing import DELIVERED_FROM
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.worker.signals import TaskReceivers
 
 WALL = 1_700_000_000.0
 
@@ -148,7 +146,7 @@ def test_every_receiver_swallows_a_broken_sink(receiver: str, kwargs: dict[str, 
         receivers._wall_clock = lambda: 1 / 0  # type: ignore[assignment]  # its only dependency
     if receiver in ("on_prerun", "on_postrun"):
         # Their only dependency is the current span.
-        import otel_celery_metrics._receivers as module
+        import otel_celery_metrics.worker.signals as module
 
         original = module._sampled_span
         module._sampled_span = lambda: (1, 2)  # type: ignore[assignment]

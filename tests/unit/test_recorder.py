@@ -9,9 +9,9 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.recording.settings import Settings
 from tests.unit.sdk_hook import hooked_recorder
 
 TASKS = mt.METRIC_INDEX[mt.TASKS.name]
@@ -253,7 +253,7 @@ def test_a_collection_that_cannot_get_the_lock_serves_the_rest_and_counts_the_mi
 ) -> None:
     """Every wait of a collection is bounded: a stuck holder of the aggregates' lock costs
     that collection our counters and histograms, not the whole scrape."""
-    monkeypatch.setattr("otel_celery_metrics._recorder._COLLECTION_LOCK_WAIT", 0.01)
+    monkeypatch.setattr("otel_celery_metrics.recording.recorder._COLLECTION_LOCK_WAIT", 0.01)
     h = Harness(Settings(), observers={mt.TASKS_EXECUTING.name: lambda: [(2.0, ("t", "q"))]})
     h.recorder.task_ended("t", "q", "SUCCESS", 0.2)
     assert h.recorder._lock.acquire()  # a holder that never lets go (a copied lock)

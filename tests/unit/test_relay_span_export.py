@@ -32,9 +32,10 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from otel_celery_metrics._relay import SPAN_OTLP, PoolRelay
-from otel_celery_metrics._safety import FailureLog
-from otel_celery_metrics._sdk_adapter.span_export import EncodedSpanRoute, child_span_encoder
+from otel_celery_metrics.core.safety import FailureLog
+from otel_celery_metrics.pool.codec import SPAN_OTLP_ENTRY
+from otel_celery_metrics.pool.relay import PoolRelay
+from otel_celery_metrics.sdk_adapter.span_export import EncodedSpanRoute, child_span_encoder
 from tests.otlp_receiver import OtlpHttpReceiver
 from tests.support import wait_for
 
@@ -113,7 +114,7 @@ def _relay_from_child(spans: list[Any]) -> list[tuple[Any, ...]]:
     """The child's side: each ended span encoded as its relay does; one datagram."""
     encode = child_span_encoder()
     assert encode is not None
-    entries = [(SPAN_OTLP, *encode(span)) for span in spans]
+    entries = [(SPAN_OTLP_ENTRY, *encode(span)) for span in spans]
     decoded: list[tuple[Any, ...]] = marshal.loads(marshal.dumps((0, entries), 4))[1]  # noqa: S302
     return decoded
 

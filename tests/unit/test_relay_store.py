@@ -22,9 +22,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_celery_metrics._relay_codec import decode_span, encode_metrics, encode_span
-from otel_celery_metrics._relay_store import ReaderView, RelayStore, merge_into
-from otel_celery_metrics._sdk_adapter import SdkAdapter, pool_relay
+from otel_celery_metrics.pool.codec import decode_span, encode_metrics, encode_span
+from otel_celery_metrics.pool.relay_store import ReaderView, RelayStore, merge_into
+from otel_celery_metrics.sdk_adapter import SdkAdapter, pool_relay
 
 
 class _Child:
@@ -165,8 +165,9 @@ def test_delta_temporality_is_what_the_child_reader_asks_for() -> None:
 
 
 def test_after_detach_readers_get_only_their_own_data_again() -> None:
-    from otel_celery_metrics._relay import POINT, PoolRelay
-    from otel_celery_metrics._safety import FailureLog
+    from otel_celery_metrics.core.safety import FailureLog
+    from otel_celery_metrics.pool.codec import POINT_ENTRY as POINT
+    from otel_celery_metrics.pool.relay import PoolRelay
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
@@ -186,8 +187,9 @@ def test_after_detach_readers_get_only_their_own_data_again() -> None:
 
 
 def test_the_relay_merges_into_the_store_it_is_given_even_while_that_store_is_empty() -> None:
-    from otel_celery_metrics._relay import POINT, PoolRelay
-    from otel_celery_metrics._safety import FailureLog
+    from otel_celery_metrics.core.safety import FailureLog
+    from otel_celery_metrics.pool.codec import POINT_ENTRY as POINT
+    from otel_celery_metrics.pool.relay import PoolRelay
 
     overflowed: list[int] = []
     store = RelayStore(max_series=1, on_overflow=overflowed.append)
@@ -261,8 +263,8 @@ def test_a_non_sdk_meter_provider_is_reported_when_a_worker_forks_its_pool_not_b
     nothing to say. A worker about to fork children that record where we cannot reach: say so."""
     from opentelemetry.metrics import NoOpMeterProvider
 
-    from otel_celery_metrics._relay import PoolRelay
-    from otel_celery_metrics._safety import FailureLog
+    from otel_celery_metrics.core.safety import FailureLog
+    from otel_celery_metrics.pool.relay import PoolRelay
 
     provider = NoOpMeterProvider()
     failures = FailureLog()

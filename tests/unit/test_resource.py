@@ -9,8 +9,8 @@ import pytest
 from celery.utils.nodenames import default_nodename, host_format
 from opentelemetry.sdk.resources import Resource, get_aggregated_resources
 
-from otel_celery_metrics import _resource
-from otel_celery_metrics._resource import (
+from otel_celery_metrics.worker import resource as _resource
+from otel_celery_metrics.worker.resource import (
     CELERY_WORKER_HOSTNAME,
     HOST_NAME,
     SERVICE_INSTANCE_ID,

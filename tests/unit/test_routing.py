@@ -9,14 +9,14 @@ import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.entity import Queue as EntityQueue
 
-from otel_celery_metrics._routing import (
+from otel_celery_metrics.core.routing import (
     DELIVERED_FROM,
-    ConsumeHook,
     binding_matches,
     delivered_queue,
     published_queue,
     topic_matches,
 )
+from otel_celery_metrics.worker.consume_hook import ConsumeHook
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,7 @@ def test_without_the_hook_a_delivery_carries_no_queue() -> None:
 
 
 def test_inspect_replies_give_each_queue_its_bindings() -> None:
-    from otel_celery_metrics._routing import Binding, bindings_from_reply, sent_destination
+    from otel_celery_metrics.core.routing import Binding, bindings_from_reply, sent_destination
 
     topic = IMAGES.as_dict(recurse=True)  # the shape of an active_queues reply
     headers = Queue("big", Exchange("hx", type="headers"),

@@ -10,9 +10,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics._sdk_adapter import SdkAdapter
-from otel_celery_metrics.settings import Settings
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.recording.settings import Settings
+from otel_celery_metrics.sdk_adapter import SdkAdapter
 from tests.unit.sdk_hook import hooked_recorder
 
 

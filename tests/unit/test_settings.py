@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from otel_celery_metrics import metric_table as mt
-from otel_celery_metrics.settings import (
+from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.recording.settings import (
     SDK_CARDINALITY_LIMIT,
     SettingError,
     Settings,

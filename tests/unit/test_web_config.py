@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from otel_celery_metrics._web_config import WebConfigError, load_web_config
+from otel_celery_metrics.core.web_config import WebConfigError, load_web_config
 from tests.tls_certs import TLSFiles, bcrypt_hash, make_tls_files
 
 

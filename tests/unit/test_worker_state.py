@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kombu.asynchronous.timer import Timer
 
-from otel_celery_metrics._worker_state import WorkerView
+from otel_celery_metrics.worker.state import WorkerView
 from tests.unit.test_outcomes import NAME, World
 
 T0 = 1_700_000_000.0

@@ -318,7 +318,7 @@ def _sent(task_id: str, queue: str, exchange: str, routing_key: str) -> dict[str
 
 
 def test_task_sent_labels_the_destination_queue_never_the_routing_key(make_exporter) -> None:
-    from otel_celery_metrics._routing import Binding
+    from otel_celery_metrics.core.routing import Binding
 
     exporter = make_exporter()
     exporter.liveness.update_from_inspect({}, {}, {

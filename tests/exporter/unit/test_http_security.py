@@ -17,7 +17,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter
 
-from otel_celery_metrics._web_serving import WebConfigFile
+from otel_celery_metrics.core.web_serving import WebConfigFile
 from otel_celery_metrics.exporter.http import make_server
 from tests.tls_certs import TLSFiles, bcrypt_hash, get, make_tls_files
 

@@ -14,7 +14,8 @@ from tests.exporter.support import FakeClock
 def make(clock: FakeClock, **kw: float) -> Liveness:
     options = {"timeout": 10.0, "forget_after": 60.0, "events_missing_after": 5.0} | kw
     return Liveness(
-        caps=Caps(100, 100, int(kw.pop("max_workers", 100))),
+        caps=Caps({"task_name": 100, "queue": 100,
+                   "worker": int(kw.pop("max_workers", 100))}),
         clock=clock,
         **{k: v for k, v in options.items() if k != "max_workers"},
     )
@@ -52,7 +53,7 @@ def test_two_nodes_on_one_host_stay_two_workers(clock: FakeClock) -> None:
 
 
 def test_worker_cap_counts_overflow(clock: FakeClock) -> None:
-    caps = Caps(10, 10, 2)
+    caps = Caps({"task_name": 10, "queue": 10, "worker": 2})
     live = Liveness(timeout=10, forget_after=60, events_missing_after=5, caps=caps, clock=clock)
     for i in range(4):
         live.heartbeat(f"celery@{i}", 0, 0)

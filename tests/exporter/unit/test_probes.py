@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from otel_celery_metrics._outcomes import PUBLISHED_AT_HEADER
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.probes import ProbeResult, QueueDepthProbe
 from tests.exporter.support import FakeClock, value

@@ -10,7 +10,8 @@ verdict. It fails (non-zero exit, the input saved by libFuzzer as ``crash-*``) o
 - an event handler's internal error (``handle()`` contains it and counts it as
   ``internal_error``; here any ERROR log of the exporter is a finding);
 - a hang (libFuzzer ``-timeout``, default 10 s per input);
-- an exposition that prometheus_client's parser rejects (every ``--check-every`` inputs),
+- an exposition that prometheus_client's parser rejects, or with a sample value that is not
+  finite (``+Inf``, ``NaN``: a poisoned series), every ``--check-every`` inputs,
   or that ``promtool check metrics`` rejects (every ``--promtool-every`` seconds and at the end);
 - unbounded memory: RSS must not grow by more than ``--max-growth-mb`` between the end of the
   first quarter of the run and the end.
@@ -31,6 +32,7 @@ import argparse
 import base64
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -225,8 +227,13 @@ def make_one_input(pipeline: Pipeline, findings: Findings, check_every: int,
                                if record.exc_info else record.getMessage())
         if pipeline.inputs % check_every == 0:
             text = pipeline.exposition()
-            for _ in text_string_to_metric_families(text):
-                pass
+            for family in text_string_to_metric_families(text):
+                # promtool accepts +Inf and NaN sample values; a series that holds one is
+                # poisoned for good (core/values.py exists to prevent it): a finding.
+                for sample in family.samples:
+                    if not math.isfinite(sample.value):
+                        raise RuntimeError(f"non-finite sample {sample.name}"
+                                           f"{sample.labels} = {sample.value}")
             last_exposition[0] = text
 
     return one_input

@@ -15,6 +15,17 @@ from dataclasses import dataclass
 
 from otel_celery_metrics.core import metric_table as mt
 
+#: How task names are bounded, the one wording of it: the reference prints it and
+#: docs/configuration.md's OTEL_CELERY_METRICS_MAX_TASK_NAMES row must agree (a test).
+TASK_NAME_CAP_RULE = (
+    "A cap on distinct names, registered or not: OTEL_CELERY_METRICS_MAX_TASK_NAMES / "
+    "`--max-task-names` (default 500) per worker or exporter, taken by names in the order "
+    "they are first recorded; every later new name, a registered task's included, is "
+    "recorded as `__overflow__` and counted in "
+    "`otel_celery_metrics_overflow_total{attribute=\"task_name\"}`. Set it above the number "
+    "of tasks your app registers."
+)
+
 
 @dataclass(frozen=True)
 class AttributeSource:
@@ -47,9 +58,7 @@ ATTRIBUTE_SOURCES: tuple[AttributeSource, ...] = (
         "`task` header of the published message.",
         exporter="The `name` of the task-sent or task-received event, kept per task id "
         "for the later events (`unknown` when the exporter never saw either).",
-        bounded="The app's task registry. Names that are not registered (unknown tasks, "
-        "send_task by name) are capped: OTEL_CELERY_METRICS_MAX_TASK_NAMES / "
-        "`--max-task-names`, then `__overflow__`.",
+        bounded=TASK_NAME_CAP_RULE,
         tests=(
             T_OUTCOMES + "test_a_shadow_name_counts_under_the_registered_task_name",
             T_OUTCOMES
@@ -266,6 +275,8 @@ def render_reference() -> str:
         f"- `state`: one of {', '.join(f'`{s}`' for s in mt.TERMINAL_STATES)}.",
         "- `wait_from`: `publish`, `eta` or `received`.",
         f"- `reason` (dropped): {', '.join(f'`{r}`' for r in mt.DROP_REASONS)}.",
+        "- `reason` (exporter's measurements.dropped): "
+        f"{', '.join(f'`{r}`' for r in mt.EXPORTER_MEASUREMENT_DROP_REASONS)}.",
         f"- `reason` (degraded): {', '.join(f'`{r}`' for r in mt.DEGRADED_REASONS)}.",
         f"- `attribute` (overflow): {', '.join(f'`{a}`' for a in mt.OVERFLOW_ATTRIBUTES)}.",
         f"- `signal` (relayed): {', '.join(f'`{s}`' for s in mt.RELAY_SIGNALS)}.",

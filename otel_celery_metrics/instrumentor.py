@@ -9,6 +9,7 @@ Nothing happens at import; ``instrument()`` creates instruments and connects rec
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Collection, Mapping
@@ -90,19 +91,14 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         meter = get_meter(METER_NAME, __version__, provider)
         # Only reads the provider; apply() below makes the changes, undo() reverts them.
         adapter = SdkAdapter(provider, METER_NAME, __version__)
-        # Failures inside metrics code count as dropped measurements, through whatever sink
-        # this process has (a pool child's failures reach the main process too). The sink is
-        # made below, after the recorder it feeds; until then a failure is only logged.
-        failures = FailureLog(
-            on_failure=lambda n: sink.emit(_DROPPED, n, ("internal_error",))
-        )
         default_queue = settings.default_queue
         degraded = _green.check_green_pool()
         view = _worker_state.WorkerView(default_queue)
+        # The recorder counts failures of its own code itself (it is the main process'
+        # aggregate: nothing to forward).
         recorder = Recorder(
             meter,
             settings,
-            failures,
             observers={
                 mt.TASKS_EXECUTING.name: view.executing,
                 mt.TASKS_PREFETCHED.name: view.prefetched,
@@ -119,6 +115,9 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         )
         spans = SpanJoin()
         sink = SwitchableSink(recorder, spans)
+        # Failures inside the rest of our code count as dropped measurements through this
+        # process' sink: a pool child's reach the main process too.
+        failures = FailureLog(on_failure=functools.partial(_count_internal_error, sink))
         report = HookReport(sink)
 
         def silence_pool_child() -> None:
@@ -130,7 +129,8 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             relay=relay,
         )
         outcomes = TaskOutcomes(
-            recorder, failures, default_queue=default_queue, take_span=bridge.take_span
+            recorder, failures, default_queue=default_queue, take_span=bridge.take_span,
+            bounds=settings.bounds(),
         )
         hooks = RequestHooks(outcomes)
         receivers = TaskReceivers(sink, failures, default_queue=default_queue, outcomes=outcomes)
@@ -139,7 +139,7 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             {"request_class": hooks.problem, "collection": adapter.collection_problem}, report
         )
         # Beat sends from its main process (no pool): straight into the Recorder.
-        beat = BeatHooks(recorder, failures)
+        beat = BeatHooks(recorder, failures, bounds=settings.bounds())
         # Known before anything is installed, so that a failure part-way undoes what was
         # (every uninstall step is a no-op for what was not installed).
         self._wiring = _Wiring(
@@ -275,3 +275,7 @@ def _pool_relay(provider: Any, recorder: Recorder, failures: FailureLog) -> Pool
     except Exception as exc:  # noqa: BLE001 - the relay must not stop instrumenting
         failures.record("setting up the pool-child relay", exc)
         return None
+
+
+def _count_internal_error(sink: SwitchableSink, n: int) -> None:
+    sink.emit(_DROPPED, n, ("internal_error",))

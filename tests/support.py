@@ -7,6 +7,7 @@ hopes: :func:`wait_for` polls a condition until a deadline and fails with what i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -27,6 +28,12 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+#: JSON ``broker_transport_options`` for every Celery app of a test (set by the SQS fixtures:
+#: region, polling, queue_name_prefix); read by the tests' apps and :func:`producer`.
+TRANSPORT_OPTIONS_ENV = "TEST_BROKER_TRANSPORT_OPTIONS"
+#: The brokers of the core cases (prefork counts, queue label, queue wait, relay,
+#: saturation): ``@pytest.mark.parametrize("core_broker_url", CORE_BROKERS, indirect=True)``.
+CORE_BROKERS = ["redis", "sqs", "sqs-prefixed"]
 
 T = TypeVar("T")
 
@@ -136,6 +143,7 @@ class Worker:
         metrics_port: int | None = None,
         events: bool = False,
         heartbeat: bool = False,
+        loglevel: str | None = "INFO",
     ) -> None:
         self.queue = queue
         self.broker_url = broker_url
@@ -148,8 +156,11 @@ class Worker:
         full_env.update(env or {})
         cmd = [
             str(BIN / "celery"), "-A", app, "worker", "-P", pool, "-Q", queue,
-            "-n", self.node, "--loglevel=INFO", "--without-gossip", "--without-mingle",
+            "-n", self.node, "--without-gossip", "--without-mingle",
         ]
+        # None: Celery's default level (WARNING), as a user who passes no --loglevel gets.
+        if loglevel is not None:
+            cmd.append(f"--loglevel={loglevel}")
         # Task events (-E) and heartbeats are for a standalone exporter watching the same
         # worker; nothing else needs them.
         if events:
@@ -243,11 +254,17 @@ def running_worker(broker_url: str, queue: str, **kwargs: Any) -> Iterator[Worke
 _PRODUCERS: list[Any] = []
 
 
+def transport_options() -> dict[str, Any]:
+    """The test's ``broker_transport_options`` (TRANSPORT_OPTIONS_ENV), ``{}`` when unset."""
+    return dict(json.loads(os.environ.get(TRANSPORT_OPTIONS_ENV) or "{}"))
+
+
 def producer(broker_url: str) -> Any:
     """A plain (uninstrumented) Celery app that sends tasks by name."""
     from celery import Celery
 
     app = Celery("producer", broker=broker_url)
+    app.conf.broker_transport_options = transport_options()
     _PRODUCERS.append(app)
     return app
 

@@ -21,6 +21,8 @@ import enum
 import re
 from dataclasses import dataclass
 
+from otel_celery_metrics.core import values
+
 
 class InstrumentKind(enum.Enum):
     """The OpenTelemetry instrument a metric is recorded with."""
@@ -255,14 +257,17 @@ SELF_DROPPED = MetricSpec(
     unit="{measurement}",
     description="Measurements lost before recording, by reason "
     "(pool_buffer_full, undecodable, internal_error; collection_timeout: a collection gave "
-    "up a bounded wait and served without what it waited for).",
+    "up a bounded wait and served without what it waited for; invalid_time: a time from "
+    "outside, such as a publish-time header, that is not a finite number; "
+    "implausible_time: a queue wait, runtime or beat lateness beyond its configured bound, "
+    "see docs/configuration.md, Clocks and bad input). The task itself is still counted.",
     attributes=(REASON,),
     recorded_in="self",
 )
 SELF_DEGRADED = MetricSpec(
     name="otel_celery_metrics.degraded",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
-    unit="1",
+    unit="{flag}",  # not "1": see celery.worker.utilisation
     description="1 while this worker's instrumentation cannot work as configured, by reason "
     "(gevent_not_patched: -P gevent without gevent's patching before OpenTelemetry started; "
     "eventlet_not_patched: -P eventlet under opentelemetry-instrument); 0 otherwise. "
@@ -298,7 +303,10 @@ DEGRADED_REASONS: tuple[str, ...] = ("gevent_not_patched", "eventlet_not_patched
 #: Values of ``reason`` on ``otel_celery_metrics_dropped_total``.
 DROP_REASONS: tuple[str, ...] = (
     "pool_buffer_full", "undecodable", "internal_error", "collection_timeout",
+    values.INVALID_TIME, values.IMPLAUSIBLE_TIME,
 )
+#: Values of ``reason`` on ``celery_exporter_measurements_dropped_total``.
+EXPORTER_MEASUREMENT_DROP_REASONS: tuple[str, ...] = values.REASONS
 #: Values of ``attribute`` on ``otel_celery_metrics_overflow_total``.
 OVERFLOW_ATTRIBUTES: tuple[str, ...] = ("task_name", "queue", "schedule_entry", "series")
 #: Values of ``hook`` on ``otel_celery_metrics_hook_inactive``: the request class Celery's
@@ -387,16 +395,27 @@ def _task_counter(event: str, description: str) -> MetricSpec:
     )
 
 
-# The seed guide's per-event counters (``celery_task_<event>_total``). Unit "" keeps the
-# series names exactly as the seed and dashboards built on it spell them.
-TASK_SENT = _task_counter("sent", "task-sent events: task messages published by producers.")
-TASK_RECEIVED = _task_counter("received", "task-received events: messages a worker received.")
-TASK_STARTED = _task_counter("started", "task-started events: executions that began.")
-TASK_SUCCEEDED = _task_counter("succeeded", "task-succeeded events: executions that succeeded.")
-TASK_FAILED = _task_counter("failed", "task-failed events: executions that raised.")
-TASK_RETRIED = _task_counter("retried", "task-retried events: executions that asked a retry.")
-TASK_REJECTED = _task_counter("rejected", "task-rejected events: messages a worker rejected.")
-TASK_REVOKED = _task_counter("revoked", "task-revoked events: tasks revoked before or in a run.")
+# The seed guide's per-event counters (``celery_task_<event>_total``), named EVENTS_* so they
+# are not mistaken for the in-process TASKS_* metrics. Unit "" keeps the series names
+# exactly as the seed and dashboards built on it spell them.
+EVENTS_TASK_SENT = _task_counter("sent", "task-sent events: task messages published by producers.")
+EVENTS_TASK_RECEIVED = _task_counter(
+    "received", "task-received events: messages a worker received."
+)
+EVENTS_TASK_STARTED = _task_counter("started", "task-started events: executions that began.")
+EVENTS_TASK_SUCCEEDED = _task_counter(
+    "succeeded", "task-succeeded events: executions that succeeded."
+)
+EVENTS_TASK_FAILED = _task_counter("failed", "task-failed events: executions that raised.")
+EVENTS_TASK_RETRIED = _task_counter(
+    "retried", "task-retried events: executions that asked a retry."
+)
+EVENTS_TASK_REJECTED = _task_counter(
+    "rejected", "task-rejected events: messages a worker rejected."
+)
+EVENTS_TASK_REVOKED = _task_counter(
+    "revoked", "task-revoked events: tasks revoked before or in a run."
+)
 WORKER_UP = MetricSpec(
     name="celery.worker.up",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
@@ -425,7 +444,9 @@ WORKER_PROCESSES = MetricSpec(
 WORKER_UTILISATION = MetricSpec(
     name="celery.worker.utilisation",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
-    unit="1",
+    # A dimensionless annotation, not "1": the Collector's Prometheus translation names a
+    # gauge of unit "1" *_ratio while our /metrics does not; "{ratio}" is one name on both.
+    unit="{ratio}",
     description="Busy share of the worker's pool, 0..1: tasks active at its last heartbeat "
     "over its pool processes (last inspect stats reply); absent until both are known.",
     attributes=(HOSTNAME,),
@@ -436,7 +457,7 @@ QUEUE_MESSAGES = MetricSpec(
     kind=InstrumentKind.OBSERVABLE_GAUGE,
     unit="{message}",
     description="Messages waiting in the broker queue (Redis: all priority lists summed; "
-    "RabbitMQ: ready messages from a passive declare).",
+    "RabbitMQ: ready messages from a passive declare; SQS: ApproximateNumberOfMessages).",
     attributes=(QUEUE,),
     recorded_in=_EXPORTER,
 )
@@ -449,6 +470,25 @@ QUEUE_OLDEST_MESSAGE_AGE = MetricSpec(
     "time is our publish header (instrumented producer), else the task-sent event of its "
     "task id; absent when neither is known. RabbitMQ cannot show a queue's head without "
     "delivering it: no such series there (see docs/exporter.md).",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_IN_FLIGHT = MetricSpec(
+    name="celery.queue.in_flight",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{message}",
+    description="SQS only: messages received from the queue and not yet deleted "
+    "(ApproximateNumberOfMessagesNotVisible): executing, prefetched, or ETA/countdown tasks "
+    "a worker holds until their time.",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_DELAYED = MetricSpec(
+    name="celery.queue.delayed",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{message}",
+    description="SQS only: messages sent with a delay that are not visible yet "
+    "(ApproximateNumberOfMessagesDelayed).",
     attributes=(QUEUE,),
     recorded_in=_EXPORTER,
 )
@@ -480,7 +520,18 @@ EXPORTER_BROKER_CONNECTED = MetricSpec(
     name="celery_exporter.broker.connected",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
     unit="",
-    description="1 while the event receiver is connected to the broker, else 0.",
+    description="1 while the event receiver is connected to the broker, else 0 (in "
+    "probe-only mode: 1 while the last queue depth probe succeeded).",
+    attributes=(),
+    recorded_in=_EXPORTER,
+)
+EXPORTER_EVENT_STREAM = MetricSpec(
+    name="celery_exporter.event_stream",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="",
+    description="1 when the broker's transport carries Celery events and broadcasts and the "
+    "exporter reads them; 0 in probe-only mode (SQS and any kombu transport without fanout), "
+    "where only queue depth is reported.",
     attributes=(),
     recorded_in=_EXPORTER,
 )
@@ -508,6 +559,18 @@ EXPORTER_EVENTS_DROPPED = MetricSpec(
     "filtered, unknown_type, backlog_full, internal_error; on RabbitMQ also what the broker "
     "dropped from the exporter's event queue: broker_queue_full, broker_expired).",
     attributes=(EVENT_TYPE, REASON),
+    recorded_in=_EXPORTER,
+)
+EXPORTER_MEASUREMENTS_DROPPED = MetricSpec(
+    name="celery_exporter.measurements.dropped",
+    kind=InstrumentKind.COUNTER,
+    unit="",
+    description="Values of counted events that were not recorded, by reason (invalid_time: "
+    "a timestamp or runtime that is not a finite number; implausible_time: a queue wait or "
+    "runtime beyond its bound, --max-queue-wait, --max-runtime, --clock-skew-tolerance; "
+    "invalid_number: a worker's active or processed count that is not a whole number >= 0). "
+    "The event itself is counted.",
+    attributes=(REASON,),
     recorded_in=_EXPORTER,
 )
 EXPORTER_LAST_EVENT_AGE = MetricSpec(
@@ -539,27 +602,31 @@ EXPORTER_WORKERS_WITHOUT_TASK_EVENTS = MetricSpec(
 
 #: Metrics only the standalone exporter publishes, in the order they are documented.
 EXPORTER_METRICS: tuple[MetricSpec, ...] = (
-    TASK_SENT,
-    TASK_RECEIVED,
-    TASK_STARTED,
-    TASK_SUCCEEDED,
-    TASK_FAILED,
-    TASK_RETRIED,
-    TASK_REJECTED,
-    TASK_REVOKED,
+    EVENTS_TASK_SENT,
+    EVENTS_TASK_RECEIVED,
+    EVENTS_TASK_STARTED,
+    EVENTS_TASK_SUCCEEDED,
+    EVENTS_TASK_FAILED,
+    EVENTS_TASK_RETRIED,
+    EVENTS_TASK_REJECTED,
+    EVENTS_TASK_REVOKED,
     WORKER_UP,
     WORKER_TASKS_ACTIVE,
     WORKER_PROCESSES,
     WORKER_UTILISATION,
     QUEUE_MESSAGES,
     QUEUE_OLDEST_MESSAGE_AGE,
+    QUEUE_IN_FLIGHT,
+    QUEUE_DELAYED,
     QUEUE_CONSUMERS,
     QUEUE_WORKERS,
     QUEUE_PROCESSES,
     EXPORTER_BROKER_CONNECTED,
+    EXPORTER_EVENT_STREAM,
     EXPORTER_RECONNECTS,
     EXPORTER_EVENTS_RECEIVED,
     EXPORTER_EVENTS_DROPPED,
+    EXPORTER_MEASUREMENTS_DROPPED,
     EXPORTER_LAST_EVENT_AGE,
     EXPORTER_PROBE_AGE,
     EXPORTER_WORKERS_WITHOUT_TASK_EVENTS,

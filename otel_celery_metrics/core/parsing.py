@@ -1,4 +1,4 @@
-"""Parsing the settings both ways in take as text: histogram boundaries and booleans.
+"""Parsing the settings both ways in take as text: histogram boundaries, booleans, seconds.
 
 One implementation each, for ``OTEL_CELERY_METRICS_*`` variables (in-process) and the
 exporter's flags and ``OTEL_CELERY_EXPORTER_*`` variables, so the same value means the same
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["parse_bool", "parse_buckets"]
+__all__ = ["parse_bool", "parse_buckets", "parse_seconds"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -40,3 +40,14 @@ def parse_bool(raw: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ValueError("expected true or false")
+
+
+def parse_seconds(raw: str) -> float:
+    """A duration in seconds: a finite number > 0 (the bounds of core.values, timeouts)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of seconds, e.g. 86400") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("expected a finite number of seconds > 0")
+    return value

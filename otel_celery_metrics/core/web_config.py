@@ -59,6 +59,11 @@ _CLIENT_AUTH_UNSUPPORTED = ("RequestClientCert", "RequireAnyClientCert")
 #: The response headers the exporter-toolkit lets a web config set.
 _HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options",
             "X-XSS-Protection", "Content-Security-Policy")
+#: How to make a hash for ``basic_auth_users``, in the error text and the docs: Python's
+#: bcrypt, which the extras that read web configs install (``htpasswd`` is apache2-utils,
+#: not installed by default on Debian). It prompts for the password without echoing it.
+BCRYPT_COMMAND = ("python3 -c 'import bcrypt, getpass; "
+                  "print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt()).decode())'")
 _BCRYPT_HASH = re.compile(r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$")
 #: Checked for unknown users so that a wrong user name costs as long as a wrong password
 #: (no user enumeration by timing). Its password is not a secret.
@@ -325,8 +330,8 @@ def _users(path: str | os.PathLike[str], raw: Any) -> dict[str, bytes]:
         if not isinstance(hashed, str) or not _BCRYPT_HASH.match(hashed):
             # Never echo the value: it may be a plaintext password.
             raise WebConfigError(path, f"basic_auth_users.{user} is not a bcrypt hash (a "
-                                 "plaintext password?); make one with: htpasswd -nBC 10 '' | "
-                                 "tr -d ':\\n'")
+                                 "plaintext password?); make one with the Python that has "
+                                 f"otel-celery-metrics installed: {BCRYPT_COMMAND}")
         users[user] = hashed.encode()
     if users:
         try:

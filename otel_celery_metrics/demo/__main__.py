@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+from otel_celery_metrics.version import __version__
+
 EXPECTED = {"SUCCESS": 0, "FAILURE": 0, "RETRY": 0}
 
 
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=30, help="tasks to publish (default 30)")
     parser.add_argument("--keep-running", action="store_true",
                         help="keep the worker and /metrics up until Ctrl-C")
+    parser.add_argument("--version", action="version",
+                        version=f"otel-celery-metrics-demo {__version__}")
     args = parser.parse_args(argv)
 
     folder = tempfile.mkdtemp(prefix="otel-celery-demo-")

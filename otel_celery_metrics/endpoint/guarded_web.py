@@ -131,14 +131,24 @@ def serve_guarded(host: str, port: int, registry: Any, web_config: WebConfigFile
     return server
 
 
-def guarded_serve(path: str) -> Callable[[str, int], object]:
+def serving_message(host: str, port: int | str, web_config: WebConfigFile) -> str:
+    """The start-up line of an endpoint behind a web config: where, and what is enforced
+    (never a user name, a hash or key material)."""
+    config = web_config.current()
+    return (f"otel-celery-metrics: serving {config.scheme if config else '?'}://{host}:{port}"
+            f"/metrics; web config {web_config.path}: "
+            f"{config.describe() if config else 'invalid'}")
+
+
+def guarded_serve(path: str) -> tuple[Callable[[str, int], object], WebConfigFile]:
     """For :class:`~otel_celery_metrics.endpoint.server.MetricsServer`: serve the default
-    registry behind the web config at ``path``. Raises :class:`WebConfigError` for a bad
-    file (the caller logs :func:`closed_message`; the endpoint stays closed)."""
+    registry behind the web config at ``path`` (and the loaded file, for
+    :func:`serving_message`). Raises :class:`WebConfigError` for a bad file (the caller
+    logs :func:`closed_message`; the endpoint stays closed)."""
     from prometheus_client import REGISTRY
 
     web_config = WebConfigFile.open(path)
-    return lambda host, port: serve_guarded(host, port, REGISTRY, web_config)
+    return lambda host, port: serve_guarded(host, port, REGISTRY, web_config), web_config
 
 
 def guarded_prometheus_reader(host: str, port: int, scope_labels: bool, registry: Any,
@@ -166,7 +176,6 @@ def start_endpoint(host: str, port: int | str, registry: Any, path: str) -> None
         problem = exc if isinstance(exc, OSError) else "not a port number"
         _logger.error("%s", busy_port_message(host, str(port), problem))
         return
-    config = web_config.current()
-    _logger.info("otel-celery-metrics: serving %s://%s:%s/metrics; web config %s: %s",
-                 config.scheme if config else "?", host, port, path,
-                 config.describe() if config else "invalid")
+    # WARNING, as in a worker (see MetricsServer's serving_message): the one line that
+    # confirms TLS and authentication are on must not hide below a default log level.
+    _logger.warning("%s", serving_message(host, port, web_config))

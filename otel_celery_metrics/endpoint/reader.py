@@ -33,6 +33,7 @@ from otel_celery_metrics.endpoint.guarded_web import (
     WEB_CONFIG_VARIABLE,
     closed_message,
     guarded_serve,
+    serving_message,
 )
 from otel_celery_metrics.endpoint.server import EndpointError, MetricsServer, plan_endpoint
 from otel_celery_metrics.worker.process_role import Role, process_role
@@ -60,14 +61,17 @@ class CeleryPrometheusReader(PrometheusMetricReader):
         web_config = os.environ.get(WEB_CONFIG_VARIABLE, "").strip()
         if web_config:
             try:
-                serve = guarded_serve(web_config)
+                serve, loaded = guarded_serve(web_config)
             except WebConfigError as exc:
                 # One error line once the worker can log it; the endpoint stays closed
                 # (never open without the TLS or authentication the file asks for).
                 closed = closed_message(str(exc))
                 _after_logging_setup(in_worker, lambda: _logger.error("%s", closed))
                 return
-            self.server = MetricsServer(endpoint, serve, hold_messages=in_worker)
+            self.server = MetricsServer(
+                endpoint, serve, hold_messages=in_worker,
+                serving_message=lambda host, port: serving_message(host, port, loaded),
+            )
         else:
             self.server = MetricsServer(endpoint, hold_messages=in_worker)
         _after_logging_setup(in_worker, self.server.release_messages)

@@ -117,6 +117,9 @@ class MetricsServer:
     returns True to give up (default: until :meth:`stop`). With ``hold_messages`` its log
     lines wait for :meth:`release_messages`: a worker's logging is set up only later, and
     a detached ``celery multi`` node's stderr is ``/dev/null`` until then.
+    ``serving_message(host, port)``, when given, is logged once the endpoint serves (at
+    WARNING, like the line after a busy port: Celery's default level hides INFO, and this
+    is the line that tells an operator what the endpoint enforces).
     """
 
     def __init__(
@@ -128,8 +131,10 @@ class MetricsServer:
         first_retry: float = FIRST_RETRY_SECONDS,
         max_retry: float = MAX_RETRY_SECONDS,
         hold_messages: bool = False,
+        serving_message: Callable[[str, int], str] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._serving_message = serving_message
         self._serve = serve
         self._stopped = threading.Event()
         self._wait = wait or self._stopped.wait
@@ -155,6 +160,7 @@ class MetricsServer:
             return False
         else:
             self.serving = True
+            self._log_serving()
             return True
         self.thread = threading.Thread(
             target=self._keep_trying, name="otel-celery-metrics-bind", daemon=True
@@ -180,6 +186,16 @@ class MetricsServer:
                 return
         _logger.log(level, "%s", message)
 
+    def _log_serving(self) -> None:
+        if self._serving_message is None:
+            return
+        try:
+            message = self._serving_message(self.endpoint.host, self.endpoint.port)
+        except Exception as exc:  # noqa: BLE001 - serving goes on; only the line is lost
+            message = (f"otel-celery-metrics: serving /metrics on {self.endpoint.where()} "
+                       f"(cannot describe it: {type(exc).__name__}: {exc})")
+        self._log(logging.WARNING, message)
+
     def _busy_message(self, exc: OSError) -> str:
         reason = exc.strerror or str(exc)
         return (
@@ -204,6 +220,7 @@ class MetricsServer:
                     f"otel-celery-metrics: now serving /metrics on {self.endpoint.where()} "
                     "(the port was busy at start)",
                 )
+                self._log_serving()
                 return
         except Exception as exc:  # noqa: BLE001 - a daemon thread must not die noisily
             self._log(

@@ -1,18 +1,20 @@
-"""The standalone exporter: reads the Celery event bus and serves Prometheus metrics.
+"""The standalone exporter: reads the Celery event bus, serves Prometheus metrics, pushes OTLP.
 
 No application change: it connects to the broker the workers use, reads their events
 (workers started with ``-E``), polls queue depths in the background and publishes the
-metric table's series through the OpenTelemetry Prometheus reader. It imports only
-:mod:`otel_celery_metrics.core` of the package, and nothing in-process imports it (import
-contracts in pyproject.toml).
+metric table's series through the OpenTelemetry Prometheus reader, an OTLP reader, or
+both. It imports only :mod:`otel_celery_metrics.core` of the package, and nothing
+in-process imports it (import contracts in pyproject.toml).
 
 Modules, one job each:
 
 - :mod:`.config` -- the typed configuration and broker-URL masking;
 - :mod:`.cli` -- the command line (flags and ``OTEL_CELERY_EXPORTER_*`` variables);
 - :mod:`.broker_tls` -- TLS to the broker (``broker_use_ssl`` from the TLS settings);
-- :mod:`.receiver` -- broker connection, receive loop, reconnects; the Redis pub/sub reader
-  and kombu's for every other transport;
+- :mod:`.capabilities` -- whether the transport carries events and broadcasts (asked of
+  kombu at start); without them the exporter runs in probe-only mode (SQS);
+- :mod:`.receiver` -- broker connection, receive loop, reconnects; the Redis pub/sub reader,
+  kombu's for every other transport, and the stand-in of probe-only mode;
 - :mod:`.amqp_receiver` -- the RabbitMQ reader (a bounded event queue, frames read directly);
 - :mod:`._amqp_frames` -- AMQP 0-9-1 frame splitting and the few methods that reader sends;
 - :mod:`._wire` -- the Redis pub/sub wire format and event envelope decoding;
@@ -22,7 +24,9 @@ Modules, one job each:
 - :mod:`.store` -- counters the handlers update, with the cardinality caps;
 - :mod:`.liveness` -- workers from heartbeats: up/down, forgetting, events-disabled;
 - :mod:`.probes` -- queue depth (Redis priorities, RabbitMQ passive declare) and inspect;
+- :mod:`.sqs_depth` -- SQS queue depth (waiting, in flight, delayed) and kombu's SQS names;
 - :mod:`.instruments` -- the store and liveness as OpenTelemetry instruments;
+- :mod:`.outputs` -- where they go: the readers for /metrics and OTLP, and the resource;
 - :mod:`.compat` -- danihodovic/celery-exporter's names for migration;
 - :mod:`.http` -- ``/metrics`` and ``/health``;
 - :mod:`.service` -- wires it together.

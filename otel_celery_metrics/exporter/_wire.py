@@ -35,14 +35,33 @@ class ProtocolError(ValueError):
     """The stream is not the RESP we expect (or Redis sent an error reply)."""
 
 
-class PubSubParser:
-    """Incremental RESP2 parser for a connection in (P)SUBSCRIBE mode."""
+#: The longest pub/sub message the parser holds while it is incomplete. Celery events are
+#: kilobytes (a ``task.multi`` batch a few hundred); Redis itself drops a subscriber whose
+#: output buffer passes 32 MB by default. A longer one is a broken or hostile server.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-    def __init__(self) -> None:
-        self._buffer = b""
+
+class PubSubParser:
+    """Incremental RESP2 parser for a connection in (P)SUBSCRIBE mode.
+
+    Linear in the bytes fed, however the stream is split: the unfinished tail is kept in
+    a ``bytearray`` that chunks are appended to, and the parser remembers how many bytes
+    the message needs before it can complete (or that it needs a line end), so a long
+    message read in small pieces is parsed once, when its last piece arrives. An
+    unfinished message longer than ``max_message`` raises :class:`ProtocolError`: the
+    receiver then drops the stream, counts it and resubscribes.
+    """
+
+    def __init__(self, max_message: int = MAX_MESSAGE_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_message
+        #: Buffer length at which the unfinished message can complete; 0: when a line
+        #: end arrives.
+        self._need = 0
 
     def reset(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._need = 0
 
     @property
     def pending(self) -> int:
@@ -50,19 +69,27 @@ class PubSubParser:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return the payloads of every complete ``(p)message``."""
-        buf = self._buffer + data if self._buffer else data
+        buf = self._buffer
+        buf += data
+        need = self._need
+        if (len(buf) < need) if need else (buf.find(b"\n", len(buf) - len(data)) < 0):
+            self._check_bound()
+            return []  # nothing can have completed
         out: list[bytes] = []
         pos = 0
         end = len(buf)
+        self._need = 0
         while pos < end:
             line_end = buf.find(_CRLF, pos)
             if line_end < 0:
                 break
-            marker = buf[pos : pos + 1]
+            marker = bytes(buf[pos : pos + 1])
             if marker == b"*":
                 parsed = _array(buf, line_end, end)
-                if parsed is None:
-                    break  # incomplete: wait for the next chunk
+                if isinstance(parsed, int):
+                    # Incomplete: wait for the next chunk (for ``parsed`` bytes, if known).
+                    self._need = parsed - pos if parsed else 0
+                    break
                 items, pos = parsed
                 if len(items) == 4 and items[0] == b"pmessage":
                     out.append(items[3])
@@ -70,7 +97,7 @@ class PubSubParser:
                     out.append(items[2])
                 # subscribe confirmations and pong replies carry nothing for us
             elif marker == b"-":
-                text = buf[pos + 1 : line_end].decode("utf-8", "replace")
+                text = bytes(buf[pos + 1 : line_end]).decode("utf-8", "replace")
                 msg = f"Redis replied with an error: {text}"
                 raise ProtocolError(msg)
             elif marker in (b"+", b":"):
@@ -78,13 +105,21 @@ class PubSubParser:
             else:
                 msg = f"unexpected RESP type {marker!r}"
                 raise ProtocolError(msg)
-        self._buffer = buf[pos:]
+        del buf[:pos]
+        self._check_bound()
         return out
 
+    def _check_bound(self) -> None:
+        if len(self._buffer) > self._max or self._need > self._max:
+            msg = (f"a pub/sub message longer than {self._max} bytes (the parser's bound): "
+                   "not a Celery event stream")
+            raise ProtocolError(msg)
 
-def _array(buf: bytes, header_end: int, end: int) -> tuple[list[bytes], int] | None:
+
+def _array(buf: bytearray, header_end: int, end: int) -> tuple[list[bytes], int] | int:
     """The items of the array whose ``*N`` header ends at ``header_end``, and the position
-    after it; None when the buffer ends inside it."""
+    after it; when the buffer ends inside it, the buffer length it needs (0: unknown until
+    a line end arrives)."""
     star = buf.rfind(b"*", 0, header_end)
     count = int(buf[star + 1 : header_end])
     pos = header_end + 2
@@ -93,7 +128,7 @@ def _array(buf: bytes, header_end: int, end: int) -> tuple[list[bytes], int] | N
     for _ in range(count):
         item_end = find(_CRLF, pos)
         if item_end < 0:
-            return None
+            return 0
         kind = buf[pos : pos + 1]
         if kind == b"$":
             length = int(buf[pos + 1 : item_end])
@@ -109,14 +144,14 @@ def _array(buf: bytes, header_end: int, end: int) -> tuple[list[bytes], int] | N
             data_start = item_end + 2
             data_end = data_start + length
             if data_end + 2 > end:
-                return None
-            items.append(buf[data_start:data_end])
+                return data_end + 2
+            items.append(bytes(buf[data_start:data_end]))
             pos = data_end + 2
         elif kind == b":":
-            items.append(buf[pos + 1 : item_end])
+            items.append(bytes(buf[pos + 1 : item_end]))
             pos = item_end + 2
         else:
-            msg = f"unexpected RESP item {kind!r} in a pub/sub reply"
+            msg = f"unexpected RESP item {bytes(kind)!r} in a pub/sub reply"
             raise ProtocolError(msg)
     return items, pos
 

@@ -153,6 +153,8 @@ class AmqpEventReceiver(_BaseReceiver):
             finally:
                 self.status.connected = False
                 self._close(conn, stop.is_set())
+        if self._ever_connected:
+            self.delete_queues()
 
     # -- setup (py-amqp) -------------------------------------------------------------------
 
@@ -281,6 +283,25 @@ class AmqpEventReceiver(_BaseReceiver):
             return
         for kind, count in Counter(map(_event_type, events)).items():
             self._drop(kind, reason, count)
+
+    def delete_queues(self) -> None:
+        """A clean stop leaves nothing on the broker: our two queues go now (x-expires is
+        for a crash), the dead-letter exchange with them (auto-delete). On a connection of
+        its own, after ours closed: queue.delete waits for delete-ok, which our reader
+        would otherwise have to pick out of the delivery stream."""
+        try:
+            with self._app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=self._config.probe_timeout)
+                channel = conn.channel()
+                for name in (self.event_queue, self.drop_queue):
+                    channel.queue_delete(name)
+                channel.close()
+        except Exception as exc:  # noqa: BLE001 - stopping anyway; x-expires removes them
+            _logger.warning(
+                "could not delete the event queue %s on stop (%s); RabbitMQ removes it %.0fs "
+                "after we left (x-expires)", self.event_queue, exc,
+                self._config.event_queue_expires,
+            )
 
     def _close(self, conn: Any, stopping: bool) -> None:
         raw = getattr(conn, "connection", None)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import json
 import logging
-import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -19,9 +20,10 @@ from dataclasses import fields
 from types import FrameType
 from typing import Any
 
-from otel_celery_metrics.core.parsing import parse_bool, parse_buckets
+from otel_celery_metrics.core.parsing import parse_bool, parse_buckets, parse_seconds
 from otel_celery_metrics.exporter.broker_tls import VERIFY_MODES, BrokerTLSError, broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig
+from otel_celery_metrics.version import __version__
 
 ENV_PREFIX = "OTEL_CELERY_EXPORTER_"
 _DEFAULTS = ExporterConfig()
@@ -50,12 +52,9 @@ def _steps(raw: str) -> tuple[int, ...]:
 
 def _seconds(raw: str) -> float:
     try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds: {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0: {raw!r}")
-    return value
+        return parse_seconds(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {raw!r}") from None
 
 
 def _count(raw: str) -> int:
@@ -96,13 +95,84 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _log_level(raw: str) -> str:
+    """A level name in any case (``info``, ``INFO``, ``Info``), as Celery's ``-l`` takes it."""
+    return _choice("DEBUG", "INFO", "WARNING", "ERROR")(raw.strip().upper())
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({exc}): {raw!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. "
+                                         f'{{"region": "eu-west-1"}}: {raw!r}')
+    return value
+
+
+def _exporters(raw: str) -> tuple[str, ...]:
+    from otel_celery_metrics.exporter.outputs import METRICS_EXPORTERS
+
+    names = _names(raw)
+    unknown = [n for n in names if n not in METRICS_EXPORTERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected prometheus, otlp or prometheus,otlp: {raw!r}")
+    return tuple(dict.fromkeys(names))
+
+
+#: Labels the exporter's own series carry, and those Prometheus reserves: a static label
+#: of the same name would overwrite ours or be dropped on ingestion.
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _reserved_labels() -> set[str]:
+    from otel_celery_metrics.core import metric_table as mt
+    from otel_celery_metrics.exporter import compat
+
+    names = {a for spec in mt.EXPORTER_METRICS for a in spec.attributes}
+    names |= set(compat.FAILED_LABELS) | {compat.QUEUE_LABEL, mt.HOSTNAME}
+    return names | {"job", "instance", "le", "quantile", "otel_scope_name"}
+
+
+def _labels(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        key, sep, val = part.partition("=")
+        key, val = key.strip(), val.strip()
+        if not sep or not val:
+            raise argparse.ArgumentTypeError(f"expected name=value: {part!r}")
+        if not _LABEL_NAME.fullmatch(key) or key.startswith("__"):
+            raise argparse.ArgumentTypeError(
+                f"not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, no leading __): {key!r}")
+        if key in _reserved_labels():
+            raise argparse.ArgumentTypeError(f"{key!r} is a label the exporter sets itself")
+        pairs.append((key, val))
+    return tuple(pairs)
+
+
+def _interval_ms(raw: str) -> str:
+    # OTEL_METRIC_EXPORT_INTERVAL is in milliseconds; our flag in seconds.
+    try:
+        return f"{float(raw) / 1000:g}"
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds: {raw!r}") from None
+
+
 def _show(value: Any) -> str:
+    if value and isinstance(value, tuple) and isinstance(value[0], tuple):
+        return ",".join(f"{k}={v}" for k, v in value)
     if isinstance(value, tuple):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "(none)"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, str):
         return value.encode("unicode_escape").decode() if value else "(none)"
+    if isinstance(value, dict):
+        return json.dumps(value) if value else "(none)"
     return str(value)
 
 
@@ -119,6 +189,10 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "broker_tls_verify": (_choice(*VERIFY_MODES),
                           "TLS to the broker: full (certificate chain and host name), ca "
                           "(chain only) or none (unverified, logged as a warning)."),
+    "broker_transport_options": (
+        _json_object, "The workers' broker_transport_options as a JSON object, where they "
+                      "name what the exporter must find: on SQS region, queue_name_prefix, "
+                      "predefined_queues, is_secure; on Redis use --redis-key-prefix."),
     "host": (str, "Address /metrics and /health listen on."),
     "port": (_port, "Port /metrics and /health listen on (0 picks a free one)."),
     "buckets": (_buckets, "Runtime histogram boundaries in seconds, comma-separated."),
@@ -167,10 +241,38 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "stuck_after": (_seconds, "Seconds a receive loop may stand still before /health fails."),
     "reconnect_initial": (_seconds, "First reconnect delay; doubles per failure."),
     "reconnect_max": (_seconds, "Longest reconnect delay."),
-    "log_level": (_choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level."),
+    "max_queue_wait": (_seconds, "Seconds: a longer queue wait (a wrong clock, a bad "
+                                 "timestamp) is not recorded but counted in "
+                                 "celery_exporter_measurements_dropped_total."),
+    "max_runtime": (_seconds, "Seconds: a longer runtime is not recorded but counted."),
+    "clock_skew_tolerance": (_seconds, "Seconds a publish time or ETA may lie after the task's "
+                                       "start (clocks disagree) and count as a wait of 0; "
+                                       "further ahead, the wait is not recorded but counted."),
+    "log_level": (_log_level, "Log level: DEBUG, INFO, WARNING or ERROR, in any case."),
     "web_config_file": (str, "Prometheus exporter-toolkit web config file (TLS, basic auth) "
                              "for /metrics and /health; re-read on change and on SIGHUP."),
+    "metrics_exporters": (_exporters,
+                          "Where metrics go: prometheus (/metrics), otlp (pushed to "
+                          "OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT with its _HEADERS etc.) or "
+                          "prometheus,otlp. /health is served either way."),
+    "otlp_protocol": (_choice("http/protobuf", "grpc"), "OTLP: http/protobuf or grpc."),
+    "otlp_temporality": (_choice("cumulative", "delta", "lowmemory"),
+                         "OTLP: cumulative (what the Collector's prometheus exporter and "
+                         "Prometheus store), delta or lowmemory."),
+    "otlp_export_interval": (_seconds, "OTLP: seconds between exports."),
+    "static_labels": (_labels, "Label name=value added to every series of both outputs; "
+                               "repeat the flag, or comma-separate them in the variable."),
 }
+#: Standard OpenTelemetry variables read when ours is unset: variable -> (field, to text).
+STANDARD_ENV: dict[str, tuple[str, Callable[[str], str]]] = {
+    "OTEL_METRICS_EXPORTER": ("metrics_exporters", str),
+    "OTEL_EXPORTER_OTLP_PROTOCOL": ("otlp_protocol", str),
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": ("otlp_protocol", str),
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": ("otlp_temporality", str.lower),
+    "OTEL_METRIC_EXPORT_INTERVAL": ("otlp_export_interval", _interval_ms),
+}
+#: Fields whose flag may be repeated; the flags replace the variable's value.
+REPEATABLE = {"static_labels": "--static-label"}
 #: Flags spelled as Prometheus' exporters spell them, besides the dashed form.
 FLAG_ALIASES = {"web_config_file": ("--web.config.file",)}
 
@@ -182,24 +284,34 @@ def env_name(field_name: str) -> str:
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-celery-exporter",
-        description="Read the Celery event bus and serve Prometheus metrics: task counts, "
-        "runtimes, queue wait, broker backlog and worker liveness, with no application "
-        "change. Workers must send task events (celery worker -E, or --enable-events). "
+        description="Read the Celery event bus and serve Prometheus metrics, push them over "
+        "OTLP, or both: task counts, runtimes, queue wait, broker backlog and worker "
+        "liveness, with no application change. Workers must send task events (celery "
+        "worker -E, or --enable-events). "
         "Every flag also reads the environment variable shown; a flag wins over it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version",
+                        version=f"otel-celery-exporter {__version__}")
+    standard = {field: var for var, (field, _) in STANDARD_ENV.items()}
     for name, (parse, text) in OPTIONS.items():
         variable = env_name(name)
         default = getattr(_DEFAULTS, name)
-        raw = environ.get(variable)
+        source, raw, to_text = _from_environment(name, environ)
         if raw not in (None, ""):
             try:
-                default = parse(raw)
+                default = parse(to_text(raw))
             except (argparse.ArgumentTypeError, ValueError) as exc:
-                parser.error(f"{variable}: {exc}")
-        help_text = f"{text} [env {variable}; default {_show(getattr(_DEFAULTS, name))}]"
+                parser.error(f"{source}: {exc}")
+        also = f" or {standard[name]}" if name in standard else ""
+        help_text = (f"{text} [env {variable}{also}; "
+                     f"default {_show(getattr(_DEFAULTS, name))}]")
         flag = "--" + name.replace("_", "-")
-        if isinstance(getattr(_DEFAULTS, name), bool):
+        if name in REPEATABLE:
+            parser.add_argument(REPEATABLE[name], flag, dest=name, type=parse, action="extend",
+                                default=None, metavar="NAME=VALUE", help=help_text)
+            parser.set_defaults(**{f"{name}_from_environment": default})
+        elif isinstance(getattr(_DEFAULTS, name), bool):
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
         else:
@@ -209,15 +321,44 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _from_environment(
+    name: str, environ: Mapping[str, str]
+) -> tuple[str, str | None, Callable[[str], str]]:
+    """(variable, raw value, its conversion to flag text) for field ``name``: ours first,
+    then the standard variable (OTEL_EXPORTER_OTLP_METRICS_* before the general one)."""
+    variable = env_name(name)
+    if environ.get(variable):
+        return variable, environ[variable], str
+    for standard, (field, to_text) in reversed(STANDARD_ENV.items()):
+        if field == name and environ.get(standard):
+            return standard, environ[standard], to_text
+    return variable, None, str
+
+
 def config_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterConfig:
     parser = build_parser(environ)
     args = parser.parse_args(list(argv))
+    values = vars(args)
+    for name in REPEATABLE:
+        if values[name] is None:
+            values[name] = values[f"{name}_from_environment"]
+        values[name] = tuple(values[name])
+    keys = [k for k, _ in values["static_labels"]]
+    if len(keys) != len(set(keys)):
+        parser.error(f"--static-label: a label is given twice: {', '.join(keys)}")
     known = {f.name for f in fields(ExporterConfig)}
-    config = ExporterConfig(**{k: v for k, v in vars(args).items() if k in known})
+    config = ExporterConfig(**{k: v for k, v in values.items() if k in known})
     try:
         broker_use_ssl(config)  # files checked now, not at the first connection
     except BrokerTLSError as exc:
         parser.error(exc.describe(_flag_and_variable))
+    if "otlp" in config.metrics_exporters:
+        from otel_celery_metrics.exporter.outputs import OutputUnavailable, otlp_exporter_class
+
+        try:
+            otlp_exporter_class(config.otlp_protocol)
+        except OutputUnavailable as exc:
+            parser.error(f"--metrics-exporters=otlp: {exc}")
     return config
 
 
@@ -237,6 +378,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     from otel_celery_metrics.exporter.service import Exporter
 
     exporter = Exporter(config)
+    if not exporter.capabilities.events and not config.queues:
+        # Probe-only mode has no discovery (no inspect): without --queues it reports nothing.
+        logging.getLogger(__name__).error(
+            "broker %s: %s; %s names no queue, so there is nothing to report: give the "
+            "Celery queue names to probe; not starting", config.masked_broker_url,
+            exporter.capabilities.describe(), _flag_and_variable("queues"))
+        return 2
     try:
         exporter.start()
     except WebConfigError as exc:

@@ -13,14 +13,14 @@ from otel_celery_metrics.core import metric_table as mt
 
 #: Our per-event counter -> its name there (the Prometheus exporter adds ``_total``).
 COUNTER_NAMES: dict[str, str] = {
-    mt.TASK_SENT.name: "celery_task_sent",
-    mt.TASK_RECEIVED.name: "celery_task_received",
-    mt.TASK_STARTED.name: "celery_task_started",
-    mt.TASK_SUCCEEDED.name: "celery_task_succeeded",
-    mt.TASK_FAILED.name: "celery_task_failed",
-    mt.TASK_RETRIED.name: "celery_task_retried",
-    mt.TASK_REJECTED.name: "celery_task_rejected",
-    mt.TASK_REVOKED.name: "celery_task_revoked",
+    mt.EVENTS_TASK_SENT.name: "celery_task_sent",
+    mt.EVENTS_TASK_RECEIVED.name: "celery_task_received",
+    mt.EVENTS_TASK_STARTED.name: "celery_task_started",
+    mt.EVENTS_TASK_SUCCEEDED.name: "celery_task_succeeded",
+    mt.EVENTS_TASK_FAILED.name: "celery_task_failed",
+    mt.EVENTS_TASK_RETRIED.name: "celery_task_retried",
+    mt.EVENTS_TASK_REJECTED.name: "celery_task_rejected",
+    mt.EVENTS_TASK_REVOKED.name: "celery_task_revoked",
 }
 #: Label names of a per-event key (task name, queue, hostname[, exception]) there.
 TASK_LABELS = ("name", "queue_name", "hostname")

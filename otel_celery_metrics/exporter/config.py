@@ -9,8 +9,10 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from otel_celery_metrics.core import values
 from otel_celery_metrics.core.metric_table import DEFAULT_SECONDS_BUCKETS
 
 #: kombu's Redis defaults: priority lists are ``<queue><sep><step>`` for every step but 0.
@@ -32,6 +34,10 @@ class ExporterConfig:
     broker_tls_key_file: str = ""
     #: ... and what is verified: "full" (chain and host name), "ca" (chain), "none".
     broker_tls_verify: str = "full"
+    #: The workers' ``broker_transport_options`` that say where things are (SQS: region,
+    #: queue_name_prefix, predefined_queues, is_secure). Read, never logged (SQS
+    #: predefined_queues may hold keys).
+    broker_transport_options: dict[str, Any] = field(default_factory=dict)
     host: str = "0.0.0.0"
     port: int = 9808
     #: Histogram boundaries (seconds) of the runtime histogram.
@@ -90,10 +96,31 @@ class ExporterConfig:
     stuck_after: float = 30.0
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
+    #: Seconds: the longest queue wait recorded; longer ones are refused and counted.
+    max_queue_wait: float = values.DEFAULT_MAX_QUEUE_WAIT
+    #: Seconds: the longest task runtime recorded.
+    max_runtime: float = values.DEFAULT_MAX_RUNTIME
+    #: Seconds a publish time (or ETA) may lie after the task's start and count as 0.
+    clock_skew_tolerance: float = values.DEFAULT_CLOCK_SKEW_TOLERANCE
     log_level: str = "INFO"
     #: Prometheus exporter-toolkit web config (TLS, basic auth) for /metrics and /health.
     web_config_file: str = ""
+    #: Where metrics go: "prometheus" (/metrics), "otlp" (pushed), or both.
+    metrics_exporters: tuple[str, ...] = ("prometheus",)
+    #: OTLP: "http/protobuf" or "grpc"; the endpoint, headers etc. are the SDK's variables.
+    otlp_protocol: str = "http/protobuf"
+    #: OTLP: "cumulative" (what Prometheus stores), "delta" or "lowmemory".
+    otlp_temporality: str = "cumulative"
+    #: OTLP: seconds between exports.
+    otlp_export_interval: float = 60.0
+    #: Labels added to every series of both outputs, as (name, value) pairs.
+    static_labels: tuple[tuple[str, str], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bounds(self) -> values.Bounds:
+        """The plausible range of times in events (:mod:`otel_celery_metrics.core.values`)."""
+        return values.Bounds(self.max_queue_wait, self.max_runtime, self.clock_skew_tolerance)
 
     @property
     def masked_broker_url(self) -> str:

@@ -6,9 +6,20 @@ characters (newlines) is counted in ``celery_exporter_events_dropped_total`` wit
 and otherwise ignored, so the exposition stays valid whatever arrives on the bus.
 Quotes and backslashes are fine in names: the exposition escapes them.
 
+Every number an event carries (timestamps, runtime, ETA, a worker's counts) passes through
+:mod:`otel_celery_metrics.core.values`, as the in-process instrumentor's do: one that is
+not a finite number, or a queue wait or runtime beyond its bound (a worker whose clock is
+wrong), is counted in ``celery_exporter_measurements_dropped_total`` with a reason and
+treated as absent; the event itself is still counted. Runtimes come from one host's clock
+(the worker's ``runtime``, or its task-started and task-failed timestamps), never from
+the worker's and ours mixed.
+
 Task events after task-sent/task-received carry only the task id; names and queues come
 from :class:`~.tracker.TaskTracker`. A task whose earlier events we never saw (exporter
 started mid-stream) is counted under the task name ``unknown``.
+
+Over 400 lines on purpose: one handler per event type, in one table a reader scans top to
+bottom; the per-task state they share lives in :mod:`.tracker` and :mod:`.held`.
 """
 
 from __future__ import annotations
@@ -20,7 +31,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from otel_celery_metrics.core import metric_table as mt
-from otel_celery_metrics.core.queue_wait import eta_timestamp, wait_reference, wait_seconds
+from otel_celery_metrics.core import values
+from otel_celery_metrics.core.queue_wait import wait_reference
 from otel_celery_metrics.core.routing import sent_destination
 from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
@@ -53,6 +65,9 @@ KNOWN_TYPES = frozenset(TASK_EVENTS + WORKER_EVENTS + IGNORED_EVENTS)
 #: Events a worker sends about a task; they carry no queue (see held.py).
 _HELD_KINDS = frozenset(TASK_EVENTS) - {"task-sent"}
 OTHER_TYPE = "other"
+#: How each queue-wait reference is named in a refusal's log line.
+_REFERENCE_NAMES = {"publish": "task-sent timestamp", "received": "task-received timestamp",
+                    "eta": "ETA"}
 
 
 class InvalidEvent(ValueError):
@@ -95,16 +110,6 @@ def event_task_id(event: Mapping[str, Any]) -> str:
     return value
 
 
-def number(event: Mapping[str, Any], key: str) -> float | None:
-    """A numeric field, None when absent, :class:`InvalidEvent` when not a number."""
-    value = event.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidEvent(key)
-    return float(value)
-
-
 def exception_class(text: object) -> str:
     """``"ValueError('boom')"`` -> ``"ValueError"``; never the message (unbounded)."""
     if isinstance(text, str):
@@ -142,15 +147,23 @@ class EventHandlers:
         self._compat = config.danihodovic_names
         self._received = counters.counter(mt.EXPORTER_EVENTS_RECEIVED.name)
         self._dropped = counters.counter(mt.EXPORTER_EVENTS_DROPPED.name)
+        self._bounds = config.bounds
+        refused = counters.counter(mt.EXPORTER_MEASUREMENTS_DROPPED.name)
+        for reason in values.REASONS:
+            refused.add((reason,), 0)  # from 0, so increase() alerts see the first
+        self._refusals = values.RefusalLog(
+            lambda reason: refused.add((reason,)), _logger,
+            'celery_exporter_measurements_dropped_total{{reason="{reason}"}}',
+        )
         self._per_event = {
-            "task-sent": counters.counter(mt.TASK_SENT.name),
-            "task-received": counters.counter(mt.TASK_RECEIVED.name),
-            "task-started": counters.counter(mt.TASK_STARTED.name),
-            "task-succeeded": counters.counter(mt.TASK_SUCCEEDED.name),
-            "task-failed": counters.counter(mt.TASK_FAILED.name),
-            "task-retried": counters.counter(mt.TASK_RETRIED.name),
-            "task-rejected": counters.counter(mt.TASK_REJECTED.name),
-            "task-revoked": counters.counter(mt.TASK_REVOKED.name),
+            "task-sent": counters.counter(mt.EVENTS_TASK_SENT.name),
+            "task-received": counters.counter(mt.EVENTS_TASK_RECEIVED.name),
+            "task-started": counters.counter(mt.EVENTS_TASK_STARTED.name),
+            "task-succeeded": counters.counter(mt.EVENTS_TASK_SUCCEEDED.name),
+            "task-failed": counters.counter(mt.EVENTS_TASK_FAILED.name),
+            "task-retried": counters.counter(mt.EVENTS_TASK_RETRIED.name),
+            "task-rejected": counters.counter(mt.EVENTS_TASK_REJECTED.name),
+            "task-revoked": counters.counter(mt.EVENTS_TASK_REVOKED.name),
         }
         self._tasks = counters.counter(mt.TASKS.name)
         self._failures_by_class = counters.counter(mt.TASK_FAILURES.name)
@@ -254,6 +267,21 @@ class EventHandlers:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _checked(
+        self, checked: float | values.Refusal | None, task_name: str, what: str
+    ) -> float | None:
+        """A value :mod:`.core.values` checked; a refusal is counted (once per value)."""
+        if isinstance(checked, values.Refusal):
+            self._refusals.refused(checked, task_name, what)
+            return None
+        return checked
+
+    def _time(self, event: Mapping[str, Any], key: str, task_name: str) -> float | None:
+        return self._checked(values.timestamp(event.get(key)), task_name, f"{key} field")
+
+    def _eta(self, event: Mapping[str, Any], task_name: str) -> float | None:
+        return self._checked(values.eta(event.get("eta")), task_name, "eta field")
+
     def _names(self, info: TaskInfo) -> tuple[str, str]:
         """(task name, queue) after filters and caps; raises :class:`_Filtered`."""
         if not self._task_filter(info.name):
@@ -298,8 +326,8 @@ class EventHandlers:
         else:
             # A retry publishes the same id again; keep what its first run started.
             info.name, info.queue = name, queue
-        info.sent = number(event, "timestamp")
-        info.eta = eta_timestamp(event.get("eta"))
+        info.sent = self._time(event, "timestamp", name)
+        info.eta = self._eta(event, name)
         name, queue = self._names(info)
         self._per_event["task-sent"].add(self._key(name, queue, hostname))
         self._published.add((name, queue))
@@ -319,8 +347,8 @@ class EventHandlers:
         sole = self._liveness.sole_queue(hostname)
         if sole is not None:
             info.queue = sole
-        info.received = number(event, "timestamp")
-        eta = eta_timestamp(event.get("eta"))
+        info.received = self._time(event, "timestamp", name)
+        eta = self._eta(event, name)
         if eta is not None:
             info.eta = eta
         info.hostname = hostname
@@ -331,13 +359,14 @@ class EventHandlers:
     def _started(self, event: Mapping[str, Any]) -> None:
         _, info = self._info(event)
         hostname = self._worker_host(event)
-        started = number(event, "timestamp")
+        started = self._time(event, "timestamp", info.name)
         name, queue = self._names(info)
         self._per_event["task-started"].add(self._key(name, queue, hostname))
-        if info.started is None:
+        if not info.executing:
+            info.executing = True
             key = (name, queue)
             self.executing[key] = self.executing.get(key, 0) + 1
-        info.started = started if started is not None else self._clock()
+        info.started = started
         if started is None:
             return
         if info.sent is None:
@@ -355,10 +384,16 @@ class EventHandlers:
 
     def _queue_wait(self, info: TaskInfo, name: str, queue: str, started: float) -> None:
         # The rule both ways in share (core.queue_wait): publish, else receipt, unless the
-        # ETA is later; clamped at 0 for clock skew.
+        # ETA is later. Producer and worker clocks disagree by small amounts (clamped at
+        # 0), sometimes by more (refused and counted): core.values.queue_wait.
         reference, wait_from = wait_reference(info.sent, info.received, info.eta)
-        if reference is not None:
-            self._hist.queue_wait(name, queue, wait_from, wait_seconds(reference, started))
+        if reference is None:
+            return
+        seconds = values.queue_wait(started, reference, self._bounds, _REFERENCE_NAMES[wait_from])
+        if isinstance(seconds, values.Refusal):
+            self._refusals.refused(seconds, info.name, "queue wait")
+            return
+        self._hist.queue_wait(name, queue, wait_from, seconds)
 
     def _settle_wait(self, info: TaskInfo) -> None:
         """Record a waiting queue wait with what is known now: from publish once the late
@@ -378,7 +413,10 @@ class EventHandlers:
             self._settle_wait(waiting.popleft()[1])
 
     def _end(self, info: TaskInfo, name: str, queue: str) -> None:
-        if info.started is not None:
+        # A retried task comes back under its id: its next run starts afresh.
+        info.started = None
+        if info.executing:
+            info.executing = False
             key = (name, queue)
             left = self.executing.get(key, 0) - 1
             if left > 0:
@@ -386,24 +424,25 @@ class EventHandlers:
             else:
                 # Keep the series (reads 0) rather than let it vanish mid-dashboard.
                 self.executing[key] = 0
-            info.started = None
 
     def _succeeded(self, event: Mapping[str, Any]) -> None:
         task_id, info = self._info(event)
         hostname = self._worker_host(event)
-        runtime = number(event, "runtime")
+        raw = event.get("runtime")
         name, queue = self._names(info)
         self._end(info, name, queue)
         self._tracker.forget(task_id)
         self._per_event["task-succeeded"].add(self._key(name, queue, hostname))
         self._tasks.add((name, queue, "SUCCESS"))
-        if runtime is not None and runtime >= 0:
-            self._hist.runtime(name, queue, "SUCCESS", hostname, runtime)
+        if raw is not None:
+            runtime = self._checked(values.runtime(raw, self._bounds), info.name, "runtime")
+            if runtime is not None:
+                self._hist.runtime(name, queue, "SUCCESS", hostname, runtime)
 
     def _failed(self, event: Mapping[str, Any]) -> None:
         task_id, info = self._info(event)
         hostname = self._worker_host(event)
-        finished = number(event, "timestamp")
+        finished = self._time(event, "timestamp", info.name)
         exc = exception_class(event.get("exception"))
         name, queue = self._names(info)
         started = info.started
@@ -413,8 +452,13 @@ class EventHandlers:
         self._per_event["task-failed"].add((*key, exc) if self._compat else key)
         self._tasks.add((name, queue, "FAILURE"))
         self._failures_by_class.add((name, queue, exc))
-        if started is not None and finished is not None and finished >= started:
-            self._hist.runtime(name, queue, "FAILURE", hostname, finished - started)
+        if started is not None and finished is not None:
+            # Both from the worker's clock; a negative span means it stepped back.
+            runtime = self._checked(
+                values.elapsed(started, finished, self._bounds), info.name, "runtime"
+            )
+            if runtime is not None:
+                self._hist.runtime(name, queue, "FAILURE", hostname, runtime)
 
     def _finished_as(self, state: str) -> Callable[[Mapping[str, Any]], None]:
         kind = {"RETRY": "task-retried", "REJECTED": "task-rejected", "REVOKED": "task-revoked"}
@@ -438,13 +482,16 @@ class EventHandlers:
 
     def _heartbeat(self, event: Mapping[str, Any]) -> None:
         hostname = label(event, "hostname")
-        active = number(event, "active")
-        processed = number(event, "processed")
-        self._liveness.heartbeat(
-            hostname,
-            int(active) if active is not None else None,
-            int(processed) if processed is not None else None,
-        )
+        active = self._count(event, "active", hostname)
+        processed = self._count(event, "processed", hostname)
+        self._liveness.heartbeat(hostname, active, processed)
+
+    def _count(self, event: Mapping[str, Any], key: str, hostname: str) -> int | None:
+        checked = values.count(event.get(key))
+        if isinstance(checked, values.Refusal):
+            self._refusals.refused(checked, hostname, f"{key} field", of="worker")
+            return None
+        return checked
 
     def _offline(self, event: Mapping[str, Any]) -> None:
         self._liveness.offline(label(event, "hostname"))

@@ -1,8 +1,9 @@
 """``/metrics`` (Prometheus text) and ``/health`` over HTTP, on a thread of its own.
 
-A scrape only reads in-memory state: the collection never touches the broker. With a
-web config file (``--web.config.file``) every path is behind its TLS and basic auth
-(see :mod:`otel_celery_metrics.core.web_serving`).
+Without a registry (``--metrics-exporters=otlp``) ``/metrics`` answers 404 and
+``/health`` stays. A scrape only reads in-memory state: the collection never touches the
+broker. With a web config file (``--web.config.file``) every path is behind its TLS and
+basic auth (see :mod:`otel_celery_metrics.core.web_serving`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def make_server(
                     self._reply(401, "text/plain; charset=utf-8", b"Unauthorized\n")
                     return
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if path == "/metrics" and registry is None:
+                self._reply(404, "text/plain; charset=utf-8",
+                            b"metrics are pushed over OTLP (--metrics-exporters=otlp)\n")
+            elif path == "/metrics":
                 with collect_lock:
                     body = generate_latest(registry)
                 self._reply(200, CONTENT_TYPE_LATEST, body)

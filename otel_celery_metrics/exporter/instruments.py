@@ -11,6 +11,10 @@ Two meter providers share one ``prometheus_client`` registry:
   only grow. :meth:`Instruments.rebuild_observables` therefore replaces this provider
   when many workers have been forgotten; nothing is lost, the values live in our store.
 
+Both providers get their readers from :class:`~.outputs.Outputs`: the Prometheus reader
+on the registry ``/metrics`` serves, the OTLP reader, or both; ``--static-label`` labels
+are added here, to every attribute set, so both outputs carry them.
+
 The names, units, descriptions and buckets come from the metric table.
 """
 
@@ -20,16 +24,15 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
 
 from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.exporter import compat
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
 from otel_celery_metrics.exporter.liveness import Liveness
+from otel_celery_metrics.exporter.outputs import Outputs
 from otel_celery_metrics.exporter.probes import ProbeResult
 from otel_celery_metrics.exporter.receiver import ReceiverStatus
 from otel_celery_metrics.exporter.store import Caps, Counters, CounterStore, Key
@@ -62,11 +65,12 @@ class Histograms:
                 explicit_bucket_boundaries_advisory=config.buckets,
             )
         self._attrs: dict[Key, dict[str, str]] = {}
+        self._static = dict(config.static_labels)
 
     def _cached(self, key: Key, names: tuple[str, ...]) -> dict[str, str]:
         attrs = self._attrs.get(key)
         if attrs is None:
-            attrs = dict(zip(names, key[1:], strict=True))
+            attrs = {**dict(zip(names, key[1:], strict=True)), **self._static}
             if len(self._attrs) < _CACHE_LIMIT:
                 self._attrs[key] = attrs
         return attrs
@@ -104,6 +108,17 @@ def _from_mapping(read: Callable[[], Mapping[str, float]], label: str) -> Callba
     return callback
 
 
+def _with_static(callback: Callback, static: Mapping[str, str]) -> Callback:
+    if not static:
+        return callback
+
+    def labelled(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(o.value, {**(o.attributes or {}), **static})
+                for o in callback(options)]
+
+    return labelled
+
+
 def _single(read: Callable[[], float]) -> Callback:
     def callback(_options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(read())]
@@ -126,8 +141,12 @@ class Sources:
         inspect_probe: Callable[[], ProbeResult],
         queue_names: Callable[[], list[str]],
         clock: Callable[[], float],
+        event_stream: bool = True,
     ) -> None:
         self.queue_names = queue_names
+        #: False in probe-only mode: the series that only events or broadcasts can feed
+        #: are not offered (an empty or -1 series would read as "nothing happened").
+        self.event_stream = event_stream
         self.counters = counters
         self.caps = caps
         self.handlers = handlers
@@ -138,42 +157,43 @@ class Sources:
         self.clock = clock
 
 
-def _exporter_resource() -> Resource:
-    return Resource.create({"service.name": "otel-celery-exporter"})
-
-
-def histogram_provider(registry: Any) -> MeterProvider:
-    """The meter provider the event handlers' histograms record into, served on
-    ``registry`` (with ``target_info``); :class:`Instruments` takes it and shuts it down.
+def histogram_provider(outputs: Outputs) -> MeterProvider:
+    """The meter provider the event handlers' histograms record into, read by the outputs
+    (``/metrics`` with ``target_info``, OTLP); :class:`Instruments` takes it and shuts it
+    down.
 
     Made before the handlers, which need it, and before :class:`Instruments`, whose
     observables read the handlers: each object gets what it needs when it is built."""
-    reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
-    return MeterProvider(resource=_exporter_resource(), metric_readers=[reader])
+    return MeterProvider(resource=outputs.resource,
+                         metric_readers=outputs.readers(target_info=True))
 
 
 class Instruments:
     def __init__(
-        self, config: ExporterConfig, registry: Any, sources: Sources,
+        self, config: ExporterConfig, outputs: Outputs, sources: Sources,
         histograms: MeterProvider,
     ) -> None:
         self._config = config
-        self._registry = registry
+        self._outputs = outputs
         self._sources = sources
         #: Held while a scrape collects and while the observable provider is replaced,
         #: so no scrape sees both or neither.
         self.collect_lock = threading.Lock()
-        self._resource = _exporter_resource()
         self.histogram_provider = histograms
         self._observable_provider = self._build_observables()
         self.rebuilds = 0
 
-    def rebuild_observables(self) -> None:
+    def rebuild_observables(self) -> bool:
+        """Replace the observable provider; False (and nothing done) when the outputs
+        cannot take it (OTLP delta: the new provider would send every total again)."""
+        if not self._outputs.rebuild_safe:
+            return False
         with self.collect_lock:
             old = self._observable_provider
             old.shutdown()  # unregisters its collector from the registry
             self._observable_provider = self._build_observables()
             self.rebuilds += 1
+        return True
 
     def shutdown(self) -> None:
         with self.collect_lock:
@@ -184,18 +204,18 @@ class Instruments:
 
     def _build_observables(self) -> MeterProvider:
         # target_info comes from the histogram provider's reader; twice would be invalid.
-        reader = PrometheusMetricReader(
-            disable_target_info=True, scope_info_enabled=False, registry=self._registry
-        )
-        provider = MeterProvider(resource=self._resource, metric_readers=[reader])
+        provider = MeterProvider(resource=self._outputs.resource,
+                                 metric_readers=self._outputs.readers(target_info=False))
         meter = provider.get_meter(METER_NAME)
+        static = dict(self._config.static_labels)
         for name, unit, description, callback, kind in self._observables():
             create = {
                 "counter": meter.create_observable_counter,
                 "updown": meter.create_observable_up_down_counter,
                 "gauge": meter.create_observable_gauge,
             }[kind]
-            create(name, callbacks=[callback], unit=unit, description=description)
+            create(name, callbacks=[_with_static(callback, static)], unit=unit,
+                   description=description)
         return provider
 
     def _observables(self) -> list[tuple[str, str, str, Callback, str]]:
@@ -209,11 +229,60 @@ class Instruments:
             }.get(spec.kind, "gauge")
             out.append((spec.name, spec.unit, spec.description, callback, kind))
 
+        if src.event_stream:
+            self._event_observables(add, out)
+        add(mt.QUEUE_MESSAGES, _from_mapping(self._queue_messages, mt.QUEUE))
+        if src.event_stream:
+            add(mt.QUEUE_OLDEST_MESSAGE_AGE, _from_mapping(self._oldest_message_age, mt.QUEUE))
+        else:
+            add(mt.QUEUE_IN_FLIGHT, _from_mapping(lambda: src.queue_probe().in_flight, mt.QUEUE))
+            add(mt.QUEUE_DELAYED, _from_mapping(lambda: src.queue_probe().delayed, mt.QUEUE))
+        add(mt.QUEUE_CONSUMERS, _from_mapping(self._queue_consumers, mt.QUEUE))
+        if src.event_stream:
+            add(mt.QUEUE_WORKERS, _from_mapping(lambda: self._per_queue(0), mt.QUEUE))
+            add(mt.QUEUE_PROCESSES, _from_mapping(lambda: self._per_queue(1), mt.QUEUE))
+        if cfg.danihodovic_names:
+            label = compat.QUEUE_LABEL
+            compat_queue_series = [
+                (compat.QUEUE_LENGTH, self._queue_messages),
+                (compat.ACTIVE_CONSUMERS, self._queue_consumers),
+            ]
+            if src.event_stream:
+                compat_queue_series += [
+                    (compat.ACTIVE_WORKERS, lambda: self._per_queue(0)),
+                    (compat.ACTIVE_PROCESSES, lambda: self._per_queue(1)),
+                ]
+            for name, read in compat_queue_series:
+                out.append((name, "", name.replace("_", " "), _from_mapping(read, label), "gauge"))
+        add(mt.EXPORTER_BROKER_CONNECTED, _single(lambda: int(src.receiver.connected)))
+        add(mt.EXPORTER_EVENT_STREAM, _single(lambda: int(src.event_stream)))
+        add(mt.EXPORTER_PROBE_AGE, _from_mapping(self._probe_ages, mt.PROBE))
+        if not src.event_stream:
+            return out
+        add(mt.EXPORTER_RECONNECTS, _single(lambda: src.receiver.reconnects))
+        add(mt.EXPORTER_EVENTS_RECEIVED, _from_counters(
+            src.counters.counter(mt.EXPORTER_EVENTS_RECEIVED.name), (mt.EVENT_TYPE,)))
+        add(mt.EXPORTER_EVENTS_DROPPED, _from_counters(
+            src.counters.counter(mt.EXPORTER_EVENTS_DROPPED.name), (mt.EVENT_TYPE, mt.REASON)))
+        add(mt.EXPORTER_MEASUREMENTS_DROPPED, _from_counters(
+            src.counters.counter(mt.EXPORTER_MEASUREMENTS_DROPPED.name), (mt.REASON,)))
+        add(mt.EXPORTER_LAST_EVENT_AGE, _single(self._last_event_age))
+        add(mt.EXPORTER_WORKERS_WITHOUT_TASK_EVENTS,
+            _single(lambda: len(src.liveness.without_task_events())))
+        return out
+
+    def _event_observables(
+        self, add: Callable[[mt.MetricSpec, Callback], None],
+        out: list[tuple[str, str, str, Callback, str]],
+    ) -> None:
+        """The series fed by task and worker events and by inspect replies."""
+        cfg, src = self._config, self._sources
         task_labels = (mt.TASK_NAME, mt.QUEUE, mt.HOSTNAME)
         for spec in mt.EXPORTER_METRICS[:8]:  # the per-event task counters
             counters = src.counters.counter(spec.name)
             if cfg.danihodovic_names:
-                labels = compat.FAILED_LABELS if spec is mt.TASK_FAILED else compat.TASK_LABELS
+                failed = spec is mt.EVENTS_TASK_FAILED
+                labels = compat.FAILED_LABELS if failed else compat.TASK_LABELS
                 out.append((compat.COUNTER_NAMES[spec.name], "", spec.description,
                             _from_counters(counters, labels), "counter"))
             else:
@@ -227,31 +296,6 @@ class Instruments:
         add(mt.WORKER_TASKS_ACTIVE, _from_mapping(src.liveness.active, mt.HOSTNAME))
         add(mt.WORKER_PROCESSES, _from_mapping(src.liveness.processes, mt.HOSTNAME))
         add(mt.WORKER_UTILISATION, _from_mapping(self._utilisation, mt.HOSTNAME))
-        add(mt.QUEUE_MESSAGES, _from_mapping(self._queue_messages, mt.QUEUE))
-        add(mt.QUEUE_OLDEST_MESSAGE_AGE, _from_mapping(self._oldest_message_age, mt.QUEUE))
-        add(mt.QUEUE_CONSUMERS, _from_mapping(self._queue_consumers, mt.QUEUE))
-        add(mt.QUEUE_WORKERS, _from_mapping(lambda: self._per_queue(0), mt.QUEUE))
-        add(mt.QUEUE_PROCESSES, _from_mapping(lambda: self._per_queue(1), mt.QUEUE))
-        if cfg.danihodovic_names:
-            label = compat.QUEUE_LABEL
-            for name, read in (
-                (compat.QUEUE_LENGTH, self._queue_messages),
-                (compat.ACTIVE_CONSUMERS, self._queue_consumers),
-                (compat.ACTIVE_WORKERS, lambda: self._per_queue(0)),
-                (compat.ACTIVE_PROCESSES, lambda: self._per_queue(1)),
-            ):
-                out.append((name, "", name.replace("_", " "), _from_mapping(read, label), "gauge"))
-        add(mt.EXPORTER_BROKER_CONNECTED, _single(lambda: int(src.receiver.connected)))
-        add(mt.EXPORTER_RECONNECTS, _single(lambda: src.receiver.reconnects))
-        add(mt.EXPORTER_EVENTS_RECEIVED, _from_counters(
-            src.counters.counter(mt.EXPORTER_EVENTS_RECEIVED.name), (mt.EVENT_TYPE,)))
-        add(mt.EXPORTER_EVENTS_DROPPED, _from_counters(
-            src.counters.counter(mt.EXPORTER_EVENTS_DROPPED.name), (mt.EVENT_TYPE, mt.REASON)))
-        add(mt.EXPORTER_LAST_EVENT_AGE, _single(self._last_event_age))
-        add(mt.EXPORTER_PROBE_AGE, _from_mapping(self._probe_ages, mt.PROBE))
-        add(mt.EXPORTER_WORKERS_WITHOUT_TASK_EVENTS,
-            _single(lambda: len(src.liveness.without_task_events())))
-        return out
 
     def _queue_messages(self) -> dict[str, float]:
         return {q: m for q, (m, _) in self._sources.queue_probe().values.items()}
@@ -285,8 +329,10 @@ class Instruments:
     def _probe_ages(self) -> dict[str, float]:
         now = self._sources.clock()
         out = {}
-        for name, read in (("queues", self._sources.queue_probe),
-                           ("inspect", self._sources.inspect_probe)):
+        probes = [("queues", self._sources.queue_probe)]
+        if self._sources.event_stream:  # no inspect probe runs without broadcasts
+            probes.append(("inspect", self._sources.inspect_probe))
+        for name, read in probes:
             taken = read().taken_at
             out[name] = -1.0 if taken is None else max(0.0, now - taken)
         return out

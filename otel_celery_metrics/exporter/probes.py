@@ -5,6 +5,8 @@ tail: kombu pushes on the left and consumers pop on the right; LINDEX reads with
 consuming) and takes its time from our publish header (an instrumented producer), else
 from the task-sent event of its task id when the exporter saw one. RabbitMQ cannot show a
 queue's head without delivering it (basic.get), so there is no such age on RabbitMQ.
+On SQS the counts come from ``GetQueueAttributes`` (:mod:`.sqs_depth`): waiting, in
+flight and delayed, each its own series.
 
 Scrapes never wait on these. Each probe runs on its own thread every interval with every
 broker round trip bounded by ``probe_timeout``, publishes a complete new result at once
@@ -26,6 +28,7 @@ from otel_celery_metrics.core.routing import Binding, bindings_from_reply
 from otel_celery_metrics.exporter.broker_tls import broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.liveness import Liveness
+from otel_celery_metrics.exporter.sqs_depth import SqsDepths
 
 _logger = logging.getLogger(__name__)
 
@@ -38,6 +41,9 @@ class ProbeResult:
         #: Queue -> seconds its oldest waiting message had waited when the values were
         #: taken (0: empty). Queues whose oldest message has no known time are absent.
         self.oldest_age: dict[str, float] = {}
+        #: SQS only: messages received and not yet deleted, and messages still delayed.
+        self.in_flight: dict[str, int] = {}
+        self.delayed: dict[str, int] = {}
         self.taken_at: float | None = None
         self.last_error: str | None = None
 
@@ -92,6 +98,7 @@ class QueueDepthProbe:
         self.result = ProbeResult()
         scheme = config.broker_url.split(":", 1)[0].lower()
         self._redis = scheme in ("redis", "rediss")
+        self._sqs = SqsDepths(config) if scheme == "sqs" else None
         self._client: Any = None
 
     def queue_names(self) -> list[str]:
@@ -100,23 +107,39 @@ class QueueDepthProbe:
 
     def poll(self) -> None:
         names = self.queue_names()
-        oldest: dict[str, float] = {}
+        result = ProbeResult()
         try:
-            redis = self._redis
-            values = self._redis_depths(names, oldest) if redis else self._amqp_depths(names)
+            if self._sqs is not None:
+                values = self._sqs_depths(names, result)
+            elif self._redis:
+                values = self._redis_depths(names, result.oldest_age)
+            else:
+                values = self._amqp_depths(names)
         except Exception as exc:  # noqa: BLE001 - the probe retries next interval
             self.result.last_error = f"{type(exc).__name__}: {exc}"[:300]
             self._client = None
+            if self._sqs is not None:
+                self._sqs.reset()
             _logger.warning(
                 "queue depth probe failed on %s: %s", self._config.masked_broker_url,
                 self.result.last_error,
             )
             return
-        result = ProbeResult()
         result.values = values
-        result.oldest_age = oldest
         result.taken_at = self._clock()
         self.result = result
+
+    def _sqs_depths(
+        self, names: list[str], result: ProbeResult
+    ) -> dict[str, tuple[int, int | None]]:
+        """Waiting messages per queue; fills ``result``'s in-flight and delayed counts."""
+        assert self._sqs is not None
+        out: dict[str, tuple[int, int | None]] = {}
+        for name, (waiting, in_flight, delayed) in self._sqs.depths(names).items():
+            out[name] = (waiting, None)  # SQS does not tell consumers
+            result.in_flight[name] = in_flight
+            result.delayed[name] = delayed
+        return out
 
     def _redis_depths(
         self, names: list[str], oldest: dict[str, float]
@@ -262,12 +285,16 @@ class InspectProbe:
 
 
 def run_every(
-    interval: float, stop: threading.Event, work: Callable[[], None], name: str
+    interval: float, stop: threading.Event, work: Callable[[], None], name: str,
+    *, wake: threading.Event | None = None,
 ) -> None:
-    """Call ``work`` now and then every ``interval`` seconds until ``stop``; never raises."""
+    """Call ``work`` now and then every ``interval`` seconds until ``stop``, or sooner when
+    ``wake`` is set (whoever sets ``stop`` must set ``wake`` too); never raises."""
     while not stop.is_set():
+        if wake is not None:
+            wake.clear()  # before the work: a wake-up during it runs the work again
         try:
             work()
         except Exception:
             _logger.exception("%s failed; it runs again in %.0fs", name, interval)
-        stop.wait(interval)
+        (wake or stop).wait(interval)

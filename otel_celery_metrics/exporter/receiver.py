@@ -13,6 +13,8 @@ only when ``stop`` is set):
   Celery's own event receiver over kombu; the broker queues events for us.
 
 RabbitMQ has its own receiver on the same base, in :mod:`.amqp_receiver`.
+:class:`NoEventReceiver` stands in on transports that carry no events (probe-only mode,
+:mod:`.capabilities`): it reads nothing, and its status is the queue depth probe's.
 
 A lost broker never ends the loop: it reconnects with capped exponential backoff and
 logs the masked URL (never a password).
@@ -270,7 +272,10 @@ class RedisPubSubReceiver(_BaseReceiver):
             self._out_bytes += len(chunk)
             try:
                 payloads = parser.feed(chunk)
-            except (ProtocolError, ValueError):
+            except (ProtocolError, ValueError) as exc:
+                # A broken or hostile server: drop the stream and subscribe afresh.
+                _logger.warning("undecodable pub/sub stream from %s (%s); resubscribing",
+                                self._config.masked_broker_url, str(exc)[:200])
                 parser.reset()
                 self._drop("other", "undecodable", 1)
                 self._resync.set()
@@ -353,3 +358,26 @@ class KombuReceiver(_BaseReceiver):
             status.turn("read")
             for _ in receiver.consume(limit=None, timeout=None, safety_interval=1):
                 status.turn("read")
+
+
+class NoEventReceiver(_BaseReceiver):
+    """Probe-only mode: no event can arrive, so nothing is read and no queue is declared.
+
+    Its status says whether the broker answers, as the queue depth probe last found it
+    (:meth:`probe_finished`), so ``/health`` and ``celery_exporter_broker_connected``
+    stay true to what the exporter can see.
+    """
+
+    def run(self, stop: threading.Event) -> None:
+        """Nothing to read; returns at once (no thread is needed)."""
+
+    def probe_finished(self, error: str | None) -> None:
+        if error is None:
+            if not self.status.connected:
+                self._on_connected()
+            return
+        was_connected = self.status.connected
+        self.status.connected = False
+        self.status.last_error = error
+        if was_connected:
+            _logger.warning("lost the broker %s (%s)", self._config.masked_broker_url, error)

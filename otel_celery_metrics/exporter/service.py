@@ -16,6 +16,7 @@ from typing import Any
 from otel_celery_metrics.core.web_serving import WebConfigFile
 from otel_celery_metrics.exporter import broker_tls
 from otel_celery_metrics.exporter.amqp_receiver import AmqpEventReceiver
+from otel_celery_metrics.exporter.capabilities import BrokerCapabilities, detect
 from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import EventHandlers
 from otel_celery_metrics.exporter.http import make_server
@@ -26,8 +27,13 @@ from otel_celery_metrics.exporter.instruments import (
     histogram_provider,
 )
 from otel_celery_metrics.exporter.liveness import Liveness
+from otel_celery_metrics.exporter.outputs import Outputs
 from otel_celery_metrics.exporter.probes import InspectProbe, QueueDepthProbe, run_every
-from otel_celery_metrics.exporter.receiver import KombuReceiver, RedisPubSubReceiver
+from otel_celery_metrics.exporter.receiver import (
+    KombuReceiver,
+    NoEventReceiver,
+    RedisPubSubReceiver,
+)
 from otel_celery_metrics.exporter.store import Caps, CounterStore
 from otel_celery_metrics.exporter.tracker import TaskTracker
 
@@ -48,6 +54,8 @@ def make_app(config: ExporterConfig) -> Any:
         "socket_timeout": config.probe_timeout,
         "socket_connect_timeout": config.probe_timeout,
         "max_retries": 1,
+        # Where the workers' transport finds things (SQS: region, queue_name_prefix).
+        **config.broker_transport_options,
     }
     if config.redis_key_prefix:
         # The workers' kombu prefixes every key and channel: broadcasts (inspect, enable
@@ -78,19 +86,30 @@ class Exporter:
         registry: Any = None,
         app: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        capabilities: BrokerCapabilities | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         from opentelemetry.sdk.metrics import MeterProvider  # noqa: F401 - fail early
         from prometheus_client import CollectorRegistry
 
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.outputs = outputs if outputs is not None else Outputs(config, self.registry)
         self.app = app if app is not None else make_app(config)
+        #: Whether events and broadcasts can reach us; without them, probe-only mode.
+        self.capabilities = capabilities if capabilities is not None else detect(self.app)
         self._clock = clock
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
         self._web_config: WebConfigFile | None = None
         self._forgotten_at_build = 0
+        # A worker first seen on the event bus gets an inspect at once, and queues an
+        # inspect finds get a depth probe at once, instead of at the next intervals (30 s
+        # and 10 s by default): queue series appear seconds after a worker starts.
+        self._wake_inspect = threading.Event()
+        self._wake_queues = threading.Event()
+        self._workers_inspected: frozenset[str] = frozenset()
 
         self.caps = Caps({
             "task_name": config.max_task_names,
@@ -107,7 +126,7 @@ class Exporter:
             clock=clock,
         )
         self.handlers: EventHandlers
-        self.receiver: RedisPubSubReceiver | AmqpEventReceiver | KombuReceiver
+        self.receiver: RedisPubSubReceiver | AmqpEventReceiver | KombuReceiver | NoEventReceiver
         self.queue_probe = QueueDepthProbe(
             config, self.app, self.liveness.queues, clock, sent_at=self._task_sent_at
         )
@@ -121,12 +140,14 @@ class Exporter:
             receiver_kind = _AUTO_RECEIVERS.get(config.broker_url.split(":", 1)[0], "kombu")
         # Each object is built after what it needs: the handlers record into the histogram
         # provider, the receiver feeds the handlers, the instruments read all of them.
-        provider = histogram_provider(self.registry)
+        provider = histogram_provider(self.outputs)
         self.handlers = EventHandlers(
             config, counters=self.counters, caps=self.caps, tracker=self.tracker,
             liveness=self.liveness, histograms=Histograms(provider, config), clock=clock,
         )
-        if receiver_kind == "redis":
+        if not self.capabilities.events:
+            self.receiver = NoEventReceiver(config, clock)
+        elif receiver_kind == "redis":
             self.receiver = RedisPubSubReceiver(
                 config, self.handlers.handle, self.handlers.drop, clock
             )
@@ -142,8 +163,9 @@ class Exporter:
             queue_probe=lambda: self.queue_probe.result,
             inspect_probe=lambda: self.inspect_probe.result,
             queue_names=self.queue_probe.queue_names, clock=clock,
+            event_stream=self.capabilities.events,
         )
-        self.instruments = Instruments(config, self.registry, sources, provider)
+        self.instruments = Instruments(config, self.outputs, sources, provider)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -154,25 +176,36 @@ class Exporter:
         if cfg.web_config_file:
             self._web_config = WebConfigFile.open(cfg.web_config_file)
         self._server = make_server(
-            cfg.host, cfg.port, self.registry, self.instruments.collect_lock, self.health,
+            cfg.host, cfg.port, self.registry if self.outputs.prometheus else None,
+            self.instruments.collect_lock, self.health,
             web_config=self._web_config,
         )
         self._spawn("http", self._server.serve_forever)
-        self._spawn("receiver", lambda: self.receiver.run(self._stop))
+        events = self.capabilities.events
+        if events:
+            self._spawn("receiver", lambda: self.receiver.run(self._stop))
         self._spawn("queues", lambda: run_every(
-            cfg.queue_poll_interval, self._stop, self.queue_probe.poll, "queue depth probe"))
-        self._spawn("inspect", lambda: run_every(
-            cfg.inspect_interval, self._stop, self._inspect, "inspect probe"))
+            cfg.queue_poll_interval, self._stop, self._poll_queues, "queue depth probe",
+            wake=self._wake_queues))
+        if events:
+            self._spawn("inspect", lambda: run_every(
+                cfg.inspect_interval, self._stop, self._inspect, "inspect probe",
+                wake=self._wake_inspect))
         self._spawn("maintenance", lambda: run_every(
             1.0, self._stop, self.maintain, "maintenance"))
         web = self._web_config.current() if self._web_config else None
         _logger.info(
-            "otel-celery-exporter serving %s://%s:%s/metrics for broker %s (%s; receiver: "
-            "%s)%s",
-            web.scheme if web else "http", cfg.host, self.port, cfg.masked_broker_url,
-            broker_tls.describe(cfg), type(self.receiver).__name__,
+            "otel-celery-exporter serving %s://%s:%s/%s for broker %s (%s; receiver: "
+            "%s; metrics to %s)%s",
+            web.scheme if web else "http", cfg.host, self.port,
+            "metrics" if self.outputs.prometheus else "health", cfg.masked_broker_url,
+            broker_tls.describe(cfg), type(self.receiver).__name__, self.outputs.describe(),
             f"; web config {web.path}: {web.describe()}" if web else "",
         )
+        if not events:
+            ignored = " (--enable-events has no effect here)" if cfg.enable_events else ""
+            _logger.warning("broker %s: %s%s", cfg.masked_broker_url,
+                            self.capabilities.describe(), ignored)
         if cfg.broker_tls_verify == "none" and broker_tls.uses_tls(cfg):
             _logger.warning("the broker's TLS certificate is not verified "
                             "(--broker-tls-verify=none): anyone between us and it can read "
@@ -187,9 +220,18 @@ class Exporter:
         if self._web_config is not None:
             self._web_config.reload()
 
+    def _poll_queues(self) -> None:
+        self.queue_probe.poll()
+        if isinstance(self.receiver, NoEventReceiver):
+            self.receiver.probe_finished(self.queue_probe.result.last_error)
+
     def _inspect(self) -> None:
+        self._workers_inspected = frozenset(self.liveness.up())
+        known = self.liveness.queues()
         self.inspect_probe.maybe_enable_events()
         self.inspect_probe.poll()
+        if self.liveness.queues() - known:
+            self._wake_queues.set()
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=f"otel-celery-exporter-{name}", daemon=True)
@@ -197,7 +239,7 @@ class Exporter:
         self._threads.append(thread)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
+        self.request_stop()
         if isinstance(self.receiver, KombuReceiver):
             self.receiver.stop()
         if self._server is not None:
@@ -211,6 +253,8 @@ class Exporter:
     def request_stop(self) -> None:
         """Make :meth:`wait` return (safe from a signal handler)."""
         self._stop.set()
+        self._wake_inspect.set()  # the probe loops wait on these, not on _stop
+        self._wake_queues.set()
 
     def wait(self) -> None:
         """Block until :meth:`stop` (from a signal handler or another thread)."""
@@ -232,9 +276,12 @@ class Exporter:
         forgotten = self.liveness.forgotten_total
         if forgotten - self._forgotten_at_build >= REBUILD_AFTER_FORGOTTEN:
             self._forgotten_at_build = forgotten
-            self.instruments.rebuild_observables()
-            _logger.debug("rebuilt observable instruments after %d forgotten workers", forgotten)
+            if self.instruments.rebuild_observables():
+                _logger.debug("rebuilt observable instruments after %d forgotten workers",
+                              forgotten)
         self.liveness.without_task_events()  # logs newly detected workers
+        if set(self.liveness.up()) - self._workers_inspected:
+            self._wake_inspect.set()  # once per new worker: _inspect records it as seen
 
     def health(self) -> tuple[bool, list[str]]:
         problems = []
@@ -242,6 +289,8 @@ class Exporter:
         if not status.connected:
             problems.append(
                 f"broker {self.config.masked_broker_url} unreachable: {status.last_error}"
+                if status.last_error or self.capabilities.events else
+                "probe-only mode: the queue depth probe has not answered yet"
             )
         stuck = status.stuck_for()
         if stuck > self.config.stuck_after:

@@ -19,15 +19,21 @@ from collections import OrderedDict
 
 
 class TaskInfo:
-    __slots__ = ("eta", "hostname", "name", "queue", "received", "sent", "started", "wait_start")
+    __slots__ = (
+        "eta", "executing", "hostname", "name", "queue", "received", "sent", "started",
+        "wait_start",
+    )
 
     def __init__(self, name: str, queue: str | None) -> None:
         self.name = name
         self.queue = queue
-        #: Timestamps (seconds since the epoch, as the sending host's clock has them).
+        #: Timestamps (seconds since the epoch, as the sending host's clock has them),
+        #: checked (otel_celery_metrics.core.values); None when absent or refused.
         self.sent: float | None = None
         self.received: float | None = None
         self.started: float | None = None
+        #: Between task-started and the task's end (counted in celery_tasks_executing).
+        self.executing = False
         self.eta: float | None = None
         self.hostname: str | None = None
         #: The task-started time of a queue wait that waits for a late task-sent.

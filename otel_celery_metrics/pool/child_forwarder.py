@@ -61,9 +61,8 @@ class ChildForwarder:
         # otherwise make tasks pay. The retry thread covers the gap.
         self._retry_at = 0.0
         self._retrier: threading.Thread | None = None
-        self.emit = self._emit
 
-    def _emit(self, metric: int, value: float, attrs: AttrValues) -> None:
+    def emit(self, metric: int, value: float, attrs: AttrValues) -> None:
         with self._lock:
             self._pending.append((metric, value, attrs))
 

@@ -42,7 +42,7 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from otel_celery_metrics.core import metric_table as mt
@@ -55,6 +55,7 @@ from otel_celery_metrics.pool.codec import (
     SPAN_OTLP_ENTRY,
     decode_datagram,
 )
+from otel_celery_metrics.pool.fence import CollectionFence
 from otel_celery_metrics.pool.relay import PoolRelay
 from otel_celery_metrics.recording.admission import AttrValues
 from otel_celery_metrics.recording.recorder import Measurement, Recorder, SpanIds
@@ -73,71 +74,13 @@ def _noop() -> None:
     return None
 
 
-class CollectionFence:
-    """Keeps a fork from happening while a metric collection is in progress.
-
-    A collection (a scrape, a periodic OTLP export) holds the SDK's metric locks and ours
-    while it runs in a reader's thread. ``os.fork`` copies those locks as they are; in the
-    child, a lock copied while held is never released, so the first thing there that
-    records a metric on a new series, or collects, waits forever. Seen here: a pool
-    child's silenced reader thread stuck for good, and, with the SDK's own metrics on
-    (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``), the child's span processor stuck
-    with it so none of that child's spans were ever exported. Collections take the fence
-    (:meth:`collecting`); a fork waits for running ones to finish (at most ``max_wait``
-    seconds: a collection stuck in a user's callback must not stall the pool) and keeps
-    new ones out until it is done. A collection waits for a fork at most ``max_wait``
-    seconds too; past that it collects anyway and ``on_wait_timeout`` counts the miss.
-    """
-
-    def __init__(
-        self, max_wait: float = 2.0, on_wait_timeout: Callable[[str], None] | None = None
-    ) -> None:
-        self._max_wait = max_wait
-        self._on_wait_timeout = on_wait_timeout
-        self._cond = threading.Condition(threading.Lock())
-        self._running = 0
-        self._forking = False
-
-    @contextlib.contextmanager
-    def collecting(self) -> Iterator[None]:
-        timed_out = False
-        with self._cond:
-            if self._forking:
-                timed_out = not self._cond.wait_for(
-                    lambda: not self._forking, timeout=self._max_wait
-                )
-            self._running += 1
-        if timed_out and self._on_wait_timeout is not None:
-            self._on_wait_timeout("waiting for a fork before a metric collection")
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._running -= 1
-                if not self._running:
-                    self._cond.notify_all()
-
-    def before_fork(self) -> bool:
-        """Wait until no collection runs; False if one still did after ``max_wait``."""
-        with self._cond:
-            self._forking = True
-            return self._cond.wait_for(lambda: self._running == 0, timeout=self._max_wait)
-
-    def after_fork_in_parent(self) -> None:
-        with self._cond:
-            self._forking = False
-            self._cond.notify_all()
-
-    def after_fork_in_child(self) -> None:
-        # Collections of the parent do not exist here; its condition's lock may have
-        # been copied while held.
-        self._cond = threading.Condition(threading.Lock())
-        self._running = 0
-        self._forking = False
-
-
 class SwitchableSink:
-    """What receivers send to. Records directly until this process is a pool child."""
+    """What receivers send to. Records directly until this process is a pool child.
+
+    ``emit``/``span``/``flush`` are attributes bound to the current target, not methods
+    that dispatch: the per-task path pays no extra call. Only the sink itself switches
+    them (:meth:`forward_to` in a pool child, :meth:`restore`).
+    """
 
     def __init__(self, recorder: Recorder, spans: SpanJoin) -> None:
         self._recorder = recorder
@@ -148,6 +91,12 @@ class SwitchableSink:
 
     def _put_span(self, task_id: str, trace_id: int, span_id: int) -> None:
         self._spans.put(task_id, (trace_id, span_id))
+
+    def forward_to(self, forwarder: ChildForwarder) -> None:
+        """From now on, send everything to the main process through ``forwarder``."""
+        self.emit = forwarder.emit
+        self.span = forwarder.span
+        self.flush = forwarder.flush
 
     def restore(self) -> None:
         self.emit = self._recorder.emit
@@ -443,9 +392,7 @@ class ForkBridge:
             return
         try:
             self._forwarder = ChildForwarder(send_end, self._failures, self._max_pending)
-            self._sink.emit = self._forwarder.emit
-            self._sink.span = self._forwarder.span
-            self._sink.flush = self._forwarder.flush
+            self._sink.forward_to(self._forwarder)
         except Exception as exc:  # noqa: BLE001
             self._failures.record("switching a pool child to forwarding", exc)
             return

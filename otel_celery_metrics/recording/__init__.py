@@ -5,6 +5,7 @@
 - :mod:`.admission` -- which attribute values a measurement is recorded with (narrowing,
   caps, the series cap);
 - :mod:`.histograms` -- the recorder's histograms as SDK metric data, per reader;
+- :mod:`.sinks` -- the two shapes of "where measurements go" (protocols);
 - :mod:`.settings` -- the ``OTEL_CELERY_METRICS_*`` settings.
 
 Knows nothing of Celery: the worker's hooks (:mod:`otel_celery_metrics.worker`) and the

@@ -24,7 +24,11 @@ created once per meter and read whichever Recorder is attached to that meter now
 reports each metric once, from the current Recorder.
 
 Caps are applied here, once, so every pool process of a worker shares one budget of task
-names, queues and series.
+names, queues and series (:mod:`~otel_celery_metrics.recording.admission`).
+
+Over 400 lines on purpose: :meth:`Recorder.task_ended` is the per-task hot path, inlined
+(one lookup, one lock), and it must sit with the aggregates it writes and the collection
+that reads them under the same lock. Admission (attribute sets, caps) is split out.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 _ATTACHED: weakref.WeakKeyDictionary[Meter, dict[str, _Callback]] = weakref.WeakKeyDictionary()
 
 
-def _relay(slots: dict[str, _Callback], name: str) -> _Callback:
+def _current_recorders_callback(slots: dict[str, _Callback], name: str) -> _Callback:
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         current = slots.get(name)
         return current(options) if current is not None else ()
@@ -275,7 +279,7 @@ class Recorder:
             self._callbacks[spec.name] = self._counter_callback(index)
         if slots is None:
             return
-        callbacks = [_relay(slots, spec.name)]
+        callbacks = [_current_recorders_callback(slots, spec.name)]
         if kind is _COUNTER:
             create: Callable[..., object] = meter.create_observable_counter
         elif kind is mt.InstrumentKind.OBSERVABLE_UP_DOWN_COUNTER:
@@ -620,6 +624,6 @@ class Recorder:
         if first:
             _logger.error(
                 "otel-celery-metrics: a metric collection gave up %s after a bounded wait and "
-                "served what it had; counted in otel_celery_metrics_dropped_total"
-                "{reason=\"collection_timeout\"}, logged once", what,
+                "served what it had; counted in %s{reason=\"collection_timeout\"}, logged once",
+                what, mt.SELF_DROPPED.prometheus_name,
             )

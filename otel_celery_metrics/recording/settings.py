@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
+from otel_celery_metrics.core import values
 from otel_celery_metrics.core.metric_table import DEFAULT_SECONDS_BUCKETS, NARROWABLE_ATTRIBUTES
-from otel_celery_metrics.core.parsing import parse_bool, parse_buckets
+from otel_celery_metrics.core.parsing import parse_bool, parse_buckets, parse_seconds
 
 PREFIX = "OTEL_CELERY_METRICS_"
 
@@ -65,6 +66,18 @@ class Settings:
     #: Prometheus exporter-toolkit web config file (TLS, basic auth) for the in-process
     #: ``/metrics``; empty: plain HTTP, as opentelemetry-exporter-prometheus serves it.
     web_config_file: str = ""
+    #: Seconds: the longest queue wait (or beat lateness) recorded; a longer one is refused
+    #: and counted (see :mod:`otel_celery_metrics.core.values`).
+    max_queue_wait: float = values.DEFAULT_MAX_QUEUE_WAIT
+    #: Seconds: the longest task runtime recorded.
+    max_runtime: float = values.DEFAULT_MAX_RUNTIME
+    #: Seconds a producer's publish time (or an ETA) may lie after the task's start and
+    #: still count as a wait of 0 (clock skew); further ahead, the wait is refused.
+    clock_skew_tolerance: float = values.DEFAULT_CLOCK_SKEW_TOLERANCE
+
+    def bounds(self) -> values.Bounds:
+        """The plausible range of times from outside (:mod:`.core.values`)."""
+        return values.Bounds(self.max_queue_wait, self.max_runtime, self.clock_skew_tolerance)
 
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:
@@ -120,6 +133,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "exemplars": _parse_exemplars,
     "relay": parse_bool,
     "web_config_file": _parse_path,
+    "max_queue_wait": parse_seconds,
+    "max_runtime": parse_seconds,
+    "clock_skew_tolerance": parse_seconds,
 }
 
 
@@ -158,6 +174,8 @@ def documented_variables() -> list[tuple[str, str]]:
             shown = ",".join(k for k in NARROWABLE_ATTRIBUTES if k in default)
         elif isinstance(default, bool):
             shown = str(default).lower()
+        elif isinstance(default, float):
+            shown = f"{default:g}"
         else:
             shown = str(default)
         out.append((variable_name(f.name), shown))

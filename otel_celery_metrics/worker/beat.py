@@ -11,6 +11,11 @@ negative once that run is overdue. Read before the send, while the entry still h
 previous run's time. A schedule that cannot estimate (a custom one without
 ``remaining_estimate``) still counts its sends, without lateness.
 
+Lateness is a number a schedule computes from stored times (a scheduler's database can
+hold anything): it passes :func:`otel_celery_metrics.core.values.lateness`, and one that
+is not finite or beyond the maximum queue wait is counted in
+``otel_celery_metrics_dropped_total`` instead of recorded; the send itself still counts.
+
 A send that raises (broker down) is not counted: Celery logs it ("Message Error") and
 tries again at the next due time; the missing sends and the stale last-send time are
 what an alert sees.
@@ -29,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_celery_metrics.core import metric_table as mt
+from otel_celery_metrics.core import values
 from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.recording.recorder import Recorder
 from otel_celery_metrics.worker.patching import Wrapping
@@ -37,25 +43,38 @@ _logger = logging.getLogger(__name__)
 _SENDS = mt.METRIC_INDEX[mt.BEAT_SENDS.name]
 _LATENESS = mt.METRIC_INDEX[mt.BEAT_LATENESS.name]
 _LAST_SEND = mt.METRIC_INDEX[mt.BEAT_LAST_SEND.name]
+_DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
 
 
-def lateness(entry: Any) -> float | None:
-    """Seconds ``entry``'s due run is behind its scheduled time (>= 0), or None if its
-    schedule cannot say."""
+def lateness(entry: Any, bounds: values.Bounds) -> float | values.Refusal | None:
+    """Seconds ``entry``'s due run is behind its scheduled time (>= 0), None if its
+    schedule cannot say, or why the number it gave is refused."""
     estimate = getattr(entry.schedule, "remaining_estimate", None)
     if estimate is None:
         return None
-    remaining = float(estimate(entry.last_run_at).total_seconds())
-    return max(0.0, -remaining)
+    remaining = estimate(entry.last_run_at)
+    seconds = getattr(remaining, "total_seconds", None)
+    raw = seconds() if callable(seconds) else remaining
+    number = values.finite(raw)
+    return values.lateness(-number if number is not None else raw, bounds)
 
 
 class BeatHooks:
     """Counts beat's sends through ``recorder``; ``clock`` gives wall-clock seconds."""
 
     def __init__(
-        self, recorder: Recorder, failures: FailureLog, clock: Callable[[], float] = time.time
+        self,
+        recorder: Recorder,
+        failures: FailureLog,
+        clock: Callable[[], float] = time.time,
+        bounds: values.Bounds | None = None,
     ) -> None:
         self._recorder = recorder
+        self._bounds = bounds or values.Bounds()
+        self._refusals = values.RefusalLog(
+            lambda reason: recorder.emit(_DROPPED, 1, (reason,)), _logger,
+            'otel_celery_metrics_dropped_total{{reason="{reason}"}}',
+        )
         self._failures = failures
         self._clock = clock
         self._wrapping = Wrapping("celery.beat.Scheduler.apply_async")
@@ -84,14 +103,14 @@ class BeatHooks:
     def uninstall(self) -> None:
         self._wrapping.restore()
 
-    def _lateness(self, entry: Any) -> float | None:
+    def _lateness(self, entry: Any) -> float | values.Refusal | None:
         try:
-            return lateness(entry)
+            return lateness(entry, self._bounds)
         except Exception as exc:  # noqa: BLE001 - metrics never stop beat
             self._failures.record("measuring a beat entry's lateness", exc)
             return None
 
-    def sent(self, entry: Any, late: float | None) -> None:
+    def sent(self, entry: Any, late: float | values.Refusal | None) -> None:
         """One send of ``entry`` went out, ``late`` seconds behind its scheduled time."""
         if os.getpid() != self._pid:
             if not self._warned:
@@ -106,7 +125,9 @@ class BeatHooks:
             attrs = (str(entry.name), str(entry.task))
             self._recorder.emit(_SENDS, 1, attrs)
             self._recorder.emit(_LAST_SEND, self._clock(), attrs)
-            if late is not None:
+            if isinstance(late, values.Refusal):
+                self._refusals.refused(late, attrs[1], f"lateness of beat entry {attrs[0][:100]!r}")
+            elif late is not None:
                 self._recorder.emit(_LATENESS, late, attrs)
         except Exception as exc:  # noqa: BLE001 - metrics never stop beat
             self._failures.record("counting a beat send", exc)

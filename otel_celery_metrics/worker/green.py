@@ -40,6 +40,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from otel_celery_metrics.core import metric_table as mt
+
+# Self-metric names in log lines come from the one table.
+_DEGRADED_SERIES = mt.SELF_DEGRADED.prometheus_name
 _logger = logging.getLogger(__name__)
 
 GEVENT_PATCH_VARIABLE = "OTEL_PYTHON_AUTO_INSTRUMENTATION_EXPERIMENTAL_GEVENT_PATCH"
@@ -142,8 +146,8 @@ def check_green_pool(argv: Sequence[str] | None = None) -> str | None:
             "otel-celery-metrics: -P gevent, but gevent's monkey patching was not applied "
             "before OpenTelemetry started its threads: /metrics and OTLP export hang or miss "
             "tasks. Set %s=patch_all (docs/configuration.md, \"Pools\"); "
-            "otel_celery_metrics_degraded{reason=\"%s\"} is 1",
-            GEVENT_PATCH_VARIABLE, GEVENT_NOT_PATCHED,
+            "%s{reason=\"%s\"} is 1",
+            GEVENT_PATCH_VARIABLE, _DEGRADED_SERIES, GEVENT_NOT_PATCHED,
         )
         return GEVENT_NOT_PATCHED
     if pool == "eventlet" and not eventlet_patched():
@@ -152,8 +156,8 @@ def check_green_pool(argv: Sequence[str] | None = None) -> str | None:
             "OpenTelemetry starts its threads before Celery applies eventlet's patching, and "
             "the worker stalls with /metrics unanswered. Use -P gevent with %s=patch_all, or "
             "set up metrics in code with setup_metrics() from a celeryd_init receiver "
-            "(docs/configuration.md, \"Pools\"); otel_celery_metrics_degraded{reason=\"%s\"} is 1",
-            GEVENT_PATCH_VARIABLE, EVENTLET_NOT_PATCHED,
+            "(docs/configuration.md, \"Pools\"); %s{reason=\"%s\"} is 1",
+            GEVENT_PATCH_VARIABLE, _DEGRADED_SERIES, EVENTLET_NOT_PATCHED,
         )
         return EVENTLET_NOT_PATCHED
     return None

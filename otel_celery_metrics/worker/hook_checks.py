@@ -14,21 +14,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from importlib import metadata
-from typing import Any, Protocol
+from typing import Any
 
 from otel_celery_metrics.core import metric_table as mt
-from otel_celery_metrics.recording.admission import AttrValues
+from otel_celery_metrics.recording.sinks import MeasurementSink
 
 _logger = logging.getLogger(__name__)
 _INACTIVE = mt.METRIC_INDEX[mt.SELF_HOOK_INACTIVE.name]
 
 Check = Callable[[], "str | None"]
-
-
-class Sink(Protocol):
-    def emit(self, metric: int, value: float, attrs: AttrValues) -> None: ...
-
-    def flush(self) -> None: ...
 
 
 def installed_versions() -> str:
@@ -46,7 +40,7 @@ class HookReport:
     """Runs one hook's check; on a problem, one ERROR line and the self-metric."""
 
     def __init__(
-        self, sink: Sink, versions: Callable[[], str] = installed_versions,
+        self, sink: MeasurementSink, versions: Callable[[], str] = installed_versions,
         logger: logging.Logger = _logger,
     ) -> None:
         self._sink = sink
@@ -63,8 +57,8 @@ class HookReport:
             return True
         self._logger.error(
             "otel-celery-metrics: the %s hook is inactive: %s. Installed: %s. The metrics it "
-            "feeds are missing or incomplete (otel_celery_metrics_hook_inactive{hook=\"%s\"} "
-            "is 1); tasks are unaffected.", hook, problem, self._versions(), hook,
+            "feeds are missing or incomplete (%s{hook=\"%s\"} is 1); tasks are unaffected.",
+            hook, problem, self._versions(), mt.SELF_HOOK_INACTIVE.prometheus_name, hook,
         )
         try:
             self._sink.emit(_INACTIVE, 1, (hook,))

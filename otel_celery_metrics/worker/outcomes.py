@@ -27,10 +27,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from otel_celery_metrics.core import metric_table as mt
-from otel_celery_metrics.core import queue_wait
+from otel_celery_metrics.core import queue_wait, values
 from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER, RECEIVED_AT_FIELD
 from otel_celery_metrics.core.routing import (
     DELIVERED_FROM,
@@ -38,8 +38,8 @@ from otel_celery_metrics.core.routing import (
     fallback_queue,
 )
 from otel_celery_metrics.core.safety import FailureLog
-from otel_celery_metrics.recording.admission import AttrValues
 from otel_celery_metrics.recording.recorder import SpanIds
+from otel_celery_metrics.recording.sinks import TaskRecording
 from otel_celery_metrics.worker.consume_hook import ConsumeHook
 from otel_celery_metrics.worker.patching import Wrapping
 
@@ -47,6 +47,7 @@ _logger = logging.getLogger(__name__)
 
 _TASKS = mt.METRIC_INDEX[mt.TASKS.name]
 _FAILURES = mt.METRIC_INDEX[mt.TASK_FAILURES.name]
+_DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
 
 # Bound on remembered task ids (failures being reported, failures already counted,
 # exemplar spans waiting for their outcome): protection against sequences we did not
@@ -54,35 +55,32 @@ _FAILURES = mt.METRIC_INDEX[mt.TASK_FAILURES.name]
 _MAX_REMEMBERED = 10_000
 
 
-class Emitter(Protocol):
-    """What outcomes are recorded into (a Recorder)."""
-
-    def emit(
-        self, metric: int, value: float, attrs: AttrValues, span: SpanIds | None = None
-    ) -> None: ...
-
-    def task_received(self, name: str, queue: str) -> None: ...
-
-    def task_ended(
-        self,
-        name: str,
-        queue: str,
-        state: str,
-        runtime: float | None,
-        *,
-        span: SpanIds | None = None,
-        wait: tuple[str, float] | None = None,
-    ) -> None: ...
+#: How each queue-wait reference is named in a refusal's log line.
+_REFERENCE_NAMES = {
+    "publish": "publish time header", "received": "receipt time", "eta": "ETA",
+}
 
 
-def wait_reference(fields: dict[str, Any], eta: Any) -> tuple[float | None, str]:
-    """When a task's wait for execution started, and from what (:mod:`~.core.queue_wait`)."""
-    published = fields.get(PUBLISHED_AT_HEADER)
-    received = fields.get(RECEIVED_AT_FIELD)
+def wait_reference(
+    fields: dict[str, Any], eta: Any, refused: Callable[[values.Refusal], None]
+) -> tuple[float | None, str]:
+    """When a task's wait for execution started, and from what (:mod:`~.core.queue_wait`).
+
+    Each time is checked first (:mod:`~.core.values`): one that is not a finite time is
+    handed to ``refused`` and treated as absent (a bad publish header: the wait counts
+    from receipt).
+    """
+
+    def checked(value: object) -> float | None:
+        if isinstance(value, values.Refusal):
+            refused(value)
+            return None
+        return value  # type: ignore[return-value]
+
     return queue_wait.wait_reference(
-        float(published) if isinstance(published, (int, float)) else None,
-        float(received) if isinstance(received, (int, float)) else None,
-        queue_wait.eta_timestamp(eta),
+        checked(values.timestamp(fields.get(PUBLISHED_AT_HEADER))),
+        checked(values.timestamp(fields.get(RECEIVED_AT_FIELD))),
+        checked(values.eta(eta) if eta else None),
     )
 
 
@@ -124,13 +122,22 @@ class TaskOutcomes:
 
     def __init__(
         self,
-        recorder: Emitter,
+        recorder: TaskRecording,
         failures: FailureLog,
         default_queue: str = "unknown",
         take_span: Callable[[str], SpanIds | None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        *,
+        bounds: values.Bounds | None = None,
     ) -> None:
+        """``bounds``: the plausible range of queue waits and runtimes (see
+        :mod:`otel_celery_metrics.core.values`); values outside it are refused."""
         self._recorder = recorder
+        self._bounds = bounds or values.Bounds()
+        self._refusals = values.RefusalLog(
+            lambda reason: recorder.emit(_DROPPED, 1, (reason,)), _logger,
+            'otel_celery_metrics_dropped_total{{reason="{reason}"}}',
+        )
         self._failures = failures
         self._default_queue = default_queue
         self._wall_clock = wall_clock
@@ -139,7 +146,7 @@ class TaskOutcomes:
         self._take_span: Callable[[str], SpanIds | None] | None = None
         # Ids of requests whose failure Celery is reporting from this process right now
         # (a lost pool child, a hard time limit): the task_failure signal for them counts.
-        self._reporting: dict[str, tuple[str, str, tuple[str, float] | None]] = {}
+        self._reporting: dict[str, tuple[str, str, Any]] = {}
         # Celery 5.7 reports a hard time limit twice (on_timeout and the pool's error
         # callback both send task_failure): count each task once.
         self._counted: OrderedDict[str, None] = OrderedDict()
@@ -218,23 +225,28 @@ class TaskOutcomes:
                 state = outcome
             started = request.time_start
             if runtime.__class__ is not float:
-                # Celery times successful executions only. For the other outcomes: from
-                # the pool process accepting the task to its result reaching us (the
-                # pool's hand-over adds well under a millisecond to that).
-                runtime = max(0.0, self._wall_clock() - started) if started else None
+                # Celery times successful executions only (with a monotonic clock). For
+                # the other outcomes: from the pool process accepting the task to its
+                # result reaching us (the pool's hand-over adds well under a millisecond).
+                runtime = self._elapsed(started, name)
             wait = None
             if started is not None:
-                # Inline for the usual message (no ETA, a float reference); _wait() else.
+                # Inline for the usual message (no ETA, a float reference in range);
+                # _wait() else (and for every value values.queue_wait refuses).
                 fields = request.request_dict
                 wait_from = "publish"
                 reference = fields.get(PUBLISHED_AT_HEADER)
                 if reference is None:
                     wait_from = "received"
                     reference = fields.get(RECEIVED_AT_FIELD)
-                if reference.__class__ is float and not request.eta:
-                    wait = (wait_from, started - reference if started > reference else 0.0)
+                seconds = (
+                    values.queue_wait(started, reference, self._bounds)
+                    if not request.eta else None
+                )
+                if seconds.__class__ is float:
+                    wait = (wait_from, seconds)
                 else:
-                    wait = self._wait(request)
+                    wait = self._wait(request, name)
             take_span = self._take_span
             span = take_span(request.id) if take_span is not None else None
             self._recorder.task_ended(name, str(queue), state, runtime, span=span, wait=wait)
@@ -261,27 +273,47 @@ class TaskOutcomes:
         self._recorder.emit(_FAILURES, 1, (name, queue, _exception_name(exc)))
         return "FAILURE"
 
-    @staticmethod
-    def _wait(request: Any) -> tuple[str, float] | None:
+    def _elapsed(self, started: float | None, name: str) -> float | None:
+        if not started:
+            return None
+        checked = values.elapsed(started, self._wall_clock(), self._bounds)
+        if isinstance(checked, values.Refusal):
+            self._refusals.refused(checked, name, "runtime")
+            return None
+        return checked
+
+    def _wait(self, request: Any, name: str) -> tuple[str, float] | None:
         """(wait_from, seconds) the task waited before a pool process accepted it.
 
         Recorded together with the task's outcome (one call, one lock per task): Celery
         stamps the acceptance time on the request (``time_start``) and it stays there.
+        Producer and worker clocks can disagree: a small negative wait is skew, not time
+        travel, and counts as 0; beyond the tolerance, or past the maximum wait, the
+        wait is refused and counted (:func:`values.queue_wait`).
         """
         started = request.time_start
         if started is None:
             return None
-        reference, wait_from = wait_reference(request.request_dict, request.eta)
+
+        def refused(refusal: values.Refusal) -> None:
+            self._refusals.refused(refusal, name, "queue wait")
+
+        reference, wait_from = wait_reference(request.request_dict, request.eta, refused)
         if reference is None:
             return None
-        return wait_from, queue_wait.wait_seconds(reference, started)
+        seconds = values.queue_wait(started, reference, self._bounds, _REFERENCE_NAMES[wait_from])
+        if isinstance(seconds, values.Refusal):
+            refused(seconds)
+            return None
+        return wait_from, seconds
 
     def reporting_failure(self, request: Any) -> None:
         """Celery is about to report a failure for ``request`` from this process (a lost
         pool child, a hard time limit): a task_failure signal now is that task's end."""
         try:
             if len(self._reporting) < _MAX_REMEMBERED:
-                self._reporting[request.id] = (*self._name_queue(request), self._wait(request))
+                # The wait is computed when the failure is counted, once per task.
+                self._reporting[request.id] = (*self._name_queue(request), request)
         except Exception as exc:  # noqa: BLE001
             self._failures.record("noting a failure being reported", exc)
 
@@ -299,7 +331,8 @@ class TaskOutcomes:
             self._counted[task_id] = None
             if len(self._counted) > _MAX_REMEMBERED:
                 self._counted.popitem(last=False)
-            name, queue, wait = noted
+            name, queue, request = noted
+            wait = self._wait(request, name)
             self._recorder.emit(_FAILURES, 1, (name, queue, _exception_name(exception)))
             self._recorder.task_ended(name, queue, "FAILURE", None, wait=wait)
         except Exception as exc:  # noqa: BLE001

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry import trace
 
@@ -26,7 +26,7 @@ from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from otel_celery_metrics.core.routing import delivered_queue, published_queue
 from otel_celery_metrics.core.safety import FailureLog
-from otel_celery_metrics.recording.admission import AttrValues
+from otel_celery_metrics.recording.sinks import MeasurementSink
 from otel_celery_metrics.worker.outcomes import TaskOutcomes
 
 __all__ = ["TaskReceivers"]
@@ -38,14 +38,6 @@ _MAX_IN_FLIGHT = 10_000
 _TASKS = mt.METRIC_INDEX[mt.TASKS.name]
 _PUBLISHED = mt.METRIC_INDEX[mt.TASKS_PUBLISHED.name]
 _RECEIVED = mt.METRIC_INDEX[mt.TASKS_RECEIVED.name]
-
-
-class Sink(Protocol):
-    def emit(self, metric: int, value: float, attrs: AttrValues) -> None: ...
-
-    def span(self, task_id: str, trace_id: int, span_id: int) -> None: ...
-
-    def flush(self) -> None: ...
 
 
 def _sampled_span() -> tuple[int, int] | None:
@@ -61,7 +53,7 @@ class TaskReceivers:
 
     def __init__(
         self,
-        sink: Sink,
+        sink: MeasurementSink,
         failures: FailureLog,
         default_queue: str = "unknown",
         wall_clock: Callable[[], float] = time.time,
@@ -174,16 +166,19 @@ class TaskReceivers:
     def on_unknown(self, name: Any = None, message: Any = None, **_: Any) -> None:
         try:
             queue = delivered_queue(getattr(message, "delivery_info", None), self._default_queue)
-            self._sink.emit(_TASKS, 1, (str(name), queue, "REJECTED"))
+            # The name comes from the message, not from a registered task: text only.
+            label = name if isinstance(name, str) and name else "unknown"
+            self._sink.emit(_TASKS, 1, (label, queue, "REJECTED"))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_unknown receiver", exc)
 
     def on_rejected(self, message: Any = None, **_: Any) -> None:
         try:
             headers = getattr(message, "headers", None) or {}
-            name = headers.get("task") or "unknown"
+            name = headers.get("task")
+            label = name if isinstance(name, str) and name else "unknown"
             queue = delivered_queue(getattr(message, "delivery_info", None), self._default_queue)
-            self._sink.emit(_TASKS, 1, (str(name), queue, "REJECTED"))
+            self._sink.emit(_TASKS, 1, (label, queue, "REJECTED"))
         except Exception as exc:  # noqa: BLE001
             self._failures.record("task_rejected receiver", exc)
 

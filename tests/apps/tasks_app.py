@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import json
 import os
 import signal
 import sys
@@ -22,6 +23,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     task_default_queue=os.environ.get("TEST_QUEUE", "celery"),
+    # SQS tests: region, polling and queue_name_prefix (tests.support.TRANSPORT_OPTIONS_ENV).
+    broker_transport_options=json.loads(os.environ.get("TEST_BROKER_TRANSPORT_OPTIONS") or "{}"),
 )
 
 

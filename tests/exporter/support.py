@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
-T = TypeVar("T")
+from prometheus_client.parser import text_string_to_metric_families
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+from tests import support
+
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -27,15 +26,16 @@ class FakeClock:
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) of every sample line of a Prometheus text exposition."""
+    """(name, labels, value) of every sample of a Prometheus text exposition, read by
+    prometheus_client's parser (the one the in-process tests use, tests/support.py)."""
+    return [(name, dict(labels), v) for (name, labels), v in _samples_of(text)]
+
+
+def _samples_of(text: str) -> list[tuple[tuple[str, frozenset[tuple[str, str]]], float]]:
     out = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        assert match, f"not a sample line: {line!r}"
-        labels = dict(_LABEL.findall(match.group(2) or ""))
-        out.append((match.group(1), labels, float(match.group(3))))
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.append(((s.name, frozenset(s.labels.items())), float(s.value)))
     return out
 
 
@@ -66,21 +66,5 @@ def promtool_check(text: str) -> None:
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.2) -> T:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        try:
-            last = predicate()
-        except (OSError, AssertionError) as exc:
-            last = None
-            error: BaseException | None = exc
-        else:
-            error = None
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what} (last: {last!r}, error: {error!r})"
-            )
-        time.sleep(every)
+    """:func:`tests.support.wait_for` (the one implementation), in the exporter tests' order."""
+    return support.wait_for(predicate, timeout=timeout, interval=every, what=what)

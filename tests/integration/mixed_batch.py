@@ -23,13 +23,30 @@ EXECUTED = 6 + 3 + 4 + 1 + 2
 RECEIVED = EXECUTED + 2
 TOTAL_TERMINAL = sum(EXPECTED_STATES.values())
 
+#: The batch on a broker without broadcasts (SQS: no revoke can reach a worker), with
+#: ``broadcasts=False``: the two revoked tasks are left out and three tasks with a 3 s
+#: countdown are added, whose queue wait counts from their ETA.
+COUNTDOWNS = 3
+NO_BROADCAST_STATES = {
+    **{key: n for key, n in EXPECTED_STATES.items() if key != ("tests.ok", "REVOKED")},
+    ("tests.ok", "SUCCESS"): EXPECTED_STATES[("tests.ok", "SUCCESS")] + COUNTDOWNS,
+}
+NO_BROADCAST_EXECUTED = EXECUTED + COUNTDOWNS
 
-def send_mixed_batch(app: Any, queue: str, destination: str | None = None) -> None:
+
+def send_mixed_batch(
+    app: Any, queue: str, destination: str | None = None, *, broadcasts: bool = True
+) -> None:
     """``destination``: the worker's node name, so that only it confirms the revokes (any
-    worker on the broker may answer a broadcast first, before ours has the revoke)."""
+    worker on the broker may answer a broadcast first, before ours has the revoke).
+    ``broadcasts=False``: the batch of :data:`NO_BROADCAST_STATES`."""
     def send(name: str, *args: Any, **opts: Any) -> None:
         app.send_task(name, args=args, queue=queue, routing_key=queue, **opts)
 
+    if not broadcasts:
+        # First, so that the worker has them before their ETA (what makes it the reference).
+        for i in range(COUNTDOWNS):
+            send("tests.ok", 200 + i, countdown=3)
     for i in range(6):
         send("tests.ok", i)
     for _ in range(3):
@@ -39,6 +56,8 @@ def send_mixed_batch(app: Any, queue: str, destination: str | None = None) -> No
     send("tests.ignored")
     for _ in range(2):
         send("tests.rejected")
+    if not broadcasts:
+        return
     # Revoke two ids first (and wait for the worker to confirm), then publish them: the
     # worker discards them on arrival with task_revoked, deterministically on any broker.
     # (Expired messages are not deterministic: RabbitMQ drops them itself.)

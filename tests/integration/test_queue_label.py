@@ -13,7 +13,16 @@ from tests.apps.routing_app import configure, send_workload
 from tests.exporter.integration.conftest import ExporterProc
 from tests.exporter.support import total as exporter_total
 from tests.exporter.support import value as exporter_value
-from tests.support import running_worker, scrape, unique_queue, value, wait_for
+from tests.sqs_server import ElasticMQ
+from tests.support import (
+    producer,
+    running_worker,
+    scrape,
+    transport_options,
+    unique_queue,
+    value,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +97,31 @@ def test_queue_label_is_the_consumed_queue_for_every_routing_style(
                 + "\n".join(line for line in exported.splitlines() if "routing." in line)
             )
     _no_routing_keys(exported)
+
+
+def test_on_sqs_the_queue_label_is_the_celery_queue_name_not_the_sqs_queue_name(
+    sqs_url: str, elasticmq: ElasticMQ
+) -> None:
+    """kombu names the SQS queue ``queue_name_prefix`` + the Celery name with dots made
+    dashes; the label stays the Celery name (what ``-Q`` and routing use)."""
+    prefix = unique_queue("lbl")
+    queues = {f"{prefix}.images": 3, f"{prefix}-feeds": 2}
+    app = producer(sqs_url)
+    with running_worker(sqs_url, ",".join(queues), pool="prefork", concurrency=2) as worker:
+        for queue, count in queues.items():
+            for i in range(count):
+                app.send_task("tests.ok", args=(i,), queue=queue)
+        samples = wait_for(
+            lambda: (s := worker.samples()) and value(s, "celery_tasks_total") == 5 and s,
+            40, 0.3, "every task's outcome",
+        )
+    for queue, count in queues.items():
+        assert value(samples, "celery_tasks_total", queue=queue, state="SUCCESS") == count
+        assert value(samples, "celery_tasks_received_total", queue=queue) == count
+    labels = {dict(lbls).get("queue") for (_n, lbls) in samples} - {None}
+    assert labels == set(queues)
+    # The SQS names, which the labels are not: the join a dashboard needs.
+    name_prefix = transport_options().get("queue_name_prefix", "")
+    sqs_names = {queue: (name_prefix + queue).replace(".", "-") for queue in queues}
+    assert set(sqs_names.values()) <= set(elasticmq.queue_names())
+    assert sqs_names[f"{prefix}.images"] != f"{prefix}.images"

@@ -1,7 +1,7 @@
 """The pool-child relay: what OpenTelemetry records in pool children reaches the one endpoint.
 
-Real ``opentelemetry-instrument celery worker -P prefork -c 3`` processes on Redis, the
-application metrics of ``tests.apps.tasks_app`` (``billing.invoices`` counter and
+Real ``opentelemetry-instrument celery worker -P prefork -c 3`` processes on Redis (and SQS),
+the application metrics of ``tests.apps.tasks_app`` (``billing.invoices`` counter and
 ``billing.amount`` histogram with its own buckets, made with the OpenTelemetry API),
 children recycled after every task or every second task; read back through real
 scrapes of ``/metrics`` and a real OTLP receiver.
@@ -46,12 +46,16 @@ def _assert_billing_exact(samples: Samples) -> None:
     assert value(samples, "otel_celery_metrics_dropped_total") == 0
 
 
-@pytest.mark.parametrize("per_child", ["1", "2"])
+@pytest.mark.parametrize(
+    ("core_broker_url", "per_child"),
+    [("redis", "1"), ("redis", "2"), ("sqs", "1"), ("sqs-prefixed", "2")],
+    indirect=["core_broker_url"],
+)
 def test_application_metrics_from_recycled_children_are_exact_on_the_one_endpoint(
-    redis_url: str, queue: str, per_child: str
+    core_broker_url: str, queue: str, per_child: str
 ) -> None:
-    app = producer(redis_url)
-    with running_worker(redis_url, queue, pool="prefork", concurrency=3,
+    app = producer(core_broker_url)
+    with running_worker(core_broker_url, queue, pool="prefork", concurrency=3,
                         extra_args=("--max-tasks-per-child", per_child)) as worker:
         _send_batch(app, queue)
         samples = wait_for(

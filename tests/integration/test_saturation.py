@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import Samples, producer, running_worker, value, wait_for
+from tests.support import CORE_BROKERS, Samples, producer, running_worker, value, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -18,11 +18,12 @@ def utilisation(s: Samples) -> float:
     return value(s, "celery_tasks_executing") / processes if processes else -1.0
 
 
+@pytest.mark.parametrize("core_broker_url", CORE_BROKERS, indirect=True)
 def test_two_long_tasks_fill_a_two_process_pool_and_show_as_stuck_until_they_end(
-    redis_url: str, queue: str
+    core_broker_url: str, queue: str
 ) -> None:
-    app = producer(redis_url)
-    with running_worker(redis_url, queue, pool="prefork", concurrency=2) as worker:
+    app = producer(core_broker_url)
+    with running_worker(core_broker_url, queue, pool="prefork", concurrency=2) as worker:
         idle = wait_for(lambda: (s := worker.samples()) and
                         value(s, "celery_worker_pool_processes") == 2 and s,
                         timeout=20, what="pool size 2")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from otel_celery_metrics.core.web_config import BCRYPT_COMMAND
 from tests.servers import running_prometheus
 from tests.support import Worker, producer, running_worker, wait_for
 from tests.tls_certs import TLSFiles, bcrypt_hash, get, make_tls_files
@@ -103,8 +104,9 @@ def test_a_bad_web_config_keeps_the_endpoint_closed_and_tasks_running(
     assert "ERROR/MainProcess] " in errors[0]
     assert errors[0].endswith(
         f"otel-celery-metrics: {VARIABLE}: web config {config}: basic_auth_users.prometheus is "
-        "not a bcrypt hash (a plaintext password?); make one with: htpasswd -nBC 10 '' | "
-        "tr -d ':\\n'; this worker's /metrics is not served (tasks keep running)"
+        "not a bcrypt hash (a plaintext password?); make one with the Python that has "
+        f"otel-celery-metrics installed: {BCRYPT_COMMAND}; this worker's /metrics is not served "
+        "(tasks keep running)"
     ), errors[0]
     assert "plaintext-secret" not in log
     assert "Traceback" not in log

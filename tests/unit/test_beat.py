@@ -101,3 +101,41 @@ def test_uninstall_restores_celerys_scheduler() -> None:
     hooks.uninstall()
     assert Scheduler.apply_async is original
     h.provider.shutdown()
+
+
+class _Broken:
+    """A schedule whose estimate comes from a stored time that is wrong or garbage."""
+
+    def __init__(self, remaining: object) -> None:
+        self._remaining = remaining
+
+    def remaining_estimate(self, _last_run_at: Any) -> object:
+        return self._remaining
+
+    def is_due(self, _last_run_at: Any) -> tuple[bool, float]:
+        return True, 60.0
+
+
+@pytest.mark.parametrize(
+    ("remaining", "reason"),
+    [
+        (timedelta(days=-3650), "implausible_time"),  # last run ten years ago
+        (float("nan"), "invalid_time"),
+        ("soon", "invalid_time"),
+    ],
+)
+def test_an_implausible_lateness_is_refused_and_counted_and_the_send_still_counts(
+    app: Celery, remaining: object, reason: str
+) -> None:
+    h, hooks = hooked()
+    try:
+        scheduler = Scheduler(app, lazy=True)
+        bad = ScheduleEntry(name="stale", task="app.stale", schedule=_Broken(remaining),
+                            last_run_at=app.now(), app=app)
+        scheduler.apply_entry(bad)
+        stale = attrs(schedule_entry="stale", task_name="app.stale")
+        assert h.points(mt.BEAT_SENDS) == {stale: 1}
+        assert stale not in h.points(mt.BEAT_LATENESS)
+        assert h.points(mt.SELF_DROPPED)[attrs(reason=reason)] == 1
+    finally:
+        hooks.uninstall()

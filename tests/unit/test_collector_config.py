@@ -201,6 +201,19 @@ def test_compose_worker_exports_to_the_sidecars_receiver(collector: dict[str, An
     assert (DEPLOY / mounts[config_path]).resolve() == ROOT / "collector-config.yaml"
 
 
+def test_compose_worker_image_installs_this_checkout_from_files_that_exist() -> None:
+    # Issue 29: no release is on the package index yet; the image builds from the clone
+    # (the same files `pip wheel` needs: pyproject.toml, README.md, the package).
+    build = compose()["services"]["worker"]["build"]
+    context = (DEPLOY / build["context"]).resolve()
+    assert context == ROOT
+    steps = [line.split() for line in build["dockerfile_inline"].splitlines() if line.strip()]
+    copied = [src for step in steps if step[0] == "COPY" for src in step[1:-1]]
+    assert copied and all((context / src).exists() for src in copied), copied
+    assert {"pyproject.toml", "README.md", "otel_celery_metrics"} <= set(copied)
+    assert any("pip install" in " ".join(s) and "'/src[all]'" in s for s in steps), steps
+
+
 def test_compose_publishes_the_collector_ports_prometheus_scrapes(
     collector: dict[str, Any],
 ) -> None:
@@ -319,3 +332,14 @@ def test_the_documented_user_command_matches_the_receiver(collector: dict[str, A
     match = re.search(r"OTEL_EXPORTER_OTLP_ENDPOINT=(\S+)", text)
     assert match, "docs/collector.md shows the worker's OTLP endpoint"
     assert urlparse(match.group(1)).port == receiver_ports(collector)["http"]
+
+
+def test_the_metrics_only_collector_config_is_the_shipped_one_without_traces() -> None:
+    # Issue 29: a metrics-only trial needs no trace backend. Only the traces pipeline and
+    # its exporter differ, so the metrics path a user tries is the one we ship.
+    full = load(ROOT / "collector-config.yaml")
+    del full["exporters"]["otlp_grpc/traces"]
+    del full["service"]["pipelines"]["traces"]
+    only = load(DEPLOY / "collector-metrics-only.yaml")
+    assert only == full
+    assert "${env:" not in (DEPLOY / "collector-metrics-only.yaml").read_text()

@@ -112,3 +112,14 @@ def test_configuration_documents_the_standard_variables_we_honour() -> None:
         "setup_metrics(",
     ):
         assert variable in text, variable
+
+
+def test_task_name_cap_is_one_rule_in_the_reference_and_the_configuration_page() -> None:
+    # Issue 29: the reference said registered names are exempt from the cap; they are not.
+    (source,) = [s for s in ref.ATTRIBUTE_SOURCES if s.key == mt.TASK_NAME]
+    assert source.bounded == ref.TASK_NAME_CAP_RULE
+    assert ref.TASK_NAME_CAP_RULE in (DOCS / "metrics.md").read_text()
+    row = _configuration_rows()["OTEL_CELERY_METRICS_MAX_TASK_NAMES"]
+    for claim in ("registered or not", "a registered task's included", "__overflow__",
+                  'otel_celery_metrics_overflow_total{attribute="task_name"}'):
+        assert claim in row and claim in ref.TASK_NAME_CAP_RULE, claim

@@ -144,3 +144,37 @@ def test_held_lines_wait_for_the_workers_logging_then_come_in_order(
     ]
     server.release_messages()  # idempotent
     assert len(log.records) == 2
+
+
+def test_the_serving_line_comes_at_warning_when_served_at_once_or_after_a_busy_port(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    def describe(host: str, port: int) -> str:
+        return f"serving https://{host}:{port}/metrics; web config x: TLS"
+
+    assert MetricsServer(Endpoint("127.0.0.1", 9808), serve=FakePort(busy=0).serve,
+                         serving_message=describe).start()
+    server = MetricsServer(Endpoint("127.0.0.1", 9809), serve=FakePort(busy=1).serve,
+                           wait=lambda _s: False, serving_message=describe)
+    assert not server.start()
+    assert server.thread is not None
+    server.thread.join(10)
+    lines = [(r.levelno, r.getMessage()) for r in log.records]
+    assert lines[0] == (logging.WARNING, describe("127.0.0.1", 9808))
+    assert lines[-1] == (logging.WARNING, describe("127.0.0.1", 9809))
+    assert [level for level, _ in lines] == [logging.WARNING, logging.ERROR, logging.WARNING,
+                                             logging.WARNING]
+
+
+def test_a_serving_line_that_cannot_be_made_does_not_stop_serving(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    def broken(host: str, port: int) -> str:
+        raise OSError("web config vanished")
+
+    server = MetricsServer(Endpoint("127.0.0.1", 9808), serve=FakePort(busy=0).serve,
+                           serving_message=broken)
+    assert server.start() and server.serving
+    assert [r.getMessage() for r in log.records] == [
+        "otel-celery-metrics: serving /metrics on 127.0.0.1:9808 (cannot describe it: "
+        "OSError: web config vanished)"]

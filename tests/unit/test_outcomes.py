@@ -7,6 +7,7 @@ callbacks are called the way a pool calls them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -166,6 +167,72 @@ def test_a_negative_wait_from_clock_skew_is_clamped_at_zero(world: World) -> Non
     request.on_success((0, None, 0.1))
     ((_, wait),) = world.points(mt.TASK_QUEUE_WAIT).items()
     assert wait.sum == 0
+
+
+# The issue's hostile publish headers: (header value, the refusal's reason, the wait_from
+# the wait is then measured from, or None when no wait is recorded).
+HOSTILE_HEADERS: list[tuple[object, str, str | None]] = [
+    (-1e300, "implausible_time", None),
+    (float("-inf"), "invalid_time", "received"),
+    (float("nan"), "invalid_time", "received"),
+    (True, "invalid_time", "received"),
+    ("1700000000", "invalid_time", "received"),
+    ([1, 2], "invalid_time", "received"),
+    (time.time() + 10 * 365 * 86_400, "implausible_time", None),  # 10 years ahead
+    (time.time() + 3600, "implausible_time", None),  # a producer 1 h ahead
+    (10**400, "invalid_time", "received"),  # an int no float can hold
+]
+
+
+@pytest.mark.parametrize(("header", "reason", "wait_from"), HOSTILE_HEADERS)
+def test_a_hostile_publish_header_is_refused_and_counted_and_the_task_still_counts(
+    world: World, caplog: pytest.LogCaptureFixture, header: object, reason: str,
+    wait_from: str | None,
+) -> None:
+    for _ in range(2):
+        request = world.request(**{PUBLISHED_AT_HEADER: header})
+        accept(request)
+        request.on_success((0, None, 0.1))
+    assert world.states() == {"SUCCESS": 2}
+    waits = world.points(mt.TASK_QUEUE_WAIT)
+    assert {dict(k)["wait_from"] for k in waits} == ({wait_from} if wait_from else set())
+    assert all(math.isfinite(p.sum) and 0 <= p.sum < 5 for p in waits.values())
+    dropped = {dict(k)["reason"]: v for k, v in world.points(mt.SELF_DROPPED).items() if v}
+    assert dropped == {reason: 2}
+    lines = [r.getMessage() for r in caplog.records if "was not recorded" in r.getMessage()]
+    assert len(lines) == 1  # once per reason and task name
+    assert NAME in lines[0]
+    assert f'otel_celery_metrics_dropped_total{{reason="{reason}"}}' in lines[0]
+    assert "1700000000" not in lines[0]  # a value is described, never echoed
+
+
+def test_a_failure_reported_twice_counts_its_bad_header_once(world: World) -> None:
+    request = world.request(**{PUBLISHED_AT_HEADER: float("nan")})
+    accept(request, seconds_ago=1.0)
+    request.on_timeout(False, 5.0)  # Celery reports a hard time limit twice
+    request.on_failure(einfo(TimeLimitExceeded(5.0)))
+    assert world.states() == {"FAILURE": 1}
+    dropped = {dict(k)["reason"]: v for k, v in world.points(mt.SELF_DROPPED).items() if v}
+    assert dropped == {"invalid_time": 1}
+
+
+def test_the_bounds_come_from_the_settings(world: World) -> None:
+    from celery.worker import state
+
+    from otel_celery_metrics.core.values import Bounds
+
+    outcomes = TaskOutcomes(world.recorder, world.failures, "dq",
+                            bounds=Bounds(max_queue_wait=10.0, clock_skew_tolerance=1.0))
+    for offset in (-20.0, -5.0, 0.5, 5.0):  # waits of 20 s, 5 s, -0.5 s, -5 s
+        request = world.request(**{PUBLISHED_AT_HEADER: time.time() + offset})
+        accept(request)
+        outcomes.finished(request, (0, None, 0.1), NAME)
+        state.task_ready(request)  # as Celery's own on_success would
+    ((_, wait),) = world.points(mt.TASK_QUEUE_WAIT).items()
+    assert wait.count == 2
+    assert 4.5 < wait.sum < 6.0
+    dropped = {dict(k)["reason"]: v for k, v in world.points(mt.SELF_DROPPED).items() if v}
+    assert dropped == {"implausible_time": 2}
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from otel_celery_metrics.recording.recorder import Recorder
 from otel_celery_metrics.recording.settings import Settings
 from otel_celery_metrics.sdk_adapter import SdkAdapter
 from otel_celery_metrics.worker.outcomes import SpanJoin
+from tests.support import wait_for
 
 TASKS = mt.METRIC_INDEX[mt.TASKS.name]
 RUNTIME = mt.METRIC_INDEX[mt.TASK_RUNTIME.name]
@@ -236,7 +237,10 @@ def test_a_fork_waits_for_a_running_collection_so_the_child_can_collect_and_reco
         released_at: list[float] = []
 
         def let_go() -> None:
-            time.sleep(0.3)
+            # Only once the fork below is waiting at the fence: then a fork that did not
+            # wait would have happened before this release, and the assertion fails.
+            wait_for(lambda: bridge.fence.fork_waiting, timeout=10, interval=0.005,
+                     what="the fork to wait at the fence")
             released_at.append(time.monotonic())
             release.set()
 

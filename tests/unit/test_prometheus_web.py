@@ -3,6 +3,7 @@ setup_metrics() serving its registry behind the file (real TLS clients)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from otel_celery_metrics._sdk_setup import setup_metrics
+from otel_celery_metrics.core.web_config import BCRYPT_COMMAND
 from otel_celery_metrics.endpoint import sdk_hooks as _port_check
 from otel_celery_metrics.endpoint.exporter_choice import ExporterSwap
 from otel_celery_metrics.endpoint.guarded_web import (
@@ -57,8 +59,9 @@ def test_a_bad_file_closes_the_endpoint_and_keeps_the_other_exporters(
     assert environ["OTEL_METRICS_EXPORTER"] == "otlp"
     assert message == (
         f"otel-celery-metrics: {WEB_CONFIG_VARIABLE}: web config {bad}: basic_auth_users.u is "
-        "not a bcrypt hash (a plaintext password?); make one with: htpasswd -nBC 10 '' | "
-        "tr -d ':\\n'; this worker's /metrics is not served (tasks keep running)")
+        "not a bcrypt hash (a plaintext password?); make one with the Python that has "
+        f"otel-celery-metrics installed: {BCRYPT_COMMAND}; this worker's /metrics is not served "
+        "(tasks keep running)")
     assert [r.getMessage() for r in caplog.records] == [message]
     environ = {"OTEL_METRICS_EXPORTER": "prometheus", WEB_CONFIG_VARIABLE: str(bad)}
     select_guarded_reader(environ)
@@ -78,9 +81,10 @@ def test_nothing_changes_without_the_variable_or_the_prometheus_exporter(
 
 
 def test_setup_metrics_serves_its_registry_behind_the_file(
-    good_file: Path, tls: TLSFiles
+    good_file: Path, tls: TLSFiles, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = free_port()
+    caplog.set_level(logging.WARNING)
     provider = setup_metrics(
         "prometheus", prometheus_host="127.0.0.1", prometheus_port=port,
         settings=Settings(web_config_file=str(good_file)), registry=CollectorRegistry(),
@@ -93,6 +97,10 @@ def test_setup_metrics_serves_its_registry_behind_the_file(
         assert status == 200 and "demo_ticks_total 2.0" in body
         with pytest.raises(OSError):
             get(port, auth=(USER, PASSWORD))
+        # The start-up line, at WARNING as in a worker: visible at a default log level.
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [(
+            "WARNING", f"otel-celery-metrics: serving https://127.0.0.1:{port}/metrics; web "
+            f"config {good_file}: TLS (min TLS12, NoClientCert), basic auth for 1 user(s)")]
     finally:
         provider.shutdown()
 

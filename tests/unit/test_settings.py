@@ -41,6 +41,9 @@ def test_every_setting_parses() -> None:
             "OTEL_CELERY_METRICS_ATTRIBUTES": "task_name, state",
             "OTEL_CELERY_METRICS_DEFAULT_QUEUE": " celery ",
             "OTEL_CELERY_METRICS_PROMETHEUS_SCOPE_LABELS": "TRUE",
+            "OTEL_CELERY_METRICS_MAX_QUEUE_WAIT": "86400",
+            "OTEL_CELERY_METRICS_MAX_RUNTIME": "3600.5",
+            "OTEL_CELERY_METRICS_CLOCK_SKEW_TOLERANCE": "30",
         }
     )
     assert errors == []
@@ -53,7 +56,12 @@ def test_every_setting_parses() -> None:
         attributes=frozenset({"task_name", "state"}),
         default_queue="celery",
         prometheus_scope_labels=True,
+        max_queue_wait=86400.0,
+        max_runtime=3600.5,
+        clock_skew_tolerance=30.0,
     )
+    assert (settings.bounds().max_queue_wait, settings.bounds().clock_skew_tolerance) == (
+        86400.0, 30.0)
 
 
 @pytest.mark.parametrize(
@@ -73,6 +81,11 @@ def test_every_setting_parses() -> None:
         ("OTEL_CELERY_METRICS_ATTRIBUTES", "task_name,task_id"),
         ("OTEL_CELERY_METRICS_DEFAULT_QUEUE", "   "),
         ("OTEL_CELERY_METRICS_PROMETHEUS_SCOPE_LABELS", "maybe"),
+        ("OTEL_CELERY_METRICS_MAX_QUEUE_WAIT", "7d"),
+        ("OTEL_CELERY_METRICS_MAX_QUEUE_WAIT", "0"),
+        ("OTEL_CELERY_METRICS_MAX_RUNTIME", "inf"),
+        ("OTEL_CELERY_METRICS_CLOCK_SKEW_TOLERANCE", "-5"),
+        ("OTEL_CELERY_METRICS_CLOCK_SKEW_TOLERANCE", "nan"),
     ],
 )
 def test_a_bad_value_gives_one_error_naming_variable_and_value_and_keeps_the_default(

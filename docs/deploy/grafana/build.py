@@ -20,6 +20,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -317,77 +318,109 @@ VARIABLE_SOURCES = {
 }
 
 
-def _variables(dash: Dashboard) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{
-        "name": "datasource", "label": "Data source", "type": "datasource",
-        "query": "prometheus", "current": {}, "hide": 0, "refresh": 1,
-    }]
+# --- Grafana's own builders (grafana-foundation-sdk) ------------------------------------
+# The panel list above is ours; the dashboard model, its defaults and its JSON are the SDK's.
+
+
+def _sdk() -> Any:
+    try:
+        import grafana_foundation_sdk  # noqa: F401
+    except ImportError:
+        sys.exit("build.py needs Grafana's SDK: pip install 'otel-celery-metrics[dashboards]'")
+    from grafana_foundation_sdk.builders import (
+        bargauge,
+        common,
+        heatmap,
+        prometheus,
+        stat,
+        timeseries,
+    )
+    from grafana_foundation_sdk.builders import dashboard as builders
+    from grafana_foundation_sdk.models import common as common_models
+    from grafana_foundation_sdk.models import dashboard as models
+    from grafana_foundation_sdk.models import prometheus as prometheus_models
+
+    return SimpleNamespace(
+        builders=builders, models=models, common=common, common_models=common_models,
+        prometheus=prometheus, prometheus_models=prometheus_models,
+        panels={"timeseries": timeseries, "stat": stat, "bargauge": bargauge,
+                "heatmap": heatmap},
+    )
+
+
+def _variables(sdk: Any, dash: Dashboard) -> list[Any]:
+    m, b = sdk.models, sdk.builders
+    ds = m.DataSourceRef(type_val="prometheus", uid="${datasource}")
+    out: list[Any] = [b.DatasourceVariable("datasource").label("Data source").type("prometheus")]
     for name, label in (("job", "job"), ("queue", "queue"), ("task", "task_name")):
         multi = dash.task_all or name != "task"
-        out.append({
-            "name": name, "label": name, "type": "query",
-            "datasource": {"type": "prometheus", "uid": "${datasource}"},
-            "definition": f"label_values({VARIABLE_SOURCES[name]}, {label})",
-            "query": {"query": f"label_values({VARIABLE_SOURCES[name]}, {label})",
-                      "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-            "refresh": 2, "sort": 1, "multi": multi, "includeAll": multi,
-            **({"allValue": ".*", "current": {"text": "All", "value": "$__all"}} if multi
-               else {"current": {}}),
-            "hide": 0,
-        })
+        variable = (b.QueryVariable(name).label(name).datasource(ds)
+                    .query(f"label_values({VARIABLE_SOURCES[name]}, {label})")
+                    .refresh(m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+                    .sort(m.VariableSort.ALPHABETICAL_ASC).multi(multi).include_all(multi))
+        if multi:
+            variable = variable.all_value(".*").current(
+                m.VariableOption(text="All", value="$__all"))
+        out.append(variable)
     return out
 
 
-def _panel(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
-    ds = {"type": "prometheus", "uid": "${datasource}"}
-    panel: dict[str, Any] = {
-        "id": pid, "type": p.kind, "title": p.title, "description": p.question,
-        "datasource": ds, "gridPos": {"h": 8, "w": p.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
-        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                    "tooltip": {"mode": "multi", "sort": "desc"}},
-        "targets": [
-            {"refId": chr(ord("A") + i), "datasource": ds, "expr": t.expr,
-             "legendFormat": t.legend, "range": True,
-             **({"format": "heatmap"} if p.kind == "heatmap" else {})}
-            for i, t in enumerate(p.targets)
-        ],
-    }
-    if p.kind == "heatmap":
-        panel["options"] = {"calculate": False, "yAxis": {"unit": "s"},
-                            "cellGap": 1, "color": {"scheme": "Oranges", "mode": "scheme"}}
-    if p.kind == "bargauge":
-        panel["options"] = {"displayMode": "gradient", "orientation": "horizontal",
-                            "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}
-        for t in panel["targets"]:
-            t["instant"], t["range"] = True, False
-    if p.kind == "stat":
-        panel["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "values": False},
-                            "colorMode": "value", "graphMode": "area"}
+def _panel(sdk: Any, p: Panel, pid: int, x: int, y: int) -> Any:
+    m, c, cm, pm = sdk.models, sdk.common, sdk.common_models, sdk.prometheus_models
+    ds = m.DataSourceRef(type_val="prometheus", uid="${datasource}")
+    panel = (sdk.panels[p.kind].Panel().id(pid).title(p.title).description(p.question)
+             .datasource(ds).unit(p.unit).grid_pos(m.GridPos(h=8, w=p.width, x=x, y=y)))
+    for i, t in enumerate(p.targets):
+        query = (sdk.prometheus.Dataquery().ref_id(chr(ord("A") + i)).datasource(ds)
+                 .expr(t.expr).legend_format(t.legend))
+        query = query.instant() if p.kind == "bargauge" else query.range()
+        if p.kind == "heatmap":
+            query = query.format(pm.PromQueryFormat.HEATMAP)
+        panel = panel.with_target(query)
+    last = c.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
+    if p.kind == "timeseries":
+        panel = (panel.legend(c.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST)
+                              .placement(cm.LegendPlacement.BOTTOM).show_legend(True))
+                 .tooltip(c.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI)
+                          .sort(cm.SortOrder.DESCENDING)))
+    elif p.kind == "heatmap":
+        h = sdk.panels["heatmap"]
+        panel = (panel.calculate(False).cell_gap(1)
+                 .y_axis(h.YAxisConfig().unit("s"))
+                 .color(h.HeatmapColorOptions().mode("scheme").scheme("Oranges")))
+    elif p.kind == "bargauge":
+        panel = (panel.display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+                 .orientation(cm.VizOrientation.HORIZONTAL).reduce_options(last))
+    elif p.kind == "stat":
+        panel = (panel.reduce_options(last).color_mode(cm.BigValueColorMode.VALUE)
+                 .graph_mode(cm.BigValueGraphMode.AREA))
     return panel
 
 
 def render(dash: Dashboard) -> dict[str, Any]:
-    panels: list[dict[str, Any]] = []
+    """The dashboard model, built with the SDK's builders, as plain JSON data."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+
+    sdk = _sdk()
+    m = sdk.models
+    board = (sdk.builders.Dashboard(dash.title).uid(dash.uid).description(dash.description)
+             .tags(dash.tags).timezone("browser").editable()
+             .tooltip(m.DashboardCursorSync.CROSSHAIR).refresh("30s").time("now-3h", "now"))
+    for variable in _variables(sdk, dash):
+        board = board.with_variable(variable)
     pid, y = 1, 0
     for row in dash.rows:
-        panels.append({"id": pid, "type": "row", "title": row.title, "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        board = board.with_row(sdk.builders.Row(row.title).id(pid)
+                               .grid_pos(m.GridPos(h=1, w=24, x=0, y=y)))
         pid, y, x = pid + 1, y + 1, 0
         for p in row.panels:
             if x + p.width > 24:
                 x, y = 0, y + 8
-            panels.append(_panel(p, pid, x, y))
+            board = board.with_panel(_panel(sdk, p, pid, x, y))
             pid, x = pid + 1, x + p.width
         y += 8
-    return {
-        "uid": dash.uid, "title": dash.title, "description": dash.description,
-        "tags": dash.tags, "timezone": "browser", "editable": True, "graphTooltip": 1,
-        "schemaVersion": 39, "version": 1, "refresh": "30s",
-        "time": {"from": "now-3h", "to": "now"},
-        "templating": {"list": _variables(dash)},
-        "annotations": {"list": []}, "links": [], "panels": panels,
-    }
+    model: dict[str, Any] = json.loads(JSONEncoder(sort_keys=True).encode(board.build()))
+    return model
 
 
 def render_json(dash: Dashboard) -> str:

@@ -204,3 +204,21 @@ def test_a_dropped_connection_neither_loses_nor_double_counts(node, exporter) ->
         dropped = total(text, "celery_exporter_events_dropped_total")  # the 500 limit
         assert received(text) + dropped == published
         assert received(text) > 500  # the unread prefetch came back and was counted
+
+
+def test_a_clean_stop_leaves_no_queue_behind(node, procs) -> None:
+    proc = ExporterProc(node.url, *LIMITS)
+    procs.append(proc)
+    mine = event_queue(proc)
+
+    def queues() -> set[str]:
+        return {row["name"] for row in json.loads(
+            node.ctl("list_queues", "name", "--formatter=json"))}
+
+    assert {mine, f"{mine}.dropped"} <= queues()
+    proc.stop()  # SIGTERM: the clean stop
+    assert proc.proc.returncode == 0
+    # Gone at once, not event_queue_expires (30 s here) later.
+    assert not {q for q in queues() if q.startswith(mine)}
+    exchanges = node.ctl("list_exchanges", "name", "--formatter=json")
+    assert f"{mine}.dlx" not in {row["name"] for row in json.loads(exchanges)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -401,3 +402,23 @@ def test_oldest_message_age_grows_while_nobody_consumes_and_drops_when_a_worker_
         and value(t, "celery_queue_messages", queue=queue) == 0,
         40, "the age back to 0 once a worker drained the queue",
     )
+
+
+def test_a_new_workers_queue_depth_is_served_within_seconds_not_an_inspect_interval(
+    redis_url, queue, start_exporter, start_worker
+) -> None:
+    # Issue 29: with the default intervals (inspect 30 s, queues 10 s) the queue series
+    # used to wait for the next inspect after the worker started. The exporter is up and has
+    # inspected (no workers yet) before the worker starts.
+    exporter = start_exporter(redis_url, "--inspect-interval=30", "--queue-poll-interval=10")
+    def inspected() -> bool:
+        age = value(exporter.scrape(), "celery_exporter_probe_age_seconds", probe="inspect")
+        return age is not None and age >= 0
+
+    wait_for(inspected, 20, "the exporter's first inspect")
+    worker = start_worker(redis_url, queue)
+    wait_for(lambda: " ready." in worker.log, 40, "the worker ready")
+    ready_at = time.monotonic()
+    wait_for(lambda: value(exporter.scrape(), "celery_queue_messages", queue=queue) == 0, 15,
+             "the worker's queue in celery_queue_messages")
+    assert time.monotonic() - ready_at < 15

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from otel_celery_metrics.exporter.cli import OPTIONS, config_from_args, env_name
+from otel_celery_metrics.exporter.cli import OPTIONS, config_from_args, env_name, main
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter, mask_url
 
 
@@ -55,6 +55,12 @@ def test_help_lists_every_flag_with_its_variable() -> None:
         ("buckets", "1,0.5"),
         ("worker_timeout", "-1"),
         ("receiver", "zmq"),
+        ("log_level", "verbose"),
+        ("broker_transport_options", "region=eu-west-1"),
+        ("broker_transport_options", '["not", "an", "object"]'),
+        ("max_queue_wait", "0"),
+        ("max_runtime", "nan"),
+        ("clock_skew_tolerance", "a while"),
     ],
 )
 def test_a_bad_environment_value_exits_2_naming_the_variable(
@@ -64,6 +70,20 @@ def test_a_bad_environment_value_exits_2_naming_the_variable(
         config_from_args([], {env_name(variable): raw})
     assert exited.value.code == 2
     assert env_name(variable) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level", ["info", "INFO", "Info", " warning "])
+def test_log_levels_are_taken_in_any_case(level: str) -> None:
+    config = config_from_args([f"--log-level={level}"], {})
+    assert config.log_level == level.strip().upper()
+    assert config_from_args([], {env_name("log_level"): level}).log_level == config.log_level
+
+
+def test_the_workers_transport_options_are_a_json_object() -> None:
+    raw = '{"region": "eu-west-1", "queue_name_prefix": "prod-"}'
+    config = config_from_args([f"--broker-transport-options={raw}"], {})
+    assert config.broker_transport_options == {"region": "eu-west-1", "queue_name_prefix": "prod-"}
+    assert ExporterConfig().broker_transport_options == {}
 
 
 @pytest.mark.parametrize(
@@ -77,6 +97,7 @@ def test_a_bad_environment_value_exits_2_naming_the_variable(
          "amqps://u:***@a:5671//;amqps://u:***@b:5671//"),
         ("sentinel://:s3cret@s1:26379;sentinel://:s3cret2@s2:26379",
          "sentinel://:***@s1:26379;sentinel://:***@s2:26379"),
+        ("sqs://AKIAEXAMPLE:s3cr%2Fet@", "sqs://AKIAEXAMPLE:***@"),
     ],
 )
 def test_broker_urls_are_masked(url: str, masked: str) -> None:
@@ -87,3 +108,22 @@ def test_name_filter_deny_wins() -> None:
     allowed = NameFilter(("app.*",), ("app.secret",))
     assert allowed("app.x") and not allowed("app.secret") and not allowed("other")
     assert NameFilter((), ())("anything")
+
+
+def test_on_sqs_without_queues_the_exporter_exits_2_naming_the_flag(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Probe-only mode has no queue discovery: nothing to report without --queues.
+    assert main(["--broker-url=sqs://AKIAEXAMPLE:s3cret@127.0.0.1:1", "--port=0"], {}) == 2
+    assert "--queues (OTEL_CELERY_EXPORTER_QUEUES) names no queue" in caplog.text
+    assert "probe-only mode" in caplog.text and "s3cret" not in caplog.text
+
+
+@pytest.mark.parametrize("module", ["otel_celery_metrics.exporter.cli", "otel_celery_metrics.demo"])
+def test_both_commands_print_the_one_package_version(module: str) -> None:
+    from otel_celery_metrics.version import __version__
+
+    result = subprocess.run([sys.executable, "-m", module, "--version"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(f" {__version__}")

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter
 
+from otel_celery_metrics.core.web_config import BCRYPT_COMMAND
 from otel_celery_metrics.core.web_serving import WebConfigFile
 from otel_celery_metrics.exporter.http import make_server
 from tests.tls_certs import TLSFiles, bcrypt_hash, get, make_tls_files
@@ -123,8 +124,9 @@ def test_a_changed_file_takes_effect_and_a_broken_one_closes_the_endpoint(
         get(port, auth=(USER, ROTATED))  # and never an open plain endpoint
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [f"web config {config}: basic_auth_users.prometheus is not a bcrypt hash "
-                      "(a plaintext password?); make one with: htpasswd -nBC 10 '' | tr -d "
-                      "':\\n'; refusing every connection until it is fixed"]
+                      "(a plaintext password?); make one with the Python that has "
+                      f"otel-celery-metrics installed: {BCRYPT_COMMAND}; refusing every connection "
+                      "until it is fixed"]
     assert "plaintext-oops" not in caplog.text
 
     write_config(config, tls, password=FIXED)

@@ -4,11 +4,13 @@ and the exporter's utilisation gauge. Real Redis: tests/exporter/integration/tes
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
 from otel_celery_metrics.exporter.config import ExporterConfig
-from otel_celery_metrics.exporter.probes import ProbeResult, QueueDepthProbe
+from otel_celery_metrics.exporter.probes import ProbeResult, QueueDepthProbe, run_every
 from tests.exporter.support import FakeClock, value
 from tests.exporter.unit.test_handlers import feed, scrape
 
@@ -113,3 +115,23 @@ def test_utilisation_is_active_over_pool_processes_once_both_are_known(make_expo
     text = scrape(exporter)
     assert value(text, "celery_worker_utilisation", hostname="celery@a") == 0.75
     assert value(text, "celery_worker_utilisation", hostname="celery@b") == 1.0
+
+
+def test_a_probe_loop_runs_again_at_once_when_woken_and_ends_when_stopped() -> None:
+    stop, wake = threading.Event(), threading.Event()
+    runs: list[float] = []
+    loop = threading.Thread(target=run_every, args=(3600.0, stop, lambda: runs.append(1), "t"),
+                            kwargs={"wake": wake}, daemon=True)
+    loop.start()
+    deadline = time.monotonic() + 10
+    while len(runs) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    wake.set()  # an hour-long interval: only the wake-up can run it again
+    while len(runs) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(runs) == 2
+    stop.set()
+    wake.set()
+    loop.join(10)
+    assert not loop.is_alive()
+    assert len(runs) == 2

@@ -54,6 +54,7 @@ def test_self_metrics_before_any_event(make_exporter) -> None:
     assert value(text, "celery_exporter_broker_reconnects_total") == 0
     assert value(text, "celery_exporter_last_event_age_seconds") == -1
     assert value(text, "celery_exporter_probe_age_seconds", probe="queues") == -1
+    assert value(text, "celery_exporter_event_stream") == 1
     promtool_check(text)
 
 
@@ -84,3 +85,25 @@ def test_the_receiver_follows_the_broker_url_scheme(make_exporter) -> None:
     }
     forced = make_exporter(broker_url="amqp://h//", receiver="kombu")
     assert type(forced.receiver).__name__ == "KombuReceiver"
+
+
+def test_on_sqs_the_exporter_is_probe_only_and_its_health_follows_the_depth_probe(
+    make_exporter,
+) -> None:
+    exporter = make_exporter(broker_url="sqs://AKIAEXAMPLE:s3cret@127.0.0.1:1")
+    assert isinstance(exporter.receiver, service.NoEventReceiver)
+    assert exporter.health() == (
+        False, ["probe-only mode: the queue depth probe has not answered yet"])
+    exporter.receiver.probe_finished(None)
+    assert exporter.health() == (True, [])
+    text = scrape(exporter)
+    assert value(text, "celery_exporter_event_stream") == 0
+    assert value(text, "celery_exporter_broker_connected") == 1
+    assert value(text, "celery_exporter_probe_age_seconds", probe="inspect") is None
+    for absent in ("celery_exporter_last_event_age_seconds", "celery_worker_up",
+                   "celery_exporter_workers_without_task_events"):
+        assert absent not in text
+    exporter.receiver.probe_finished("EndpointConnectionError: no answer")
+    ok, problems = exporter.health()
+    assert not ok and "no answer" in problems[0] and "s3cret" not in problems[0]
+    promtool_check(text)

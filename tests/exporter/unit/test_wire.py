@@ -123,3 +123,31 @@ def test_envelope_with_one_event_or_a_batch() -> None:
 def test_undecodable_payloads_raise_one_known_error(payload: bytes) -> None:
     with pytest.raises(UndecodableEvent):
         decode_envelope(payload)
+
+
+def test_a_long_message_in_one_byte_reads_is_parsed_once_in_linear_time() -> None:
+    # The unfinished tail was re-copied and re-parsed on every read: quadratic, so 2 MB in
+    # 1-byte reads took 2 TB of copying. Now each byte is an append (50 MB: bench/
+    # pubsub_parser.py; a timed unit test would be noise).
+    payload = bytes(range(256)) * (2 * 1024 * 1024 // 256)
+    stream = pmessage(payload) + pmessage(b"next")
+    parser = PubSubParser()
+    view = memoryview(stream)
+    got: list[bytes] = []
+    for i in range(len(stream)):
+        got += parser.feed(view[i : i + 1])
+    assert got == [payload, b"next"]
+    assert parser.pending == 0
+
+
+def test_a_message_past_the_bound_is_a_protocol_error_not_unbounded_memory() -> None:
+    parser = PubSubParser(max_message=1024)
+    # The announced length alone is enough to refuse it: nothing is buffered for it.
+    with pytest.raises(ProtocolError, match="longer than 1024 bytes"):
+        parser.feed(b"*4\r\n" + bulk(b"pmessage") + bulk(b"p") + bulk(b"c") + b"$999999\r\n")
+    parser.reset()
+    with pytest.raises(ProtocolError, match="longer than 1024 bytes"):  # a line without end
+        for _ in range(3):
+            parser.feed(b"+" + b"x" * 500)
+    within = PubSubParser(max_message=1024)
+    assert within.feed(pmessage(b"y" * 900)) == [b"y" * 900]

@@ -151,6 +151,14 @@ class PoolRelay:
         """Readers no longer get relayed series; the span exporters are put back."""
         self._attached = False
         if self._span_route is not None:
+            # Relayed spans still queued in the batch processor need the route's encoder:
+            # send them first (bounded), then put the exporters back.
+            try:
+                flush = getattr(self._forked_tracer_provider, "force_flush", None)
+                if callable(flush):
+                    flush(5_000)
+            except Exception as exc:  # noqa: BLE001 - uninstrumenting goes on
+                self._failures.record("flushing relayed spans before uninstrumenting", exc)
             self._span_route.undo()
             self._span_route = None
 

@@ -16,10 +16,10 @@ children run in parallel; the main process only batches bytes.
   processor queues and batches it with the user's settings (``OTEL_BSP_*``) and calls the
   user's exporter, whose ``export`` turns the batch into a request through its module's
   ``encode_spans``. The route replaces that function, in the two exporter modules, with
-  one that assembles :class:`EncodedSpan` s into the request from bytes
-  (:mod:`otel_celery_metrics.sdk_adapter.otlp_wire`) under the main process' resource and encodes
-  any other span with the original function. Endpoint, headers, compression, TLS,
-  timeout, retries and the exporter's own metrics are the exporter's, unchanged. Any
+  one that assembles :class:`EncodedSpan` s into the request from bytes (:mod:`.otlp_wire`)
+  under the main process' resource and encodes any other span with the original function.
+  Endpoint, headers, compression, TLS, timeout, retries and the exporter's own metrics are
+  the exporter's, unchanged. Any
   other processor or exporter (console, a custom one, a subclass): the route does not
   apply and the relay rebuilds ``ReadableSpan`` s as before.
 

@@ -108,6 +108,7 @@ class CeleryMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 mt.TASKS_PAST_SOFT_TIME_LIMIT.name: view.past_soft_time_limit,
                 mt.WORKER_POOL_PROCESSES.name: view.pool_processes,
                 mt.WORKER_POOL_MAX_PROCESSES.name: view.pool_max_processes,
+                mt.WORKER_QUEUE_PROCESSES.name: view.queue_processes,
                 mt.SELF_DEGRADED.name: lambda: _degraded(degraded),
             },
             histograms_via_api=not adapter.hookable,

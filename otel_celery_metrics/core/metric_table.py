@@ -200,6 +200,15 @@ WORKER_POOL_MAX_PROCESSES = MetricSpec(
     "else the pool's size.",
     attributes=(),
 )
+WORKER_QUEUE_PROCESSES = MetricSpec(
+    name="celery.worker.queue.processes",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{process}",
+    description="This worker's pool processes, once per queue it consumes: summed by queue "
+    "over the fleet, the capacity an autoscaler divides the queue's outstanding work by (a "
+    "worker consuming two queues is capacity for both; docs/autoscaling.md).",
+    attributes=(QUEUE,),
+)
 TASK_FAILURES = MetricSpec(
     name="celery.task.failures",
     kind=InstrumentKind.COUNTER,
@@ -330,6 +339,7 @@ METRICS: tuple[MetricSpec, ...] = (
     TASKS_PAST_SOFT_TIME_LIMIT,
     WORKER_POOL_PROCESSES,
     WORKER_POOL_MAX_PROCESSES,
+    WORKER_QUEUE_PROCESSES,
     BEAT_SENDS,
     BEAT_LATENESS,
     BEAT_LAST_SEND,
@@ -492,6 +502,26 @@ QUEUE_DELAYED = MetricSpec(
     attributes=(QUEUE,),
     recorded_in=_EXPORTER,
 )
+QUEUE_UNACKED = MetricSpec(
+    name="celery.queue.unacked",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{message}",
+    description="Redis only: messages of the queue delivered to a worker and not yet "
+    "acknowledged (kombu's unacked hash) that wait for a pool process: prefetched, ETA due "
+    "or none, not seen executing (an acks_late task that started is in "
+    "celery_tasks_executing instead). 0 when none.",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
+QUEUE_UNACKED_SCHEDULED = MetricSpec(
+    name="celery.queue.unacked.scheduled",
+    kind=InstrumentKind.OBSERVABLE_GAUGE,
+    unit="{message}",
+    description="Redis only: unacknowledged messages of the queue a worker holds until an "
+    "ETA or countdown still ahead (not yet work to scale up for). 0 when none.",
+    attributes=(QUEUE,),
+    recorded_in=_EXPORTER,
+)
 QUEUE_CONSUMERS = MetricSpec(
     name="celery.queue.consumers",
     kind=InstrumentKind.OBSERVABLE_GAUGE,
@@ -618,6 +648,8 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     QUEUE_OLDEST_MESSAGE_AGE,
     QUEUE_IN_FLIGHT,
     QUEUE_DELAYED,
+    QUEUE_UNACKED,
+    QUEUE_UNACKED_SCHEDULED,
     QUEUE_CONSUMERS,
     QUEUE_WORKERS,
     QUEUE_PROCESSES,

@@ -13,6 +13,8 @@ Modules, one job each:
 - :mod:`.broker_tls` -- TLS to the broker (``broker_use_ssl`` from the TLS settings);
 - :mod:`.capabilities` -- whether the transport carries events and broadcasts (asked of
   kombu at start); without them the exporter runs in probe-only mode (SQS);
+- :mod:`.transport_options` -- kombu transport options typed from the command line, and
+  the start-up checks of a broker URL (Sentinel's ``master_name``, a known transport);
 - :mod:`.receiver` -- broker connection, receive loop, reconnects; the Redis pub/sub reader,
   kombu's for every other transport, and the stand-in of probe-only mode;
 - :mod:`.amqp_receiver` -- the RabbitMQ reader (a bounded event queue, frames read directly);
@@ -23,8 +25,10 @@ Modules, one job each:
 - :mod:`.held` -- events held back until the task-sent event they need arrives;
 - :mod:`.store` -- counters the handlers update, with the cardinality caps;
 - :mod:`.liveness` -- workers from heartbeats: up/down, forgetting, events-disabled;
-- :mod:`.probes` -- queue depth (Redis priorities, RabbitMQ passive declare) and inspect;
+- :mod:`.probes` -- queue depth (Redis priorities, RabbitMQ passive declare), Redis'
+  unacked messages, and inspect;
 - :mod:`.sqs_depth` -- SQS queue depth (waiting, in flight, delayed) and kombu's SQS names;
+- :mod:`.keda_scaler` -- KEDA's external scaler gRPC API (optional, ``--keda-scaler-port``);
 - :mod:`.instruments` -- the store and liveness as OpenTelemetry instruments;
 - :mod:`.outputs` -- where they go: the readers for /metrics and OTLP, and the resource;
 - :mod:`.compat` -- danihodovic/celery-exporter's names for migration;

@@ -61,14 +61,17 @@ from otel_celery_metrics.exporter._amqp_frames import (
 )
 from otel_celery_metrics.exporter._wire import UndecodableEvent, decode_body
 from otel_celery_metrics.exporter.config import ExporterConfig
-from otel_celery_metrics.exporter.receiver import DropSink, EventSink, _BaseReceiver
+from otel_celery_metrics.exporter.receiver import (
+    DropSink,
+    EventSink,
+    _BaseReceiver,
+    amqp_heartbeat_interval,
+)
 
 _logger = logging.getLogger(__name__)
 
 #: Unacknowledged messages RabbitMQ may have in flight to us.
 PREFETCH = 2000
-#: Heartbeat we ask for (the broker may lower it); we send ours at half of it.
-HEARTBEAT_S = 30
 #: Messages the drop queue holds while the exporter is stalled (past it: uncounted).
 DROP_QUEUE_MAX_LENGTH = 1_000_000
 _READ_SIZE = 1 << 20
@@ -138,7 +141,10 @@ class AmqpEventReceiver(_BaseReceiver):
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                conn = self._app.connection_for_read(heartbeat=HEARTBEAT_S)
+                # The broker may lower the heartbeat; we send ours at half of it and
+                # declare the connection lost after two silent intervals.
+                conn = self._app.connection_for_read(
+                    heartbeat=amqp_heartbeat_interval(self._config.broker_heartbeat))
                 conn.ensure_connection(max_retries=1, timeout=self._config.probe_timeout)
             except Exception as exc:  # noqa: BLE001 - any failure means retry
                 self._on_lost(exc, stop)
@@ -222,7 +228,9 @@ class AmqpEventReceiver(_BaseReceiver):
                         sock.sendall(HEARTBEAT_FRAME)
                         self._last_out = now
                     if now - last_in > heartbeat * 2:
-                        raise ConnectionError("the broker sent no heartbeat") from None
+                        msg = (f"the broker sent nothing for {now - last_in:.1f}s, two "
+                               f"heartbeats of {heartbeat:g}s (--broker-heartbeat)")
+                        raise ConnectionError(msg) from None
                 continue
             if not data:
                 raise ConnectionError("connection closed by the broker")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import importlib.util
 import json
 import logging
 import os
@@ -18,11 +19,17 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from otel_celery_metrics.core.parsing import parse_bool, parse_buckets, parse_seconds
 from otel_celery_metrics.exporter.broker_tls import VERIFY_MODES, BrokerTLSError, broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig
+from otel_celery_metrics.exporter.transport_options import (
+    TransportOptionError,
+    check_broker,
+    parse_option,
+    split_entries,
+)
 from otel_celery_metrics.version import __version__
 
 ENV_PREFIX = "OTEL_CELERY_EXPORTER_"
@@ -98,17 +105,6 @@ def _choice(*choices: str) -> Callable[[str], str]:
 def _log_level(raw: str) -> str:
     """A level name in any case (``info``, ``INFO``, ``Info``), as Celery's ``-l`` takes it."""
     return _choice("DEBUG", "INFO", "WARNING", "ERROR")(raw.strip().upper())
-
-
-def _json_object(raw: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a JSON object ({exc}): {raw!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. "
-                                         f'{{"region": "eu-west-1"}}: {raw!r}')
-    return value
 
 
 def _exporters(raw: str) -> tuple[str, ...]:
@@ -189,12 +185,11 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "broker_tls_verify": (_choice(*VERIFY_MODES),
                           "TLS to the broker: full (certificate chain and host name), ca "
                           "(chain only) or none (unverified, logged as a warning)."),
-    "broker_transport_options": (
-        _json_object, "The workers' broker_transport_options as a JSON object, where they "
-                      "name what the exporter must find: on SQS region, queue_name_prefix, "
-                      "predefined_queues, is_secure; on Redis use --redis-key-prefix."),
     "host": (str, "Address /metrics and /health listen on."),
     "port": (_port, "Port /metrics and /health listen on (0 picks a free one)."),
+    "keda_scaler_port": (_port, "Port of the KEDA external scaler gRPC API (on --host), "
+                                "answering from this exporter's view of each queue; 0: off "
+                                "(needs otel-celery-metrics[keda-scaler])."),
     "buckets": (_buckets, "Runtime histogram boundaries in seconds, comma-separated."),
     "queue_wait_buckets": (_buckets, "Queue-wait histogram boundaries in seconds."),
     "queues": (_names, "Queues to probe for depth, besides those workers report."),
@@ -207,7 +202,12 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                             "Seconds without a heartbeat before a worker's series are removed."),
     "queue_poll_interval": (_seconds, "Seconds between queue depth probes."),
     "inspect_interval": (_seconds, "Seconds between inspect probes (queues and pools)."),
-    "probe_timeout": (_seconds, "Bound on each broker round trip of a probe or connect."),
+    "probe_timeout": (_seconds, "Bound on each broker round trip of a probe or connect: a "
+                                "new connection is up only once the broker answered in it."),
+    "broker_heartbeat": (_seconds, "Seconds a broker connection may stay silent before it is "
+                                   "reported down (a hung broker, a half-open connection): "
+                                   "Redis gets a PING after a third of it, RabbitMQ is asked "
+                                   "for heartbeats every half of it."),
     "enable_events": (_bool, "Periodically ask all workers to send task events."),
     "enable_events_interval": (_seconds, "Seconds between enable_events broadcasts."),
     "events_missing_after": (_seconds,
@@ -275,14 +275,24 @@ STANDARD_ENV: dict[str, tuple[str, Callable[[str], str]]] = {
 REPEATABLE = {"static_labels": "--static-label"}
 #: Flags spelled as Prometheus' exporters spell them, besides the dashed form.
 FLAG_ALIASES = {"web_config_file": ("--web.config.file",)}
+#: The one repeatable flag (its own argument below, not in OPTIONS): kombu transport options.
+TRANSPORT_OPTIONS = "broker_transport_options"
+TRANSPORT_OPTION_FLAG = "--broker-transport-option"
 
 
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line: the usage of fifty flags would bury the one that is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="otel-celery-exporter",
         description="Read the Celery event bus and serve Prometheus metrics, push them over "
         "OTLP, or both: task counts, runtimes, queue wait, broker backlog and worker "
@@ -317,6 +327,15 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         else:
             parser.add_argument(*FLAG_ALIASES.get(name, ()), flag, dest=name, type=parse,
                                 default=default, metavar=name.upper(), help=help_text)
+    variable = env_name(TRANSPORT_OPTIONS)
+    parser.add_argument(
+        TRANSPORT_OPTION_FLAG, dest=TRANSPORT_OPTIONS, action="append",
+        default=split_entries(environ.get(variable, "")), metavar="KEY=VALUE",
+        help="A kombu transport option for every broker connection, typed as kombu expects "
+        "(numbers, true/false, JSON objects); repeatable; master_name=<name> is required "
+        "with sentinel:// URLs. A flag given replaces the variable's list. [env "
+        f"{variable}: KEY=VALUE entries separated by commas]",
+    )
     parser.formatter_class = argparse.HelpFormatter  # defaults are in each help text
     return parser
 
@@ -335,6 +354,20 @@ def _from_environment(
     return variable, None, str
 
 
+def _transport_options(
+    parser: argparse.ArgumentParser, entries: list[str], from_flags: bool
+) -> dict[str, Any]:
+    source = TRANSPORT_OPTION_FLAG if from_flags else env_name(TRANSPORT_OPTIONS)
+    options: dict[str, Any] = {}
+    for entry in entries:
+        try:
+            key, value = parse_option(entry)
+        except TransportOptionError as exc:
+            parser.error(f"{source}: {exc}")
+        options[key] = value
+    return options
+
+
 def config_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterConfig:
     parser = build_parser(environ)
     args = parser.parse_args(list(argv))
@@ -347,7 +380,22 @@ def config_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Exporte
     if len(keys) != len(set(keys)):
         parser.error(f"--static-label: a label is given twice: {', '.join(keys)}")
     known = {f.name for f in fields(ExporterConfig)}
-    config = ExporterConfig(**{k: v for k, v in values.items() if k in known})
+    values = {k: v for k, v in values.items() if k in known}
+    entries = values[TRANSPORT_OPTIONS]
+    default = split_entries(environ.get(env_name(TRANSPORT_OPTIONS), ""))
+    # argparse appends flags to the default list: a flag given replaces the variable's list.
+    from_flags = len(entries) > len(default)
+    if from_flags:
+        entries = entries[len(default):]
+    options = _transport_options(parser, entries, from_flags)
+    values[TRANSPORT_OPTIONS] = options
+    prefix = options.get("global_keyprefix")
+    if isinstance(prefix, str) and prefix != values["redis_key_prefix"]:
+        if values["redis_key_prefix"]:
+            parser.error(f"--redis-key-prefix {values['redis_key_prefix']!r} and the transport "
+                         f"option global_keyprefix={prefix!r} disagree; give one of them")
+        values["redis_key_prefix"] = prefix
+    config = ExporterConfig(**values)
     try:
         broker_use_ssl(config)  # files checked now, not at the first connection
     except BrokerTLSError as exc:
@@ -359,7 +407,23 @@ def config_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Exporte
             otlp_exporter_class(config.otlp_protocol)
         except OutputUnavailable as exc:
             parser.error(f"--metrics-exporters=otlp: {exc}")
+    try:
+        check_broker(config.broker_url, config.broker_transport_options)
+    except TransportOptionError as exc:
+        parser.error(str(exc))
+    if config.keda_scaler_port and not all(map(_importable, ("grpc", "google.protobuf"))):
+        from otel_celery_metrics.exporter.keda_scaler import INSTALL_HINT
+
+        parser.error(f"{_flag_and_variable('keda_scaler_port')}={config.keda_scaler_port} "
+                     f"needs grpcio and protobuf: {INSTALL_HINT}")
     return config
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
 
 
 def _flag_and_variable(name: str) -> str:

@@ -34,12 +34,10 @@ class ExporterConfig:
     broker_tls_key_file: str = ""
     #: ... and what is verified: "full" (chain and host name), "ca" (chain), "none".
     broker_tls_verify: str = "full"
-    #: The workers' ``broker_transport_options`` that say where things are (SQS: region,
-    #: queue_name_prefix, predefined_queues, is_secure). Read, never logged (SQS
-    #: predefined_queues may hold keys).
-    broker_transport_options: dict[str, Any] = field(default_factory=dict)
     host: str = "0.0.0.0"
     port: int = 9808
+    #: KEDA external scaler gRPC port (docs/autoscaling.md); 0: off.
+    keda_scaler_port: int = 0
     #: Histogram boundaries (seconds) of the runtime histogram.
     buckets: tuple[float, ...] = DEFAULT_SECONDS_BUCKETS
     #: Histogram boundaries (seconds) of the queue-wait histogram.
@@ -57,6 +55,15 @@ class ExporterConfig:
     inspect_interval: float = 30.0
     #: Bound on every broker round trip a background probe makes.
     probe_timeout: float = 3.0
+    #: Seconds a connection may hear nothing from the broker before it is declared down
+    #: (a hung broker or a half-open connection). Redis is sent a PING when a third of it
+    #: passes in silence; RabbitMQ is asked for heartbeats every half of it.
+    broker_heartbeat: float = 10.0
+    #: kombu's broker_transport_options, typed (--broker-transport-option key=value):
+    #: ``master_name`` names the Sentinel primary; on SQS the workers' options that say
+    #: where things are (region, queue_name_prefix, predefined_queues, is_secure). Read,
+    #: never logged (SQS predefined_queues may hold keys).
+    broker_transport_options: dict[str, Any] = field(default_factory=dict)
     #: Periodically broadcast enable_events to the workers.
     enable_events: bool = False
     enable_events_interval: float = 60.0

@@ -234,6 +234,8 @@ class Instruments:
         add(mt.QUEUE_MESSAGES, _from_mapping(self._queue_messages, mt.QUEUE))
         if src.event_stream:
             add(mt.QUEUE_OLDEST_MESSAGE_AGE, _from_mapping(self._oldest_message_age, mt.QUEUE))
+            add(mt.QUEUE_UNACKED, _from_mapping(self._unacked(due=True), mt.QUEUE))
+            add(mt.QUEUE_UNACKED_SCHEDULED, _from_mapping(self._unacked(due=False), mt.QUEUE))
         else:
             add(mt.QUEUE_IN_FLIGHT, _from_mapping(lambda: src.queue_probe().in_flight, mt.QUEUE))
             add(mt.QUEUE_DELAYED, _from_mapping(lambda: src.queue_probe().delayed, mt.QUEUE))
@@ -299,6 +301,16 @@ class Instruments:
 
     def _queue_messages(self) -> dict[str, float]:
         return {q: m for q, (m, _) in self._sources.queue_probe().values.items()}
+
+    def _unacked(self, *, due: bool) -> Callable[[], dict[str, float]]:
+        """Redis: the unacked counts of every probed queue (0 where none); RabbitMQ: none."""
+        def read() -> dict[str, float]:
+            result = self._sources.queue_probe()
+            if result.taken_at is None or not self._config.broker_url.startswith("redis"):
+                return {}
+            counts = result.unacked if due else result.unacked_scheduled
+            return {q: float(counts.get(q, 0)) for q in result.values}
+        return read
 
     def _oldest_message_age(self) -> dict[str, float]:
         """The probe's ages, grown by the time since it took them (an empty queue stays 0

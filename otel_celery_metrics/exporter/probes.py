@@ -1,10 +1,13 @@
 """Background probes: queue depth from the broker, workers' queues and pools from inspect.
 
-On Redis the queue probe also peeks at the oldest message of each priority list (the
-tail: kombu pushes on the left and consumers pop on the right; LINDEX reads without
-consuming) and takes its time from our publish header (an instrumented producer), else
-from the task-sent event of its task id when the exporter saw one. RabbitMQ cannot show a
-queue's head without delivering it (basic.get), so there is no such age on RabbitMQ.
+On Redis (and Redis behind Sentinel) the queue probe also peeks at the oldest message of
+each priority list (the tail: kombu pushes on the left and consumers pop on the right;
+LINDEX reads without consuming) and takes its time from our publish header (an
+instrumented producer), else from the task-sent event of its task id when the exporter
+saw one. It also counts, per queue, the messages kombu's Redis transport holds in its
+``unacked`` hash for a consumer (delivered to a worker, not yet acknowledged: prefetched,
+ETA-parked, and executing under ``acks_late``), see :func:`count_unacked`. RabbitMQ cannot
+show a queue's head without delivering it (basic.get), so there is no such age on RabbitMQ.
 On SQS the counts come from ``GetQueueAttributes`` (:mod:`.sqs_depth`): waiting, in
 flight and delayed, each its own series.
 
@@ -22,13 +25,15 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER
+from otel_celery_metrics.core.queue_wait import PUBLISHED_AT_HEADER, eta_timestamp
 from otel_celery_metrics.core.routing import Binding, bindings_from_reply
 from otel_celery_metrics.exporter.broker_tls import broker_use_ssl
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter
 from otel_celery_metrics.exporter.liveness import Liveness
 from otel_celery_metrics.exporter.sqs_depth import SqsDepths
+from otel_celery_metrics.exporter.transport_options import scheme_of
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +49,10 @@ class ProbeResult:
         #: SQS only: messages received and not yet deleted, and messages still delayed.
         self.in_flight: dict[str, int] = {}
         self.delayed: dict[str, int] = {}
+        #: Redis only: queue -> unacknowledged messages a worker holds and has not started
+        #: whose ETA is due (or that have none); and those whose ETA is still ahead.
+        self.unacked: dict[str, int] = {}
+        self.unacked_scheduled: dict[str, int] = {}
         self.taken_at: float | None = None
         self.last_error: str | None = None
 
@@ -71,11 +80,46 @@ def published_at(raw: bytes | str | None, sent_at: Callable[[str], float | None]
     return sent_at(task_id) if isinstance(task_id, str) else None
 
 
+#: kombu's Redis transport's hash of delivered, unacknowledged messages (``unacked_key``).
+UNACKED_KEY = "unacked"
+
+
+def count_unacked(
+    entries: list[Any], queues: set[str], now: float, started: Callable[[str], bool],
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Per queue, (due, not yet due) counts of the unacked hash's ``entries``.
+
+    An entry is kombu's ``[message, exchange, routing_key]``; Celery's routing key is the
+    queue name (entries for other routing keys are not ours to count). An entry whose
+    task the exporter saw start is executing (``acks_late``): celery_tasks_executing
+    counts it, so it is left out here rather than counted twice. An ETA still ahead goes
+    to the second map: it is work, but not work to scale up for yet.
+    """
+    due: dict[str, int] = {}
+    ahead: dict[str, int] = {}
+    for raw in entries:
+        try:
+            message, _exchange, routing_key = json.loads(raw)
+            headers = message.get("headers") or {}
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if routing_key not in queues:
+            continue
+        task_id = headers.get("id")
+        if isinstance(task_id, str) and started(task_id):
+            continue
+        eta = eta_timestamp(headers.get("eta"))
+        target = ahead if eta is not None and eta > now else due
+        target[routing_key] = target.get(routing_key, 0) + 1
+    return due, ahead
+
+
 class QueueDepthProbe:
     """Messages (and, on RabbitMQ, consumers) per queue; on Redis the oldest one's age.
 
     ``sent_at`` gives the task-sent time of a task id the exporter saw (or None);
-    ``wall_clock`` is seconds since the epoch, what message times are measured in.
+    ``wall_clock`` is seconds since the epoch, what message times are measured in;
+    ``started`` tells whether the exporter saw a task id start (and not finish).
     """
 
     def __init__(
@@ -87,7 +131,9 @@ class QueueDepthProbe:
         *,
         sent_at: Callable[[str], float | None] = lambda _task_id: None,
         wall_clock: Callable[[], float] = time.time,
+        started: Callable[[str], bool] = lambda _task_id: False,
     ) -> None:
+        self._started = started
         self._config = config
         self._app = app
         self._queues = queues
@@ -96,8 +142,8 @@ class QueueDepthProbe:
         self._wall_clock = wall_clock
         self._filter = NameFilter(config.queue_allow, config.queue_deny)
         self.result = ProbeResult()
-        scheme = config.broker_url.split(":", 1)[0].lower()
-        self._redis = scheme in ("redis", "rediss")
+        scheme = scheme_of(config.broker_url)
+        self._redis = scheme in ("redis", "rediss", "sentinel")
         self._sqs = SqsDepths(config) if scheme == "sqs" else None
         self._client: Any = None
 
@@ -108,11 +154,13 @@ class QueueDepthProbe:
     def poll(self) -> None:
         names = self.queue_names()
         result = ProbeResult()
+        unacked: list[Any] = []
+        redis = self._sqs is None and self._redis
         try:
             if self._sqs is not None:
                 values = self._sqs_depths(names, result)
-            elif self._redis:
-                values = self._redis_depths(names, result.oldest_age)
+            elif redis:
+                values = self._redis_depths(names, result.oldest_age, unacked)
             else:
                 values = self._amqp_depths(names)
         except Exception as exc:  # noqa: BLE001 - the probe retries next interval
@@ -126,6 +174,9 @@ class QueueDepthProbe:
             )
             return
         result.values = values
+        if redis:
+            result.unacked, result.unacked_scheduled = count_unacked(
+                unacked, set(names), self._wall_clock(), self._started)
         result.taken_at = self._clock()
         self.result = result
 
@@ -142,20 +193,12 @@ class QueueDepthProbe:
         return out
 
     def _redis_depths(
-        self, names: list[str], oldest: dict[str, float]
+        self, names: list[str], oldest: dict[str, float], unacked: list[Any]
     ) -> dict[str, tuple[int, int | None]]:
-        """Depth per queue; fills ``oldest`` with each queue's oldest message age."""
+        """Depth per queue; fills ``oldest`` with each queue's oldest message age and
+        ``unacked`` with the entries of the unacked hash."""
         if self._client is None:
-            import redis
-
-            timeout = self._config.probe_timeout
-            # Our own client, not kombu's: the TLS settings must be handed to it here
-            # (redis-py's option names, as broker_use_ssl gives them for rediss://).
-            tls = broker_use_ssl(self._config) or {}
-            self._client = redis.Redis.from_url(
-                self._config.broker_url, socket_timeout=timeout,
-                socket_connect_timeout=timeout, **tls,
-            )
+            self._client = redis_client(self._config)
         cfg = self._config
         pipe = self._client.pipeline(transaction=False)
         spans = []
@@ -166,7 +209,11 @@ class QueueDepthProbe:
                 pipe.llen(key)
                 pipe.lindex(key, -1)  # the oldest message of this priority list
             spans.append((name, len(keys)))
+        # One call for every queue: the hash holds only what workers hold now, bounded by
+        # the fleet's prefetch windows (workers x concurrency x prefetch multiplier).
+        pipe.hvals(cfg.redis_key_prefix + UNACKED_KEY)
         replies = pipe.execute()
+        unacked.extend(replies.pop())
         now = self._wall_clock()
         out: dict[str, tuple[int, int | None]] = {}
         pos = 0
@@ -210,6 +257,47 @@ class QueueDepthProbe:
             finally:
                 channel.close()
         return out
+
+
+def redis_client(config: ExporterConfig) -> Any:
+    """Our own redis-py client for the probes, not kombu's (whose key prefixing would
+    apply twice): TLS settings handed over (redis-py's option names, as broker_use_ssl
+    gives them for rediss://), and on ``sentinel://`` the primary the sentinels name now,
+    asked again after each failed probe (the client is dropped then)."""
+    import redis
+
+    timeout = config.probe_timeout
+    tls = broker_use_ssl(config) or {}
+    if scheme_of(config.broker_url) != "sentinel":
+        return redis.Redis.from_url(
+            config.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout, **tls,
+        )
+    from redis.sentinel import Sentinel
+
+    options = config.broker_transport_options
+    sentinels = []
+    password = username = None
+    db = 0
+    for url in config.broker_url.split(";"):
+        parts = urlsplit(url.strip())
+        sentinels.append((parts.hostname or "localhost", parts.port or 26379))
+        # As kombu reads a sentinel URL: its password (and db) are the primary's.
+        password = unquote(parts.password) if parts.password else password
+        username = unquote(parts.username) if parts.username else username
+        path = (parts.path or "").strip("/")
+        db = int(path) if path.isdigit() else db
+    sentinel_kwargs = dict(options.get("sentinel_kwargs") or {})
+    sentinel_kwargs.setdefault("socket_timeout", timeout)
+    sentinel_kwargs.setdefault("socket_connect_timeout", timeout)
+    manager = Sentinel(
+        sentinels, min_other_sentinels=int(options.get("min_other_sentinels", 0)),
+        sentinel_kwargs=sentinel_kwargs, socket_timeout=timeout,
+        socket_connect_timeout=timeout, **tls,
+    )
+    return manager.master_for(
+        str(options["master_name"]), redis_class=redis.Redis, db=db, password=password,
+        username=username,
+    )
 
 
 class InspectProbe:

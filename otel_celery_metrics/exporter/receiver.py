@@ -18,6 +18,16 @@ RabbitMQ has its own receiver on the same base, in :mod:`.amqp_receiver`.
 
 A lost broker never ends the loop: it reconnects with capped exponential backoff and
 logs the masked URL (never a password).
+
+Up means answered: a receiver reports itself connected only once the broker has replied
+on the new connection (Redis: ``+PONG`` to a PING sent before subscribing, within
+``probe_timeout``; kombu: its connect, which on Redis PINGs and on RabbitMQ is the AMQP
+handshake), never on a TCP handshake alone, which a hung server's listen backlog still
+completes. A connection that then hears nothing for ``broker_heartbeat`` seconds is
+declared lost, though a PING (Redis) or heartbeats (RabbitMQ) keep a healthy idle one
+talking: a hang is reported down within ``broker_heartbeat`` (plus, on the kombu
+receiver, one ``probe_timeout`` for the PING in flight) and stays down, each new
+connection failing its first round trip, for as long as it lasts.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -45,7 +56,8 @@ _logger = logging.getLogger(__name__)
 EventSink = Callable[[object], None]
 DropSink = Callable[[str, str, int], None]
 _READ_SIZE = 1 << 20
-_PING_EVERY = 5.0
+#: A PING goes out after this share of ``broker_heartbeat`` in silence.
+PING_AFTER = 1 / 3
 _RESET = b""  # queued on reconnect: the parser starts over on a new stream
 
 
@@ -182,7 +194,7 @@ class RedisPubSubReceiver(_BaseReceiver):
                     self._on_lost(exc, stop)
                     continue
                 try:
-                    self._on_connected()
+                    self._on_connected()  # the broker has answered the PING in _connect
                     self._read_loop(sock, stop)
                 except (OSError, ProtocolError, ValueError) as exc:
                     if not stop.is_set():
@@ -216,16 +228,25 @@ class RedisPubSubReceiver(_BaseReceiver):
                 if not reply.startswith(b"+"):
                     msg = "authentication failed: " + reply[:100].decode("utf-8", "replace")
                     raise ConnectionRefusedError(msg)
+            # Up means answered: a hung Redis (or a proxy in front of one) still completes
+            # the TCP handshake from its listen backlog, but it sends no PONG.
+            sock.sendall(self._command("PING"))
+            reply = _read_line(sock)
+            if not reply.startswith(b"+PONG"):
+                msg = "unexpected reply to PING: " + reply[:100].decode("utf-8", "replace")
+                raise ConnectionRefusedError(msg)
             sock.sendall(self._command("PSUBSCRIBE", self.pattern))
-            sock.settimeout(_PING_EVERY)
+            sock.settimeout(self._config.broker_heartbeat * PING_AFTER)
         except BaseException:
             sock.close()
             raise
         return sock
 
     def _read_loop(self, sock: socket.socket, stop: threading.Event) -> None:
-        unanswered = 0
         limit = self._config.max_backlog_bytes
+        silence = self._config.broker_heartbeat
+        clock = time.monotonic
+        last_in = clock()
         self._resync.clear()
         while not stop.is_set():
             self.status.turn("read")
@@ -233,20 +254,23 @@ class RedisPubSubReceiver(_BaseReceiver):
                 raise ProtocolError("undecodable stream; resubscribing")
             if self._in_bytes - self._out_bytes > limit:
                 # Bounded memory: stop reading and let Redis hold the rest. If it holds
-                # too much it drops us, and the reconnect is counted and logged.
+                # too much it drops us, and the reconnect is counted and logged. The
+                # silence is ours, not the broker's.
                 stop.wait(0.01)
+                last_in = clock()
                 continue
             try:
                 data = sock.recv(_READ_SIZE)
             except TimeoutError:
-                unanswered += 1
-                if unanswered > 2:
-                    raise ConnectionError("the broker answers no PING") from None
-                sock.sendall(self._command("PING"))
+                quiet = clock() - last_in
+                if quiet + 1e-3 >= silence:  # three timeouts of a third add up to it
+                    msg = f"the broker answered nothing for {quiet:.1f}s (--broker-heartbeat)"
+                    raise ConnectionError(msg) from None
+                sock.sendall(self._command("PING"))  # any reply resets the silence
                 continue
             if not data:
                 raise ConnectionError("connection closed by the broker")
-            unanswered = 0
+            last_in = clock()
             self._in_bytes += len(data)
             self._chunks.put(data)
 
@@ -340,24 +364,80 @@ class KombuReceiver(_BaseReceiver):
     def _consume(self, stop: threading.Event) -> None:
         status = self.status
         handle = self._handle
+        on_answered = self._on_connected
+        pulse = _Pulse(self._config.broker_heartbeat * PING_AFTER, time.monotonic)
 
         base = self._app.events.Receiver
 
         class _Receiver(base):  # type: ignore[misc, valid-type]
+            def on_consume_ready(self, connection: Any, channel: Any, *args: Any,
+                                 **kwargs: Any) -> None:
+                # The consuming connection (kombu's clone of ours) has connected, which
+                # is a round trip on Redis (PING) and the AMQP handshake on RabbitMQ.
+                super().on_consume_ready(connection, channel, *args, **kwargs)
+                pulse.watch(connection, channel)
+                on_answered()
+
             def on_iteration(self) -> None:
                 status.turn("read")
                 if stop.is_set():
                     self.should_stop = True
+                pulse.check()
 
-        with self._app.connection_for_read() as conn:
+        heartbeat = amqp_heartbeat_interval(self._config.broker_heartbeat)
+        with self._app.connection_for_read(heartbeat=heartbeat) as conn:
             conn.ensure_connection(max_retries=1, timeout=self._config.probe_timeout)
             receiver = _Receiver(conn, handlers={"*": handle}, app=self._app)
             receiver.connect_max_retries = 1
             self._current = receiver
-            self._on_connected()
             status.turn("read")
             for _ in receiver.consume(limit=None, timeout=None, safety_interval=1):
                 status.turn("read")
+
+
+def amqp_heartbeat_interval(broker_heartbeat: float) -> int:
+    """The AMQP heartbeat we ask for (whole seconds): two of them fit in
+    ``broker_heartbeat``, the silence after which a connection is declared down."""
+    return max(1, int(broker_heartbeat // 2))
+
+
+class _Pulse:
+    """Makes an idle kombu connection prove, on a timer, that the broker still answers.
+
+    Redis: a PING on the channel's client every ``every`` seconds, bounded by its
+    ``socket_timeout`` (``probe_timeout``); kombu's own pub/sub health check runs only in
+    its event loop, not in ``drain_events``, so without this a hung Redis would leave
+    the receiver waiting for events for ever. RabbitMQ: kombu's heartbeat check (py-amqp
+    sends ours when due and raises when two of the broker's are missed) at every turn of
+    the loop. kombu runs it itself only when a drain times out, so a busy receiver would
+    send no heartbeat and the broker would close it.
+    """
+
+    def __init__(self, every: float, clock: Callable[[], float]) -> None:
+        self._every = every
+        self._clock = clock
+        self._client: Any = None
+        self._heartbeats: Any = None
+        self._last = 0.0
+
+    def watch(self, connection: Any, channel: Any) -> None:
+        client = getattr(channel, "client", None)
+        self._client = client if callable(getattr(client, "ping", None)) else None
+        beats = getattr(connection, "supports_heartbeats", False) and getattr(
+            connection, "heartbeat", 0)
+        self._heartbeats = connection if beats else None
+        self._last = self._clock()
+
+    def check(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.heartbeat_check()  # cheap: py-amqp acts only when due
+        if self._client is None:
+            return
+        now = self._clock()
+        if now - self._last < self._every:
+            return
+        self._client.ping()  # raises on silence: the consume loop reconnects
+        self._last = self._clock()
 
 
 class NoEventReceiver(_BaseReceiver):

@@ -26,6 +26,7 @@ from otel_celery_metrics.exporter.instruments import (
     Sources,
     histogram_provider,
 )
+from otel_celery_metrics.exporter.keda_scaler import QueueView
 from otel_celery_metrics.exporter.liveness import Liveness
 from otel_celery_metrics.exporter.outputs import Outputs
 from otel_celery_metrics.exporter.probes import InspectProbe, QueueDepthProbe, run_every
@@ -36,6 +37,7 @@ from otel_celery_metrics.exporter.receiver import (
 )
 from otel_celery_metrics.exporter.store import Caps, CounterStore
 from otel_celery_metrics.exporter.tracker import TaskTracker
+from otel_celery_metrics.exporter.transport_options import scheme_of
 
 _logger = logging.getLogger(__name__)
 
@@ -50,17 +52,6 @@ def make_app(config: ExporterConfig) -> Any:
     from celery import Celery
 
     app = Celery("otel-celery-exporter", broker=config.broker_url, set_as_current=False)
-    transport_options: dict[str, Any] = {
-        "socket_timeout": config.probe_timeout,
-        "socket_connect_timeout": config.probe_timeout,
-        "max_retries": 1,
-        # Where the workers' transport finds things (SQS: region, queue_name_prefix).
-        **config.broker_transport_options,
-    }
-    if config.redis_key_prefix:
-        # The workers' kombu prefixes every key and channel: broadcasts (inspect, enable
-        # events) and, over kombu, the event subscription must use the same prefix.
-        transport_options["global_keyprefix"] = config.redis_key_prefix
     app.conf.update(
         # TLS for every connection kombu opens for us: receivers, probes, broadcasts.
         broker_use_ssl=broker_tls.broker_use_ssl(config),
@@ -72,10 +63,31 @@ def make_app(config: ExporterConfig) -> Any:
         # exporter would lose counts silently. Five minutes rides out a pause, bounded.
         event_queue_expires=config.event_queue_expires,
         event_queue_ttl=config.event_queue_ttl,
-        # The probes must not hang on a dead broker: bounded connect and socket waits.
-        broker_transport_options=transport_options,
+        broker_transport_options=transport_options(config),
     )
     return app
+
+
+def transport_options(config: ExporterConfig) -> dict[str, Any]:
+    """kombu's transport options for every connection of ours; the user's win."""
+    # The probes must not hang on a dead broker: bounded connect and socket waits, on
+    # Redis (socket_*) and on py-amqp (connect_timeout comes from
+    # broker_connection_timeout; read/write_timeout bound each round trip after the
+    # handshake, which would otherwise wait for ever on a broker that hung after it).
+    options: dict[str, Any] = {
+        "socket_timeout": config.probe_timeout,
+        "socket_connect_timeout": config.probe_timeout,
+        "max_retries": 1,
+    }
+    if scheme_of(config.broker_url) in ("amqp", "amqps", "pyamqp"):
+        options = {"read_timeout": config.probe_timeout,
+                   "write_timeout": config.probe_timeout, "max_retries": 1}
+    if config.redis_key_prefix:
+        # The workers' kombu prefixes every key and channel: broadcasts (inspect, enable
+        # events) and, over kombu, the event subscription must use the same prefix.
+        options["global_keyprefix"] = config.redis_key_prefix
+    options.update(config.broker_transport_options)
+    return options
 
 
 class Exporter:
@@ -102,6 +114,7 @@ class Exporter:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
+        self._keda_server: Any = None
         self._web_config: WebConfigFile | None = None
         self._forgotten_at_build = 0
         # A worker first seen on the event bus gets an inspect at once, and queues an
@@ -128,7 +141,8 @@ class Exporter:
         self.handlers: EventHandlers
         self.receiver: RedisPubSubReceiver | AmqpEventReceiver | KombuReceiver | NoEventReceiver
         self.queue_probe = QueueDepthProbe(
-            config, self.app, self.liveness.queues, clock, sent_at=self._task_sent_at
+            config, self.app, self.liveness.queues, clock, sent_at=self._task_sent_at,
+            started=self._task_started,
         )
         self.inspect_probe = InspectProbe(config, self.app, self.liveness, clock)
         self._build(clock)
@@ -137,7 +151,7 @@ class Exporter:
         config = self.config
         receiver_kind = config.receiver
         if receiver_kind == "auto":
-            receiver_kind = _AUTO_RECEIVERS.get(config.broker_url.split(":", 1)[0], "kombu")
+            receiver_kind = _AUTO_RECEIVERS.get(scheme_of(config.broker_url), "kombu")
         # Each object is built after what it needs: the handlers record into the histogram
         # provider, the receiver feeds the handlers, the instruments read all of them.
         provider = histogram_provider(self.outputs)
@@ -181,6 +195,11 @@ class Exporter:
             web_config=self._web_config,
         )
         self._spawn("http", self._server.serve_forever)
+        if cfg.keda_scaler_port:
+            from otel_celery_metrics.exporter.keda_scaler import ExternalScaler, serve
+
+            scaler = ExternalScaler(self.queue_view, cfg.queue_poll_interval, self._stop)
+            self._keda_server = serve(scaler, cfg.host, cfg.keda_scaler_port)
         events = self.capabilities.events
         if events:
             self._spawn("receiver", lambda: self.receiver.run(self._stop))
@@ -245,6 +264,8 @@ class Exporter:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        if self._keda_server is not None:
+            self._keda_server.stop(1.0)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -268,6 +289,25 @@ class Exporter:
         probe's thread: one dict lookup, no lock needed for a value that may be stale)."""
         info = self.tracker.get(task_id)
         return info.sent if info is not None else None
+
+    def queue_view(self, queue: str) -> QueueView | None:
+        """The exporter's terms of ``queue`` for the KEDA scaler (docs/autoscaling.md):
+        None when the queue probe has no result for it younger than three intervals."""
+        result = self.queue_probe.result
+        stale_after = 3 * self.config.queue_poll_interval + self.config.probe_timeout
+        if result.taken_at is None or self._clock() - result.taken_at > stale_after:
+            return None
+        if queue not in result.values:
+            return None
+        executing = sum(n for (_, q), n in dict(self.handlers.executing).items() if q == queue)
+        outstanding = result.values[queue][0] + result.unacked.get(queue, 0) + executing
+        return QueueView(float(outstanding), float(result.unacked_scheduled.get(queue, 0)))
+
+    def _task_started(self, task_id: str) -> bool:
+        """Whether ``task_id`` is executing as far as the exporter's events tell (started,
+        no terminal event yet; read by the queue probe's thread like ``_task_sent_at``)."""
+        info = self.tracker.get(task_id)
+        return info is not None and info.started is not None
 
     def maintain(self) -> None:
         gone = self.liveness.expire()

@@ -144,6 +144,19 @@ class WorkerView:
             return [(float(autoscaler.max_concurrency), ())]
         return [(float(pool.num_processes), ())]
 
+    def queue_processes(self) -> Observed:
+        """(pool processes, (queue,)) for every queue the worker consumes now: the same
+        processes serve each of them, so each queue counts them all."""
+        pool = self._pool()
+        worker = self._worker()
+        consumer = getattr(worker, "consumer", None) if worker is not None else None
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if pool is None or task_consumer is None:
+            return []
+        size = float(pool.num_processes)
+        names = {str(queue.name) for queue in list(getattr(task_consumer, "queues", ()))}
+        return [(size, (name,)) for name in sorted(names)]
+
     def _pool(self) -> Any:
         worker = self._worker()
         pool = getattr(worker, "pool", None) if worker is not None else None

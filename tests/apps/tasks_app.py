@@ -26,6 +26,10 @@ app.conf.update(
     # SQS tests: region, polling and queue_name_prefix (tests.support.TRANSPORT_OPTIONS_ENV).
     broker_transport_options=json.loads(os.environ.get("TEST_BROKER_TRANSPORT_OPTIONS") or "{}"),
 )
+if os.environ.get("TEST_CELERY_CONF"):
+    # A JSON object of settings, for the fault and failover tests (Sentinel's master_name,
+    # kombu's health-check intervals in broker_transport_options).
+    app.conf.update(json.loads(os.environ["TEST_CELERY_CONF"]))
 
 
 # Diagnostics for rare hangs: SIGUSR2 makes a worker process write the stack of every

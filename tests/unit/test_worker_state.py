@@ -139,3 +139,13 @@ def test_gevents_timer_of_greenlets_is_read_the_same_way(world: World) -> None:
         queue=[greenlet, other])))
     view._on_worker_init(sender=worker)
     assert list(view.scheduled()) == [(1.0, (NAME, "q1"))]
+
+
+def test_pool_size_counts_once_for_every_queue_the_worker_consumes() -> None:
+    view = WorkerView("dq")
+    worker = fake_worker(Timer(), processes=3)
+    view._on_worker_init(sender=worker)
+    assert list(view.queue_processes()) == []  # the consumer has not started consuming yet
+    worker.consumer.task_consumer = SimpleNamespace(
+        queues=[SimpleNamespace(name="b"), SimpleNamespace(name="a")])
+    assert list(view.queue_processes()) == [(3.0, ("a",)), (3.0, ("b",))]

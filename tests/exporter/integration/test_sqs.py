@@ -51,7 +51,7 @@ def test_the_exporter_on_sqs_is_probe_only_leaves_no_queue_and_reports_three_dep
         app.send_task("tests.ok", args=(1,), queue=held, countdown=600)  # held by the worker
         before = set(elasticmq.queue_names())
         exporter = ExporterProc(
-            url, f"--broker-transport-options={json.dumps(options)}",
+            url, *(f"--broker-transport-option={key}={value}" for key, value in options.items()),
             f"--queues={held},{waiting},{missing}", "--log-level=info",
         )
         procs.append(exporter)
@@ -87,9 +87,8 @@ def test_the_exporter_on_sqs_is_probe_only_leaves_no_queue_and_reports_three_dep
 
 
 def test_the_exporter_on_an_unreachable_sqs_reports_it_unhealthy(procs: list[Proc]) -> None:
-    options = json.dumps({"region": "us-east-1"})
     exporter = ExporterProc(f"sqs://test:secret@127.0.0.1:{free_port()}",
-                            f"--broker-transport-options={options}", "--queues=anything")
+                            "--broker-transport-option=region=us-east-1", "--queues=anything")
     procs.append(exporter)
     status, body = wait_for(lambda: (r := exporter.get("/health")) and "unreachable" in r[1]
                             and r, 20, "/health to report the broker unreachable")

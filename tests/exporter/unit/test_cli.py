@@ -7,7 +7,13 @@ import sys
 
 import pytest
 
-from otel_celery_metrics.exporter.cli import OPTIONS, config_from_args, env_name, main
+from otel_celery_metrics.exporter.cli import (
+    OPTIONS,
+    TRANSPORT_OPTIONS,
+    config_from_args,
+    env_name,
+    main,
+)
 from otel_celery_metrics.exporter.config import ExporterConfig, NameFilter, mask_url
 
 
@@ -32,7 +38,8 @@ def test_every_flag_has_an_environment_variable_and_the_flag_wins() -> None:
     assert (config.port, config.enable_events, config.queues) == (9999, True, ("a", "b"))
     assert config.priority_separator == "\x06\x16"
     assert config_from_args(["--port=1234", "--no-enable-events"], env).port == 1234
-    assert set(OPTIONS) == {f for f in ExporterConfig.__dataclass_fields__ if f != "extra"}
+    assert set(OPTIONS) | {TRANSPORT_OPTIONS} == {
+        f for f in ExporterConfig.__dataclass_fields__ if f != "extra"}
 
 
 def test_help_lists_every_flag_with_its_variable() -> None:
@@ -46,6 +53,8 @@ def test_help_lists_every_flag_with_its_variable() -> None:
     for name in OPTIONS:
         assert "--" + name.replace("_", "-") in flat
         assert env_name(name) in flat
+    assert "--broker-transport-option KEY=VALUE" in flat
+    assert env_name(TRANSPORT_OPTIONS) in flat
 
 
 @pytest.mark.parametrize(
@@ -56,8 +65,6 @@ def test_help_lists_every_flag_with_its_variable() -> None:
         ("worker_timeout", "-1"),
         ("receiver", "zmq"),
         ("log_level", "verbose"),
-        ("broker_transport_options", "region=eu-west-1"),
-        ("broker_transport_options", '["not", "an", "object"]'),
         ("max_queue_wait", "0"),
         ("max_runtime", "nan"),
         ("clock_skew_tolerance", "a while"),
@@ -79,10 +86,17 @@ def test_log_levels_are_taken_in_any_case(level: str) -> None:
     assert config_from_args([], {env_name("log_level"): level}).log_level == config.log_level
 
 
-def test_the_workers_transport_options_are_a_json_object() -> None:
-    raw = '{"region": "eu-west-1", "queue_name_prefix": "prod-"}'
-    config = config_from_args([f"--broker-transport-options={raw}"], {})
-    assert config.broker_transport_options == {"region": "eu-west-1", "queue_name_prefix": "prod-"}
+def test_the_workers_sqs_transport_options_are_taken_key_by_key() -> None:
+    queues = '{"celery": {"url": "http://127.0.0.1:9324/000000000000/celery"}}'
+    config = config_from_args([
+        "--broker-transport-option=region=eu-west-1",
+        "--broker-transport-option=queue_name_prefix=prod-",
+        f"--broker-transport-option=predefined_queues={queues}",
+    ], {})
+    assert config.broker_transport_options == {
+        "region": "eu-west-1", "queue_name_prefix": "prod-",
+        "predefined_queues": {"celery": {"url": "http://127.0.0.1:9324/000000000000/celery"}},
+    }
     assert ExporterConfig().broker_transport_options == {}
 
 

@@ -41,11 +41,17 @@ class FakeRedis:
     def lindex(self, key: str, index: int) -> None:
         self.calls.append(("lindex", key, index))
 
+    def hvals(self, key: str) -> None:
+        # The unacked hash, kept under its key as a list of its values.
+        self.calls.append(("hvals", key, 0))
+
     def execute(self) -> list[Any]:
         out: list[Any] = []
         for op, key, index in self.calls:
             items = self.lists.get(key, [])
-            if op == "llen":
+            if op == "hvals":
+                out.append(list(items))
+            elif op == "llen":
                 out.append(len(items))
             else:
                 out.append(items[index] if items else None)
@@ -53,10 +59,11 @@ class FakeRedis:
         return out
 
 
-def probe(lists: dict[str, list[bytes]], sent: dict[str, float] | None = None) -> QueueDepthProbe:
+def probe(lists: dict[str, list[bytes]], sent: dict[str, float] | None = None,
+          started: frozenset[str] = frozenset()) -> QueueDepthProbe:
     config = ExporterConfig(broker_url="redis://127.0.0.1:1/0", queues=("q", "empty", "blind"))
     p = QueueDepthProbe(config, None, set, FakeClock(), sent_at=(sent or {}).get,
-                        wall_clock=lambda: NOW)
+                        wall_clock=lambda: NOW, started=started.__contains__)
     p._client = FakeRedis(lists)
     return p
 
@@ -73,6 +80,29 @@ def test_the_oldest_message_over_every_priority_list_gives_the_age() -> None:
     p.poll()
     assert p.result.values == {"q": (3, None), "empty": (0, None), "blind": (2, None)}
     assert p.result.oldest_age == {"q": 50.0, "empty": 0.0}
+
+
+def unacked(task_id: str, routing_key: str, eta: str | None = None) -> bytes:
+    """An entry of kombu's unacked hash: [message, exchange, routing key]."""
+    headers: dict[str, Any] = {"id": task_id, "task": "app.add", "eta": eta}
+    return json.dumps([{"body": "", "headers": headers, "properties": {}}, routing_key,
+                       routing_key]).encode()
+
+
+def test_unacked_messages_count_per_queue_once_due_and_not_executing() -> None:
+    p = probe({"unacked": [
+        unacked("held-1", "q"), unacked("held-2", "q"),
+        # An acks_late task the exporter saw start: celery_tasks_executing counts it.
+        unacked("running", "q"),
+        # ETA 60 s ahead: not yet work; one due 10 s ago is.
+        unacked("later", "q", "2023-11-14T22:16:00+00:00"),
+        unacked("due", "blind", "2023-11-14T22:14:50+00:00"),
+        # Another routing key (not a probed queue) and a corrupt entry: not ours.
+        unacked("other", "elsewhere"), b"not json",
+    ]}, started=frozenset({"running"}))
+    p.poll()
+    assert p.result.unacked == {"q": 2, "blind": 1}
+    assert p.result.unacked_scheduled == {"q": 1}
 
 
 def test_a_producer_clock_ahead_reads_zero_not_a_negative_age() -> None:

@@ -20,7 +20,11 @@ opentelemetry-instrumentation-celery tracing every task and exporting spans over
 to an in-process receiver (``tests/otlp_receiver.py``): ``traced`` with the pool-child
 relay (spans and ``flower.task.runtime.seconds`` leave through the main process),
 ``traced_norelay`` with ``OTEL_CELERY_METRICS_RELAY=false`` (each child exports its own
-spans). The spans that arrived per run are printed.
+spans), and ``traced_baseline``: as ``traced`` with the package imported from
+``BENCH_BASELINE_PYTHONPATH`` (a checkout of an earlier commit, e.g. ``git archive <commit>
+otel_celery_metrics | tar -x -C /tmp/base``), so a change is measured against its
+baseline in the same run. The spans that arrived per run are printed; each traced run
+must deliver all N.
 
 CPU per task of the main process and of the pool children (from ``/proc``, first to
 last task) says which side pays.
@@ -47,11 +51,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 MODES = ("bare", "recipe", "ours", "otel_off")
-TRACED = ("traced", "traced_norelay")
+TRACED = ("traced", "traced_norelay", "traced_baseline")
 #: OTLP/HTTP endpoint of the span receiver for the traced modes (set by main()).
 _span_endpoint = ""
 _TICK = os.sysconf("SC_CLK_TCK")
-BROKER_URL = "redis://127.0.0.1:6379/14"
+#: Flushed before every run: a database of its own (``BENCH_BROKER_URL`` to choose another).
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
 
 
 def _free_port() -> int:
@@ -94,8 +99,14 @@ def _worker_command(mode: str, concurrency: int) -> tuple[list[str], dict[str, s
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{_span_endpoint}/v1/traces",
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
                 "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "redis",
-                "OTEL_CELERY_METRICS_RELAY": "true" if mode == "traced" else "false",
+                "OTEL_CELERY_METRICS_RELAY": "false" if mode == "traced_norelay" else "true",
             })
+        if mode == "traced_baseline":
+            baseline = os.environ.get("BENCH_BASELINE_PYTHONPATH")
+            if not baseline:
+                msg = "traced_baseline needs BENCH_BASELINE_PYTHONPATH (a baseline checkout)"
+                raise SystemExit(msg)
+            env["PYTHONPATH"] = os.pathsep.join([baseline, env["PYTHONPATH"]])
         if mode == "otel_off":
             # The SDK and opentelemetry-instrument alone, ours disabled: what is left of
             # ours' cost once this is subtracted is ours.
@@ -122,6 +133,20 @@ def _scrape_total(port: int) -> float:
         text = response.read().decode()
     pattern = re.compile(r"^celery_tasks_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
     return sum(float(v) for v in pattern.findall(text))
+
+
+def _settled_total(port: int, tasks: int, wait: float = 10.0) -> float:
+    """``celery_tasks_total`` once it reaches ``tasks`` (or after ``wait`` seconds).
+
+    A task INCRs the bench counter before its result reaches the main process, which is
+    where it is counted: the last few are counted a moment after the counter is full.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        counted = _scrape_total(port)
+        if counted >= tasks or time.monotonic() > deadline:
+            return counted
+        time.sleep(0.05)
 
 
 def _cpu_split(pid: int) -> tuple[float, float]:
@@ -185,7 +210,7 @@ def run_one(mode: str, tasks: int, concurrency: int, timeout: float) -> dict[str
             if proc.poll() is not None:
                 break
             time.sleep(0.005)
-        counted = _scrape_total(port) if port and done_at else None
+        counted = _settled_total(port, tasks) if port and done_at else None
     finally:
         cpu, status = _stop(proc)
         log.close()
@@ -240,26 +265,34 @@ def main(argv: list[str] | None = None) -> int:
             spans_before = len(receiver.received.spans()) if receiver else 0
             f = this_round[mode] = run_one(mode, args.tasks, args.concurrency, args.timeout)
             if receiver is not None and mode in TRACED:
-                print(f"  {mode}: {len(receiver.received.spans()) - spans_before} spans "
-                      "arrived by the worker's exit", flush=True)
+                f["spans"] = len(receiver.received.spans()) - spans_before
+                print(f"  {mode}: {f['spans']:.0f} spans arrived by the worker's exit",
+                      flush=True)
             print(f"round {r + 1} {mode:8s} {f['tasks_per_s']:7.0f} tasks/s  "
                   f"start-up {f['startup_s']:5.2f} s  total {f['total_s']:5.2f} s  "
                   f"worker cpu {f['worker_cpu_s']:5.2f} s  per task: main "
                   f"{f['main_cpu_us']:4.0f} us, pool {f['pool_cpu_us']:4.0f} us", flush=True)
         runs.append(this_round)
     print("\nmedians over rounds (rounds on this shared 2-core machine swing about +-25%)")
-    base = statistics.median(r["bare"]["tasks_per_s"] for r in runs) if "bare" in modes else None
+    # Ratios against bare, or (traced modes only) against tracing without the relay.
+    reference = "bare" if "bare" in modes else (
+        "traced_norelay" if "traced_norelay" in modes else None)
+    base = (statistics.median(r[reference]["tasks_per_s"] for r in runs)
+            if reference else None)
     for mode in modes:
         rate = statistics.median(r[mode]["tasks_per_s"] for r in runs)
-        paired = [r[mode]["tasks_per_s"] / r["bare"]["tasks_per_s"] for r in runs] if base else []
+        paired = ([r[mode]["tasks_per_s"] / r[reference]["tasks_per_s"] for r in runs]
+                  if reference else [])
         cpu = statistics.median(r[mode]["worker_cpu_s"] for r in runs)
         start = statistics.median(r[mode]["startup_s"] for r in runs)
         main_us = statistics.median(r[mode]["main_cpu_us"] for r in runs)
         pool_us = statistics.median(r[mode]["pool_cpu_us"] for r in runs)
-        ratio = (f"  vs bare {rate / base:5.2f} (median per-round {statistics.median(paired):5.2f})"
-                 if base else "")
+        ratio = (f"  vs {reference} {rate / base:5.2f} (median per-round "
+                 f"{statistics.median(paired):5.2f})" if base else "")
+        spans = (" spans " + ", ".join(f"{r[mode]['spans']:.0f}" for r in runs)
+                 if mode in TRACED and receiver is not None else "")
         print(f"{mode:8s} {rate:6.0f} tasks/s  start-up {start:4.2f} s  worker cpu {cpu:5.2f} s  "
-              f"cpu/task main {main_us:4.0f} us pool {pool_us:4.0f} us{ratio}")
+              f"cpu/task main {main_us:4.0f} us pool {pool_us:4.0f} us{ratio}{spans}")
     if receiver is not None:
         receiver.stop()
     return 0

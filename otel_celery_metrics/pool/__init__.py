@@ -8,5 +8,6 @@ What OpenTelemetry itself recorded in the child (application metrics, other
 instrumentations, spans) goes through :mod:`.relay` (the pool-child relay) into
 :mod:`.relay_store` (the main process' merged, cumulative view every reader collects).
 
-SDK internals the relay needs are :mod:`otel_celery_metrics.sdk_adapter.pool_relay`'s.
+SDK internals the relay needs are :mod:`otel_celery_metrics.sdk_adapter.pool_relay`'s, and
+relayed spans as OTLP bytes :mod:`otel_celery_metrics.sdk_adapter.span_export`'s.
 """

@@ -8,7 +8,10 @@ one of, told apart by its first element,
 - a measurement of ours: ``(metric index >= 0, value, attribute values, ...)``;
 - :data:`EXEMPLAR_ENTRY`: ``(-1, task id, trace id, span id)``, the span of a task run;
 - :data:`POINT_ENTRY`: ``(-2, point)``, a relayed metric point (below);
-- :data:`SPAN_ENTRY`: ``(-3, span)``, a relayed span (below).
+- :data:`SPAN_ENTRY`: ``(-3, span)``, a relayed span (below);
+- :data:`SPAN_OTLP_ENTRY`: ``(-4, scope part, span bytes)``, a relayed span the child
+  encoded as OTLP protobuf (``sdk_adapter/span_export.py``), used when the worker's span
+  processors batch into an OTLP exporter.
 
 This module owns that format: the child's forwarder encodes with it, the main process'
 bridge decodes with :func:`decode_datagram`.
@@ -45,6 +48,7 @@ from typing import Any
 EXEMPLAR_ENTRY = -1
 POINT_ENTRY = -2
 SPAN_ENTRY = -3
+SPAN_OTLP_ENTRY = -4
 #: (EXEMPLAR_ENTRY, task id, trace id, span id)
 ExemplarEntry = tuple[int, str, int, int]
 # marshal's format is stable per version; both ends are the same interpreter anyway.

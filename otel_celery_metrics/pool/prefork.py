@@ -52,6 +52,7 @@ from otel_celery_metrics.pool.codec import (
     EXEMPLAR_ENTRY,
     POINT_ENTRY,
     SPAN_ENTRY,
+    SPAN_OTLP_ENTRY,
     decode_datagram,
 )
 from otel_celery_metrics.pool.fence import CollectionFence
@@ -349,7 +350,7 @@ class ForkBridge:
                         self._spans.put(entry[1], (entry[2], entry[3]))
                     elif entry[0] == POINT_ENTRY:
                         points.append(entry)
-                    elif entry[0] == SPAN_ENTRY:
+                    elif entry[0] == SPAN_OTLP_ENTRY or entry[0] == SPAN_ENTRY:
                         spans.append(entry)
                     else:
                         measurements.append(entry)

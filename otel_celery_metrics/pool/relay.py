@@ -40,12 +40,13 @@ from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.pool.codec import (
     POINT_ENTRY,
     SPAN_ENTRY,
+    SPAN_OTLP_ENTRY,
     decode_span,
     encode_metrics,
     encode_span,
 )
 from otel_celery_metrics.pool.relay_store import ReaderView, RelayStore, merge_into
-from otel_celery_metrics.sdk_adapter import SdkAdapter, pool_relay
+from otel_celery_metrics.sdk_adapter import SdkAdapter, pool_relay, span_export
 
 
 class Outbox(Protocol):
@@ -72,6 +73,7 @@ class PoolRelay:
         interval: float = 1.0,
         store: RelayStore | None = None,
         tracer_provider: Callable[[], Any] | None = None,
+        encoded_spans: bool = True,
     ) -> None:
         self._meter_provider = meter_provider
         self._failures = failures
@@ -90,6 +92,12 @@ class PoolRelay:
         self._span_resource: Any = None
         #: The main process' tracer provider when it first forked a child.
         self._forked_tracer_provider: Any = None
+        #: Children send OTLP-encoded spans, batched as bytes by the worker's own
+        #: processors (when those are the SDK's around an OTLP exporter; False: always
+        #: rebuild ReadableSpans, the previous design, kept for other processors).
+        self._encoded_spans = encoded_spans
+        self._span_route: span_export.EncodedSpanRoute | None = None
+        self._span_encoder: Callable[[Any], tuple[bytes, bytes]] | None = None
         # Pool child state.
         self._outbox: Outbox | None = None
         self._reader: Any = None
@@ -108,12 +116,25 @@ class PoolRelay:
         """Main process, before its first fork: note the tracer provider children inherit,
         and say so if what they record through the metrics API cannot reach us."""
         self._forked_tracer_provider = self._tracer_provider()
+        if self._encoded_spans and self._span_route is None:
+            self._span_route = self._encoded_span_route(self._forked_tracer_provider)
         if self._unreachable_metrics:
             self._failures.record(
                 "relaying the metrics pool children record",
                 TypeError("the meter provider is not the OpenTelemetry SDK's; spans are still "
                           "relayed"),
             )
+
+    def _encoded_span_route(self, provider: Any) -> span_export.EncodedSpanRoute | None:
+        try:
+            route = span_export.EncodedSpanRoute.for_provider(
+                provider, pool_relay.span_processors(provider), pool_relay.span_sink(provider)
+            )
+            if route is not None and route.apply():
+                return route
+        except Exception as exc:  # noqa: BLE001 - spans are then relayed as before
+            self._failures.record("setting up the OTLP path of relayed spans", exc)
+        return None
 
     def attach(self, adapter: SdkAdapter) -> int:
         """Make every reader the adapter hooked include the relayed series (the adapter's
@@ -127,8 +148,19 @@ class PoolRelay:
         return readers
 
     def detach(self) -> None:
-        """Readers no longer get relayed series (uninstrument)."""
+        """Readers no longer get relayed series; the span exporters are put back."""
         self._attached = False
+        if self._span_route is not None:
+            # Relayed spans still queued in the batch processor need the route's encoder:
+            # send them first (bounded), then put the exporters back.
+            try:
+                flush = getattr(self._forked_tracer_provider, "force_flush", None)
+                if callable(flush):
+                    flush(5_000)
+            except Exception as exc:  # noqa: BLE001 - uninstrumenting goes on
+                self._failures.record("flushing relayed spans before uninstrumenting", exc)
+            self._span_route.undo()
+            self._span_route = None
 
     def _produce(self, reader: Any, data: Any, delta_kinds: frozenset[str]) -> Any:
         if not self._attached:
@@ -149,11 +181,27 @@ class PoolRelay:
         """Entries a child sent (already decoded from the datagram)."""
         points = [entry[1] for entry in entries if entry[0] == POINT_ENTRY]
         spans = [entry[1] for entry in entries if entry[0] == SPAN_ENTRY]
+        encoded = [entry for entry in entries if entry[0] == SPAN_OTLP_ENTRY]
         if points:
             self.store.add(points)
             self._count("metrics", len(points))
         if spans:
             self._export_spans(spans)
+        if encoded:
+            self._export_encoded(encoded)
+
+    def _export_encoded(self, entries: list[tuple[Any, ...]]) -> None:
+        route = self._span_route
+        if route is None:  # undone since (uninstrument): nowhere to send them
+            self._failures.record(
+                "exporting spans relayed from pool children",
+                RuntimeError(f"{len(entries)} OTLP-encoded spans arrived after uninstrument"),
+            )
+            return
+        sink, make = route.sink, span_export.EncodedSpan
+        for _, scope, body in entries:
+            sink(make(scope, body))
+        self._count("spans", len(entries))
 
     def _export_spans(self, spans: list[Any]) -> None:
         if self._span_sink is None:
@@ -199,6 +247,8 @@ class PoolRelay:
         processor = pool_relay.SpanRelay(self._on_span, self._failures.record)
         if tracer_provider is not self._forked_tracer_provider:
             return
+        if self._span_route is not None:
+            self._span_encoder = span_export.child_span_encoder()
         if pool_relay.has_span_processors(tracer_provider) and not (
             pool_relay.swap_child_span_processors(tracer_provider, processor)
         ):
@@ -247,7 +297,13 @@ class PoolRelay:
             self._outbox.extend([(POINT_ENTRY, p) for p in points])
 
     def _on_span(self, span: Any) -> None:
-        if self._outbox is not None:
+        if self._outbox is None:
+            return
+        encoder = self._span_encoder
+        if encoder is not None:
+            scope, body = encoder(span)
+            self._outbox.extend([(SPAN_OTLP_ENTRY, scope, body)])
+        else:
             self._outbox.extend([(SPAN_ENTRY, encode_span(span))])
 
 

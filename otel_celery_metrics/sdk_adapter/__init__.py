@@ -1,6 +1,8 @@
-"""The only place that touches OpenTelemetry SDK internals: :class:`SdkAdapter` here, and
-:mod:`.pool_relay` for what the pool-child relay needs
-(pool children's readers and span processors; its docstring lists those privates).
+"""The only place that touches OpenTelemetry SDK internals: :class:`SdkAdapter` here,
+:mod:`.pool_relay` for what the pool-child relay needs (pool children's readers and span
+processors; its docstring lists those privates), and :mod:`.span_export` for relayed spans
+as OTLP bytes (encoded in the child, batched by the worker's own span processor and OTLP
+exporter), with :mod:`.otlp_wire`, the protobuf framing it assembles requests with.
 
 One adapter per meter provider and instrumentation. Each change it makes is recorded with
 what it replaced; :meth:`SdkAdapter.undo` puts every one back, so ``uninstrument()`` leaves

@@ -170,6 +170,12 @@ def swap_child_span_processors(tracer_provider: Any, processor: Any) -> bool:
     return True
 
 
+def span_processors(tracer_provider: Any) -> tuple[Any, ...] | None:
+    """Main process: the worker's span processors (None if the provider is not the SDK's)."""
+    multi = _multi_processor(tracer_provider)
+    return None if multi is None else tuple(multi._span_processors)
+
+
 def span_sink(tracer_provider: Any) -> Callable[[Any], None] | None:
     """Main process: where relayed spans go (the worker's own span processors)."""
     multi = _multi_processor(tracer_provider)

@@ -257,3 +257,46 @@ def test_an_otlp_reader_that_prefers_delta_gets_each_relayed_measurement_once(
         assert delta_sum("billing.invoices") == len(BATCH)
         assert delta_sum("billing.invoices", plan="free") == 6
         assert delta_sum("billing.amount") == len(BATCH)
+
+
+def test_every_span_arrives_once_through_autoscale_shrink_and_warm_shutdown(
+    redis_url: str, queue: str
+) -> None:
+    """Spans leave only at shutdown (a 60 s batch delay): the worker's own batch processor
+    and OTLP exporter (gzip, as configured) carry every child's spans, including those of
+    children the autoscaler stopped and of children recycled after two tasks."""
+    wave = 6
+    with OtlpHttpReceiver() as rx:
+        env = otlp_env(rx.endpoint, OTEL_BSP_SCHEDULE_DELAY="60000",
+                       OTEL_EXPORTER_OTLP_TRACES_COMPRESSION="gzip",
+                       AUTOSCALE_KEEPALIVE="0.5")
+        worker = Worker(redis_url, queue, pool="prefork", concurrency=1, env=env,
+                        extra_args=("--autoscale", "3,1", "--max-tasks-per-child", "2"))
+        try:
+            worker.wait_ready()
+            app = producer(redis_url)
+            received = rx.received
+
+            def pool_size() -> float:
+                points = received.points("celery.worker.pool.processes")
+                return points[-1].value if points else 0.0
+
+            for wave_number in (1, 2):
+                for i in range(wave):
+                    plan, amount = BATCH[i]
+                    app.send_task("tests.invoice_then_sleep", args=(plan, amount, 1.0),
+                                  queue=queue)
+                wait_for(lambda: pool_size() == 3, timeout=20, what="the pool grown to 3")
+                wait_for(lambda n=wave_number: received.total("celery.tasks") >= n * wave,
+                         timeout=40, what=lambda: worker.log_text()[-3000:])
+                wait_for(lambda: pool_size() == 1, timeout=20, what="the pool shrunk to 1")
+            assert not _run_spans(received), "spans left before shutdown: delay not applied"
+            assert worker.stop(signal.SIGTERM) == 0
+        finally:
+            worker.stop()
+        spans = _run_spans(received)
+        assert len(spans) == 2 * wave
+        assert len({s.span_id for s in spans}) == 2 * wave  # each once
+        assert {s.resource_attr("service.instance.id") for s in received.spans()} == {
+            p.resource_attr("service.instance.id") for p in received.points()}
+        assert received.total("otel_celery_metrics.dropped") == 0

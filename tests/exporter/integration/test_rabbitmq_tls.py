@@ -106,7 +106,7 @@ def test_events_over_amqps_are_counted_and_the_probes_use_tls_too(
     assert value(text, "celery_exporter_broker_connected") == 1
     assert exporter.get("/health")[0] == 200
     assert (f"(TLS, certificate and host name verified against {tls.ca}, client certificate "
-            f"{tls.client_cert}; receiver: AmqpEventReceiver)") in exporter.log
+            f"{tls.client_cert}; receiver: AmqpEventReceiver; metrics to ") in exporter.log
     assert "guest:guest" not in exporter.log
 
 

@@ -48,6 +48,13 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture
+def rabbitmq_url() -> str:
+    if not _answers(RABBITMQ_URL):
+        pytest.fail(f"RabbitMQ at {RABBITMQ_URL} does not answer: scripts/setup starts it")
+    return RABBITMQ_URL
+
+
 def _sqs_broker(variant: str, elasticmq: ElasticMQ, monkeypatch: pytest.MonkeyPatch) -> str:
     """ElasticMQ's broker URL; ``variant`` "sqs-prefixed" adds a fresh ``queue_name_prefix``.
 

@@ -8,6 +8,9 @@ once the fault is gone, every task that ran is counted exactly once.
 No task is sent while the connections hang: Toxiproxy drops the bytes it holds, so a
 task Redis handed out in a BRPOP reply would be lost in the proxy, a loss of the fault
 itself and not of the instrumentation.
+
+The same runs against RabbitMQ, with a short AMQP heartbeat so the hang is noticed; the
+time until the worker logs the lost connection is measured.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ pytestmark = pytest.mark.integration
 #: with no reply for brpop_timeout + health_check_interval is dropped and redone.
 WORKER_TRANSPORT_OPTIONS = {"health_check_interval": 2, "socket_timeout": 3,
                             "socket_connect_timeout": 3}
+#: The worker's AMQP heartbeat (seconds): Celery checks it twice per interval and drops a
+#: connection that has heard nothing for two intervals, so a hang is noticed in about 4 s.
+#: RabbitMQ's side negotiates the same value and closes its end too, which returns the
+#: unacknowledged deliveries of the hung connection to the queue.
+WORKER_AMQP_HEARTBEAT = 2
+#: The worker's log line when it notices a dead broker connection.
+LOST = "consumer: Connection to broker lost"
 
 
 @pytest.fixture
@@ -110,5 +120,103 @@ def test_a_worker_behind_latency_a_bandwidth_limit_a_hang_and_a_reset_counts_eve
                    f"{ran} s for 5 tasks", "nothing")
         print(f"worker: 5 tasks took {slow:.1f}s under latency, {narrow:.1f}s through 8 KB/s, "
               f"{recovered:.1f}s after the hang, {after_reset:.1f}s after the reset")
+    finally:
+        worker.stop()
+
+
+def _noticed_while_answering(worker: Worker, since: float, seconds: float) -> float:
+    """Seconds from ``since`` to the worker's first lost-connection line, while its /metrics
+    answers quickly every 0.25 s until ``seconds`` after ``since`` (one clock for both)."""
+    noticed: float | None = None
+    while time.monotonic() - since < seconds:
+        started = time.monotonic()
+        scrape(worker.port)
+        assert time.monotonic() - started < 2, "/metrics waited on the hung broker"
+        if noticed is None and LOST in worker.log_text():
+            noticed = time.monotonic() - since
+        time.sleep(0.25)
+    assert noticed is not None, f"a {seconds} s hang went unnoticed\n{worker.log_text()[-3000:]}"
+    return noticed
+
+
+def test_a_worker_behind_the_same_faults_to_rabbitmq_notices_them_and_counts_every_task_once(
+    rabbitmq_url: str, queue: str, toxiproxy: Toxiproxy
+) -> None:
+    parts = urlsplit(rabbitmq_url)
+    proxy = toxiproxy.proxy("worker-rabbitmq", parts.port or 5672)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
+    through = parts._replace(netloc=netloc).geturl()
+    app = producer(rabbitmq_url)
+    worker = Worker(through, queue, concurrency=2,
+                    env={"TEST_CELERY_CONF": json.dumps(
+                        {"broker_heartbeat": WORKER_AMQP_HEARTBEAT})})
+    try:
+        worker.wait_ready()
+
+        def run(count: int, total: int, what: str, timeout: float = 30) -> float:
+            sent = time.monotonic()
+            for i in range(count):
+                app.send_task("tests.ok", args=(i,), queue=queue)
+            wait_for(lambda: _succeeded(worker) == total, timeout,
+                     what=lambda: f"{what}\n{worker.log_text()[-3000:]}")
+            return time.monotonic() - sent
+
+        def lost_after(started: float, seen: int, timeout: float) -> float:
+            """Seconds from ``started`` until the worker logs one more lost connection."""
+            wait_for(lambda: worker.log_text().count(LOST) > seen, timeout,
+                     what=lambda: f"the worker to notice\n{worker.log_text()[-3000:]}")
+            return time.monotonic() - started
+
+        run(5, 5, "five tasks")
+
+        proxy.latency(500)
+        slow = run(5, 10, "five tasks under 500 ms of latency")
+        proxy.cure()
+
+        proxy.bandwidth(8)
+        narrow = run(5, 15, "five tasks through 8 KB/s")
+        proxy.cure()
+        # Latency and the bandwidth limit are not outages: the heartbeat kept the connection.
+        assert LOST not in worker.log_text()
+
+        hung = time.monotonic()
+        proxy.hang()
+        hang_detected = _noticed_while_answering(worker, hung, 6)
+        assert _succeeded(worker) == 15
+        proxy.cure()
+        recovered = run(5, 20, "five tasks after the hang", timeout=60)
+
+        seen = worker.log_text().count(LOST)
+        reset = time.monotonic()
+        proxy.reset()
+        reset_detected = lost_after(reset, seen, 20)
+        _answers_throughout(worker, 1)
+        proxy.cure()
+        after_reset = run(5, 25, "five tasks after the reset", timeout=60)
+
+        samples = worker.samples()
+        assert value(samples, "celery_tasks_total") == 25
+        assert value(samples, "celery_task_runtime_seconds_count") == 25
+        assert value(samples, "celery_tasks_received_total") == 25
+        assert worker.proc.poll() is None
+        heartbeat = f"`broker_heartbeat={WORKER_AMQP_HEARTBEAT}`"
+        component = "instrumented prefork worker → RabbitMQ"
+        for fault, detected, ran in (
+            (f"500 ms latency both ways, {heartbeat}", "not an outage (connection kept)",
+             f"under it: {slow:.1f}"),
+            (f"8 KB/s both ways, {heartbeat}", "not an outage (connection kept)",
+             f"under it: {narrow:.1f}"),
+            (f"half-open hang (6 s, no FIN/RST), {heartbeat}",
+             f"{hang_detected:.1f} s (`Connection to broker lost`)", f"after it: {recovered:.1f}"),
+            ("reset (RST on every connection, and on new ones while it lasts)",
+             f"{reset_detected:.1f} s (`Connection to broker lost`)",
+             f"after it: {after_reset:.1f}"),
+        ):
+            record(fault, component, detected, f"{ran} s for 5 tasks", "nothing")
+        print(f"worker → RabbitMQ: 5 tasks took {slow:.1f}s under latency, {narrow:.1f}s "
+              f"through 8 KB/s; hang noticed after {hang_detected:.1f}s, 5 tasks "
+              f"{recovered:.1f}s after it; reset noticed after {reset_detected:.1f}s, 5 tasks "
+              f"{after_reset:.1f}s after it")
     finally:
         worker.stop()

@@ -153,7 +153,7 @@ class EventHandlers:
             refused.add((reason,), 0)  # from 0, so increase() alerts see the first
         self._refusals = values.RefusalLog(
             lambda reason: refused.add((reason,)), _logger,
-            'celery_exporter_measurements_dropped_total{{reason="{reason}"}}',
+            mt.EXPORTER_MEASUREMENTS_DROPPED.prometheus_name + '{{reason="{reason}"}}',
         )
         self._per_event = {
             "task-sent": counters.counter(mt.EVENTS_TASK_SENT.name),

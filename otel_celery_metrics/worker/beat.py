@@ -37,13 +37,13 @@ from otel_celery_metrics.core import metric_table as mt
 from otel_celery_metrics.core import values
 from otel_celery_metrics.core.safety import FailureLog
 from otel_celery_metrics.recording.recorder import Recorder
+from otel_celery_metrics.worker.outcomes import refusal_log
 from otel_celery_metrics.worker.patching import Wrapping
 
 _logger = logging.getLogger(__name__)
 _SENDS = mt.METRIC_INDEX[mt.BEAT_SENDS.name]
 _LATENESS = mt.METRIC_INDEX[mt.BEAT_LATENESS.name]
 _LAST_SEND = mt.METRIC_INDEX[mt.BEAT_LAST_SEND.name]
-_DROPPED = mt.METRIC_INDEX[mt.SELF_DROPPED.name]
 
 
 def lateness(entry: Any, bounds: values.Bounds) -> float | values.Refusal | None:
@@ -71,10 +71,7 @@ class BeatHooks:
     ) -> None:
         self._recorder = recorder
         self._bounds = bounds or values.Bounds()
-        self._refusals = values.RefusalLog(
-            lambda reason: recorder.emit(_DROPPED, 1, (reason,)), _logger,
-            'otel_celery_metrics_dropped_total{{reason="{reason}"}}',
-        )
+        self._refusals = refusal_log(recorder, _logger)
         self._failures = failures
         self._clock = clock
         self._wrapping = Wrapping("celery.beat.Scheduler.apply_async")

@@ -84,6 +84,14 @@ def wait_reference(
     )
 
 
+def refusal_log(recorder: TaskRecording, logger: logging.Logger) -> values.RefusalLog:
+    """Refused numbers (:mod:`~.core.values`) counted in the dropped self-metric."""
+    return values.RefusalLog(
+        lambda reason: recorder.emit(_DROPPED, 1, (reason,)), logger,
+        mt.SELF_DROPPED.prometheus_name + '{{reason="{reason}"}}',
+    )
+
+
 class SpanJoin:
     """Exemplar spans by task id, waiting for the task's outcome (bounded)."""
 
@@ -134,10 +142,7 @@ class TaskOutcomes:
         :mod:`otel_celery_metrics.core.values`); values outside it are refused."""
         self._recorder = recorder
         self._bounds = bounds or values.Bounds()
-        self._refusals = values.RefusalLog(
-            lambda reason: recorder.emit(_DROPPED, 1, (reason,)), _logger,
-            'otel_celery_metrics_dropped_total{{reason="{reason}"}}',
-        )
+        self._refusals = refusal_log(recorder, _logger)
         self._failures = failures
         self._default_queue = default_queue
         self._wall_clock = wall_clock

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -52,22 +53,50 @@ def _succeeded(worker: Worker) -> float:
     return value(worker.samples(), "celery_tasks_total", state="SUCCESS")
 
 
-def _answers_throughout(worker: Worker, seconds: float) -> None:
-    """The worker's /metrics answers, quickly, every 0.25 s for ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+def _answering(worker: Worker, since: float, seconds: float) -> float | None:
+    """Scrape the worker's /metrics every 0.25 s until ``seconds`` after ``since``, each
+    answer quick; the seconds from ``since`` to its first lost-connection line, if any
+    (one clock for both)."""
+    noticed: float | None = None
+    while time.monotonic() - since < seconds:
         started = time.monotonic()
         scrape(worker.port)
         assert time.monotonic() - started < 2, "/metrics waited on the hung broker"
+        if noticed is None and LOST in worker.log_text():
+            noticed = time.monotonic() - since
         time.sleep(0.25)
+    return noticed
+
+
+def _answers_throughout(worker: Worker, seconds: float) -> None:
+    """The worker's /metrics answers, quickly, every 0.25 s for ``seconds``."""
+    _answering(worker, time.monotonic(), seconds)
+
+
+def _through(url: str, port: int) -> str:
+    """``url`` with its host and port replaced by the proxy's (credentials kept)."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _run(app: Any, worker: Worker, queue: str, count: int, total: int, *, what: str,
+         timeout: float = 30) -> float:
+    """Send ``count`` tasks; seconds until the worker has counted ``total`` successes."""
+    sent = time.monotonic()
+    for i in range(count):
+        app.send_task("tests.ok", args=(i,), queue=queue)
+    wait_for(lambda: _succeeded(worker) == total, timeout,
+             what=lambda: f"{what}\n{worker.log_text()[-3000:]}")
+    return time.monotonic() - sent
 
 
 def test_a_worker_behind_latency_a_bandwidth_limit_a_hang_and_a_reset_counts_every_task_once(
     redis_url: str, queue: str, toxiproxy: Toxiproxy
 ) -> None:
-    parts = urlsplit(redis_url)
-    proxy = toxiproxy.proxy("worker-redis", parts.port or 6379)
-    through = parts._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+    proxy = toxiproxy.proxy("worker-redis", urlsplit(redis_url).port or 6379)
+    through = _through(redis_url, proxy.port)
     app = producer(redis_url)
     worker = Worker(through, queue, concurrency=2,
                     env={"TEST_CELERY_CONF": json.dumps(
@@ -76,12 +105,7 @@ def test_a_worker_behind_latency_a_bandwidth_limit_a_hang_and_a_reset_counts_eve
         worker.wait_ready()
 
         def run(count: int, total: int, what: str, timeout: float = 30) -> float:
-            sent = time.monotonic()
-            for i in range(count):
-                app.send_task("tests.ok", args=(i,), queue=queue)
-            wait_for(lambda: _succeeded(worker) == total, timeout,
-                     what=lambda: f"{what}\n{worker.log_text()[-3000:]}")
-            return time.monotonic() - sent
+            return _run(app, worker, queue, count, total, what=what, timeout=timeout)
 
         run(5, 5, "five tasks")
 
@@ -127,14 +151,7 @@ def test_a_worker_behind_latency_a_bandwidth_limit_a_hang_and_a_reset_counts_eve
 def _noticed_while_answering(worker: Worker, since: float, seconds: float) -> float:
     """Seconds from ``since`` to the worker's first lost-connection line, while its /metrics
     answers quickly every 0.25 s until ``seconds`` after ``since`` (one clock for both)."""
-    noticed: float | None = None
-    while time.monotonic() - since < seconds:
-        started = time.monotonic()
-        scrape(worker.port)
-        assert time.monotonic() - started < 2, "/metrics waited on the hung broker"
-        if noticed is None and LOST in worker.log_text():
-            noticed = time.monotonic() - since
-        time.sleep(0.25)
+    noticed = _answering(worker, since, seconds)
     assert noticed is not None, f"a {seconds} s hang went unnoticed\n{worker.log_text()[-3000:]}"
     return noticed
 
@@ -142,11 +159,8 @@ def _noticed_while_answering(worker: Worker, since: float, seconds: float) -> fl
 def test_a_worker_behind_the_same_faults_to_rabbitmq_notices_them_and_counts_every_task_once(
     rabbitmq_url: str, queue: str, toxiproxy: Toxiproxy
 ) -> None:
-    parts = urlsplit(rabbitmq_url)
-    proxy = toxiproxy.proxy("worker-rabbitmq", parts.port or 5672)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
-    through = parts._replace(netloc=netloc).geturl()
+    proxy = toxiproxy.proxy("worker-rabbitmq", urlsplit(rabbitmq_url).port or 5672)
+    through = _through(rabbitmq_url, proxy.port)
     app = producer(rabbitmq_url)
     worker = Worker(through, queue, concurrency=2,
                     env={"TEST_CELERY_CONF": json.dumps(
@@ -155,12 +169,7 @@ def test_a_worker_behind_the_same_faults_to_rabbitmq_notices_them_and_counts_eve
         worker.wait_ready()
 
         def run(count: int, total: int, what: str, timeout: float = 30) -> float:
-            sent = time.monotonic()
-            for i in range(count):
-                app.send_task("tests.ok", args=(i,), queue=queue)
-            wait_for(lambda: _succeeded(worker) == total, timeout,
-                     what=lambda: f"{what}\n{worker.log_text()[-3000:]}")
-            return time.monotonic() - sent
+            return _run(app, worker, queue, count, total, what=what, timeout=timeout)
 
         def lost_after(started: float, seen: int, timeout: float) -> float:
             """Seconds from ``started`` until the worker logs one more lost connection."""

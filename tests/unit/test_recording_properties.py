@@ -42,6 +42,7 @@ from otel_celery_metrics.recording.settings import Settings
 from otel_celery_metrics.worker.outcomes import RequestHooks, TaskOutcomes
 from otel_celery_metrics.worker.signals import TaskReceivers
 from tests.exporter.support import promtool_check
+from tests.hostile import is_time
 from tests.unit.sdk_hook import hooked_recorder
 
 NAMES = ("p.a", "p.b", "p.c", "p.d", "p.e")
@@ -152,16 +153,6 @@ FAILURE_CLASS = {"ValueError": "ValueError", "reject": "Reject", "lost": "Worker
 # Outcomes whose runtime the model expects: Celery's own for a success, acceptance to result
 # for what raised in the task; none for a lost child or a time limit.
 TIMED = {"success", "ValueError", "retry", "ignore", "reject"}
-
-
-def is_time(value: object) -> bool:
-    """A finite real number, as the docs define a usable time (bool is not one)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 @dataclass

@@ -26,6 +26,7 @@ from otel_celery_metrics.exporter.config import ExporterConfig
 from otel_celery_metrics.exporter.handlers import SENT_EVENT_GRACE
 from otel_celery_metrics.exporter.service import Exporter
 from tests.exporter.support import FakeClock, promtool_check
+from tests.hostile import is_time
 
 NAMES = ("e.a", "e.b", "e.c", "e.d", "e.e")
 MAX_TASK_NAMES = 3
@@ -55,15 +56,6 @@ TASK = st.fixed_dictionaries({
     "runtime": RUNTIME,
 })
 COUNT = st.one_of(st.integers(-3, 50), HOSTILE, st.floats(), st.none())
-
-
-def is_time(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 def eta_time(value: object) -> float | str | None:

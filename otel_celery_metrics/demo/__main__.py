@@ -10,6 +10,7 @@ series once every task has reached a terminal state.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -103,13 +104,16 @@ def _wait_for_tasks(
     worker: subprocess.Popen[bytes], port: int, expected: dict[str, int], timeout: float
 ) -> str | None:
     deadline = time.monotonic() + timeout
-    text = _scrape(port)
-    while any(_total(text, s) < n for s, n in expected.items()):
+    text = ""
+    while True:
+        # One refused or reset scrape is not the end: poll again until the deadline.
+        with contextlib.suppress(OSError):
+            text = _scrape(port)
+        if text and all(_total(text, s) >= n for s, n in expected.items()):
+            return text
         if time.monotonic() > deadline or worker.poll() is not None:
             return None
         time.sleep(0.2)
-        text = _scrape(port)
-    return text
 
 
 def _show(text: str, port: int) -> None:

@@ -131,8 +131,9 @@ def check_sdist(sdist: Path, version: str) -> None:
     for needed in ("pyproject.toml", "README.md", "CHANGELOG.md", "LICENSE", "PKG-INFO",
                    f"{PACKAGE}/py.typed", f"{PACKAGE}/version.py"):
         check(needed in names, f"sdist has {needed}")
-    junk = [n for n in names if n.split("/", 1)[0] in (".venv", ".tools", ".git", "dist")]
-    check(not junk, f"no .venv, .tools, .git or dist in the sdist ({junk[:3]})")
+    junk = [n for n in names if n.split("/", 1)[0] in (".venv", ".tools", ".git", "dist")
+            or n.startswith(".venv-")]
+    check(not junk, f"no .venv, .venv-*, .tools, .git or dist in the sdist ({junk[:3]})")
 
 
 # Runs inside the fresh venv: loads every entry point of ours, reports where the package
